@@ -1,0 +1,36 @@
+"""BIO tag helpers shared by the pipe, the data reader and the evaluation."""
+from typing import Iterable, List, Optional, Sequence
+
+
+def bio_tags(labels: Iterable[str]) -> List[str]:
+    """The tag set of a label set: "O", then "B-X", "I-X" for each label in the given order."""
+    return ["O"] + [f"{prefix}-{label}" for label in labels for prefix in ("B", "I")]
+
+
+def biluo_to_bio(tags: Sequence[Optional[str]]) -> List[str]:
+    """Turn spaCy's aligned BILUO tags into BIO; missing or misaligned tags ("-", None) become O."""
+    out = []
+    for tag in tags:
+        if not tag or tag == "-" or tag == "O":
+            out.append("O")
+        elif tag[0] in "BU":
+            out.append("B" + tag[1:])
+        else:
+            out.append("I" + tag[1:])
+    return out
+
+
+def repair_bio(tags: Sequence[str]) -> List[str]:
+    """Make a BIO sequence well formed the way seqeval's default mode reads it.
+
+    An `I-X` that follows `O` or an entity of another type starts a new entity, so it becomes
+    `B-X`: the entities are exactly those seqeval would score.
+    """
+    out: List[str] = []
+    prev = "O"
+    for tag in tags:
+        if tag.startswith("I-") and (prev == "O" or prev[2:] != tag[2:]):
+            tag = "B-" + tag[2:]
+        out.append(tag)
+        prev = tag
+    return out

@@ -1,0 +1,278 @@
+"""The `ner_crf` pipe: named entities from a BiLSTM-CRF over any token-vector layer."""
+from itertools import islice
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
+
+import srsly
+from spacy import util
+from spacy.errors import Errors
+from spacy.language import Language
+from spacy.pipeline import TrainablePipe
+from spacy.tokens import Doc, Span
+from spacy.training import Example, biluo_tags_to_spans, iob_to_biluo, validate_examples
+from spacy.training import validate_get_examples
+from spacy.vocab import Vocab
+from thinc.api import Config, Model, Optimizer, set_dropout_rate
+from thinc.types import Floats2d, Ints1d
+
+from .architectures import build_heads, crf_decode, crf_loss, crf_nll, has_heads, set_tags
+from .bio import bio_tags, biluo_to_bio
+
+DEFAULT_NER_CRF_MODEL = """
+[model]
+@architectures = "spacy-secner.TransformerBiLSTMCRF.v1"
+hidden_size = 256
+depth = 1
+dropout = 0.0
+constrained = true
+
+[model.tok2vec]
+@architectures = "spacy-transformers.TransformerListener.v1"
+grad_factor = 1.0
+upstream = "*"
+
+[model.tok2vec.pooling]
+@layers = "reduce_first.v1"
+"""
+DEFAULT_MODEL = Config().from_str(DEFAULT_NER_CRF_MODEL)["model"]
+
+
+@Language.factory(
+    "ner_crf",
+    assigns=["doc.ents", "token.ent_iob", "token.ent_type"],
+    default_config={
+        "model": DEFAULT_MODEL,
+        "overwrite": False,
+        "scorer": {"@scorers": "spacy.ner_scorer.v1"},
+    },
+    default_score_weights={
+        "ents_f": 1.0,
+        "ents_p": 0.0,
+        "ents_r": 0.0,
+        "ents_per_type": None,
+    },
+)
+def make_ner_crf(
+    nlp: Language,
+    name: str,
+    model: Model[List[Doc], List[Floats2d]],
+    overwrite: bool,
+    scorer: Optional[Callable],
+) -> "CRFEntityRecognizer":
+    """Create a `ner_crf` pipe: BIO tags decoded by a CRF, written to `doc.ents`.
+
+    model (Model[List[Doc], List[Floats2d]]): Emission scores per token, with its CRF under
+        the ref "crf", such as `spacy-secner.TransformerBiLSTMCRF.v1`.
+    overwrite (bool): Replace entities already on the doc (from an `entity_ruler` earlier in
+        the pipeline, say). By default they are kept and only the predicted entities that do
+        not overlap them are added.
+    scorer (Optional[Callable]): Scorer for `nlp.evaluate`; spaCy's NER scorer by default.
+    """
+    return CRFEntityRecognizer(nlp.vocab, model, name, overwrite=overwrite, scorer=scorer)
+
+
+class CRFEntityRecognizer(TrainablePipe):
+    """Sequence-labelling NER whose CRF only decodes well-formed BIO entities."""
+
+    def __init__(
+        self,
+        vocab: Vocab,
+        model: Model[List[Doc], List[Floats2d]],
+        name: str = "ner_crf",
+        *,
+        overwrite: bool = False,
+        scorer: Optional[Callable] = None,
+    ) -> None:
+        self.vocab = vocab
+        self.model = model
+        self.name = name
+        self.scorer = scorer
+        self.cfg: Dict = {"labels": [], "overwrite": overwrite}
+
+    @property
+    def labels(self) -> tuple:
+        return tuple(self.cfg["labels"])
+
+    @property
+    def label_data(self) -> List[str]:
+        return list(self.labels)
+
+    @property
+    def tags(self) -> List[str]:
+        return bio_tags(self.labels)
+
+    def add_label(self, label: str) -> int:
+        """Add an entity label before training. RETURNS (int): 0 if it was there, else 1."""
+        if not isinstance(label, str):
+            raise ValueError(Errors.E187)
+        if label in self.labels:
+            return 0
+        if has_heads(self.model):
+            raise ValueError(
+                f"Cannot add label '{label}' to the trained '{self.name}' pipe: its CRF is "
+                "sized for its labels. Add labels before nlp.initialize()."
+            )
+        self.cfg["labels"] = sorted([*self.labels, label])
+        self.vocab.strings.add(label)
+        return 1
+
+    def predict(self, docs: Iterable[Doc]) -> List[Ints1d]:
+        """Best BIO tag indices per doc. Does not modify the docs."""
+        docs = list(docs)
+        self._require_initialized()
+        if not docs:
+            return []
+        return crf_decode(self.model, self.model.predict(docs))
+
+    def set_annotations(self, docs: Iterable[Doc], tag_ids: List[Ints1d]) -> None:
+        """Write the predicted entities to `doc.ents`."""
+        tags = self.tags
+        for doc, ids in zip(docs, tag_ids):
+            biluo = iob_to_biluo([tags[i] for i in ids.tolist()])
+            spans = biluo_tags_to_spans(doc, biluo)
+            if self.cfg["overwrite"]:
+                doc.ents = spans
+            else:
+                doc.ents = _merge_keeping_existing(doc.ents, spans)
+
+    def update(
+        self,
+        examples: Iterable[Example],
+        *,
+        drop: float = 0.0,
+        sgd: Optional[Optimizer] = None,
+        losses: Optional[Dict[str, float]] = None,
+    ) -> Dict[str, float]:
+        """Learn from a batch of examples; the loss is the CRF's mean negative log-likelihood."""
+        if losses is None:
+            losses = {}
+        losses.setdefault(self.name, 0.0)
+        examples = list(examples)
+        validate_examples(examples, "CRFEntityRecognizer.update")
+        self._require_initialized()
+        if not any(len(eg.predicted) for eg in examples):
+            return losses
+        set_dropout_rate(self.model, drop)
+        scores, backprop = self.model.begin_update([eg.predicted for eg in examples])
+        loss, d_scores = self.get_loss(examples, scores)
+        backprop(d_scores)
+        if sgd is not None:
+            self.finish_update(sgd)
+        losses[self.name] += loss
+        return losses
+
+    def get_loss(self, examples: Iterable[Example], scores: List[Floats2d]):
+        """CRF negative log-likelihood and its gradient for the scores.
+
+        The CRF's transition gradients are accumulated as a side effect (the CRF *is* the
+        loss); the next `finish_update` applies them. For a loss without gradients, use
+        `nll`.
+        """
+        examples = list(examples)
+        validate_examples(examples, "CRFEntityRecognizer.get_loss")
+        return crf_loss(self.model, scores, self._gold_ids(examples))
+
+    def nll(self, examples: Iterable[Example], docs: Optional[List[Doc]] = None) -> float:
+        """Mean CRF negative log-likelihood of the gold tags, without gradients.
+
+        docs (Optional[List[Doc]]): The examples' predicted docs after the pipes before this
+            one (a transformer, say). Defaults to the examples' predicted docs as they are.
+        """
+        examples = list(examples)
+        self._require_initialized()
+        docs = docs if docs is not None else [eg.predicted for eg in examples]
+        return crf_nll(self.model, self.model.predict(docs), self._gold_ids(examples))
+
+    def initialize(
+        self,
+        get_examples: Callable[[], Iterable[Example]],
+        *,
+        nlp: Optional[Language] = None,
+        labels: Optional[Sequence[str]] = None,
+    ) -> None:
+        """Take the labels (from `labels` or the data) and build the model."""
+        validate_get_examples(get_examples, "CRFEntityRecognizer.initialize")
+        if labels is None:
+            labels = {
+                ent.label_ for eg in get_examples() for ent in eg.reference.ents
+            } | set(self.labels)
+        if not labels:
+            raise ValueError(
+                f"The '{self.name}' pipe found no entity labels: pass labels= or training "
+                "examples with entities."
+            )
+        for label in labels:
+            self.vocab.strings.add(label)
+        self.cfg["labels"] = sorted(labels)
+        set_tags(self.model, self.tags)
+        sample = [eg.predicted for eg in islice(get_examples(), 10)]
+        self.model.initialize(X=sample)
+        self.cfg["width"] = self.model.get_dim("nI")
+
+    def from_bytes(self, bytes_data: bytes, *, exclude: Iterable[str] = tuple()):
+        """Load the pipe from bytes: labels first, so the CRF is sized before its weights."""
+        msg = srsly.msgpack_loads(bytes_data)
+        if "cfg" not in exclude and "cfg" in msg:
+            self.cfg.update(srsly.json_loads(msg["cfg"]))
+        if "vocab" not in exclude and "vocab" in msg:
+            self.vocab.from_bytes(msg["vocab"], exclude=exclude)
+        if "model" not in exclude and "model" in msg:
+            self._build_for_loading()
+            self.model.from_bytes(msg["model"])
+        return self
+
+    def from_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()):
+        """Load the pipe from a directory: labels first, so the CRF is sized before its weights."""
+        path = util.ensure_path(path)
+        if "cfg" not in exclude and (path / "cfg").exists():
+            self.cfg.update(srsly.read_json(path / "cfg"))
+        if "vocab" not in exclude and (path / "vocab").exists():
+            self.vocab.from_disk(path / "vocab", exclude=exclude)
+        if "model" not in exclude:
+            if not (path / "model").exists():
+                raise ValueError(f"'{self.name}' has no saved model at {path / 'model'}")
+            self._build_for_loading()
+            self.model.from_bytes((path / "model").read_bytes())
+        return self
+
+    def _build_for_loading(self) -> None:
+        if has_heads(self.model):
+            return
+        if not self.labels or "width" not in self.cfg:
+            raise ValueError(
+                f"The saved '{self.name}' pipe has no labels or input width in its cfg: "
+                "the directory is not a trained ner_crf pipe or is corrupt."
+            )
+        set_tags(self.model, self.tags)
+        self.model.set_dim("nI", self.cfg["width"], force=True)
+        build_heads(self.model)
+
+    def _require_initialized(self) -> None:
+        if not has_heads(self.model):
+            raise ValueError(
+                f"The '{self.name}' pipe is not initialized: call nlp.initialize() (or train "
+                "it) before using it."
+            )
+
+    def _gold_ids(self, examples: List[Example]) -> List[Ints1d]:
+        index = {tag: i for i, tag in enumerate(self.tags)}
+        gold = []
+        for eg in examples:
+            tags = biluo_to_bio(eg.get_aligned_ner())
+            try:
+                gold.append(self.model.ops.asarray1i([index[t] for t in tags]))
+            except KeyError as err:
+                raise ValueError(
+                    f"Entity tag {err} in a training doc is not among the labels of "
+                    f"'{self.name}' {self.labels}: {eg.reference.text[:80]!r}"
+                ) from None
+        return gold
+
+
+def _merge_keeping_existing(existing: Sequence[Span], predicted: Sequence[Span]) -> List[Span]:
+    """Existing entities plus the predicted ones that overlap none of them."""
+    taken = set()
+    for ent in existing:
+        taken.update(range(ent.start, ent.end))
+    kept = [s for s in predicted if not taken.intersection(range(s.start, s.end))]
+    return sorted([*existing, *kept], key=lambda s: s.start)
