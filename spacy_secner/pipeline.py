@@ -43,6 +43,7 @@ DEFAULT_MODEL = Config().from_str(DEFAULT_NER_CRF_MODEL)["model"]
     default_config={
         "model": DEFAULT_MODEL,
         "overwrite": False,
+        "head_learn_rate_factor": 1.0,
         "scorer": {"@scorers": "spacy.ner_scorer.v1"},
     },
     default_score_weights={
@@ -57,6 +58,7 @@ def make_ner_crf(
     name: str,
     model: Model[List[Doc], List[Floats2d]],
     overwrite: bool,
+    head_learn_rate_factor: float,
     scorer: Optional[Callable],
 ) -> "CRFEntityRecognizer":
     """Create a `ner_crf` pipe: BIO tags decoded by a CRF, written to `doc.ents`.
@@ -66,9 +68,19 @@ def make_ner_crf(
     overwrite (bool): Replace entities already on the doc (from an `entity_ruler` earlier in
         the pipeline, say). By default they are kept and only the predicted entities that do
         not overlap them are added.
+    head_learn_rate_factor (float): The BiLSTM, emission and CRF weights learn at the
+        optimizer's rate times this factor, while the encoder keeps the optimizer's rate: a
+        freshly initialized head can learn fast without shaking the pretrained encoder.
     scorer (Optional[Callable]): Scorer for `nlp.evaluate`; spaCy's NER scorer by default.
     """
-    return CRFEntityRecognizer(nlp.vocab, model, name, overwrite=overwrite, scorer=scorer)
+    return CRFEntityRecognizer(
+        nlp.vocab,
+        model,
+        name,
+        overwrite=overwrite,
+        head_learn_rate_factor=head_learn_rate_factor,
+        scorer=scorer,
+    )
 
 
 class CRFEntityRecognizer(TrainablePipe):
@@ -81,6 +93,7 @@ class CRFEntityRecognizer(TrainablePipe):
         name: str = "ner_crf",
         *,
         overwrite: bool = False,
+        head_learn_rate_factor: float = 1.0,
         scorer: Optional[Callable] = None,
     ) -> None:
         self.vocab = vocab
@@ -88,6 +101,7 @@ class CRFEntityRecognizer(TrainablePipe):
         self.name = name
         self.scorer = scorer
         self.cfg: Dict = {"labels": [], "overwrite": overwrite}
+        self.head_learn_rate_factor = head_learn_rate_factor
 
     @property
     def labels(self) -> tuple:
@@ -160,6 +174,17 @@ class CRFEntityRecognizer(TrainablePipe):
             self.finish_update(sgd)
         losses[self.name] += loss
         return losses
+
+    def finish_update(self, sgd: Optimizer) -> None:
+        """Update the weights, the head's at `head_learn_rate_factor` times the optimizer's rate."""
+        self.model.get_ref("tok2vec").finish_update(sgd)
+        base_rate = sgd.learn_rate
+        sgd.learn_rate = base_rate * self.head_learn_rate_factor
+        try:
+            for name in ("emitter", "crf"):
+                self.model.get_ref(name).finish_update(sgd)
+        finally:
+            sgd.learn_rate = base_rate
 
     def get_loss(self, examples: Iterable[Example], scores: List[Floats2d]):
         """CRF negative log-likelihood and its gradient for the scores.

@@ -1,0 +1,180 @@
+"""Reading DNRTI: CoNLL-style `token tag` lines into spaCy docs, every quirk handled on purpose.
+
+DNRTI's files (Wang et al., TrustCom 2020) have CRLF line endings, a blank line between
+sentences, and a few irregular lines. What happens to each kind, counted in `ReadStats`:
+
+- CRLF: read with universal newlines, so `\r` never reaches a token.
+- Several spaces or trailing spaces around the tag: fields are split on runs of whitespace.
+- A line with a tag and no token (` O`, `O`): skipped (`tag_only_lines`).
+- A whitespace-only line: a sentence break, like an empty one.
+- A token holding a space (`skills. In O`): split into its words (`split_tokens`); the
+  first keeps the tag, the others continue the entity as `I-X` (or stay `O`).
+- Invisible control and format characters (backspace U+0008, zero-width joiner U+200D):
+  removed from the token (`stripped_chars`); a token left empty is dropped.
+- An orphan `I-X` (after `O` or another type): read as `B-X` (`repaired_tags`), which is how
+  seqeval's default mode scores it, so our entity counts and scores match published ones.
+- Other non-ASCII tokens (dashes, ®, ™, curly quotes) are kept verbatim (`non_ascii_tokens`).
+- Anything else (an unknown tag, a token without a tag, undecodable bytes) stops the read with
+  a `DNRTIFormatError` naming the file and line.
+"""
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
+
+from spacy.tokens import Doc
+from spacy.vocab import Vocab
+
+from .bio import repair_bio
+
+DNRTI_LABELS = (
+    "Area",
+    "Exp",
+    "Features",
+    "HackOrg",
+    "Idus",
+    "OffAct",
+    "Org",
+    "Purp",
+    "SamFile",
+    "SecTeam",
+    "Time",
+    "Tool",
+    "Way",
+)
+_WHITESPACE = re.compile(r"\s+")
+
+
+class DNRTIFormatError(ValueError):
+    """A line of a DNRTI file that cannot be read; the message names file and line."""
+
+
+@dataclass
+class ReadStats:
+    """What reading one file found and did."""
+
+    path: str
+    sentences: int = 0
+    tokens: int = 0
+    entities: Counter = field(default_factory=Counter)
+    tag_only_lines: int = 0
+    split_tokens: int = 0
+    stripped_chars: int = 0
+    dropped_empty_tokens: int = 0
+    repaired_tags: int = 0
+    non_ascii_tokens: int = 0
+
+    def as_dict(self) -> Dict:
+        d = dict(self.__dict__)
+        d["entities"] = dict(sorted(self.entities.items()))
+        d["entities_total"] = sum(self.entities.values())
+        return d
+
+
+def read_sentences(
+    path: Union[str, Path], *, labels: Iterable[str] = DNRTI_LABELS, stats: Optional[ReadStats] = None
+) -> Iterator[Tuple[List[str], List[str]]]:
+    """Yield `(words, bio_tags)` per sentence of a DNRTI-style file, tags repaired to valid BIO.
+
+    path (Union[str, Path]): The file.
+    labels (Iterable[str]): Entity types a tag may name; any other tag is an error.
+    stats (Optional[ReadStats]): Filled in with what was read, skipped and repaired.
+    """
+    path = Path(path)
+    stats = stats if stats is not None else ReadStats(str(path))
+    valid = {"O"} | {f"{p}-{label}" for label in labels for p in "BI"}
+    words: List[str] = []
+    tags: List[str] = []
+    with path.open(encoding="utf-8", newline=None) as f:
+        lineno = 0
+        try:
+            for lineno, line in enumerate(f, 1):
+                fields = _WHITESPACE.split(line.strip())
+                if fields == [""]:
+                    if words:
+                        yield _finish(words, tags, stats)
+                        words, tags = [], []
+                    continue
+                tag = fields[-1]
+                if tag not in valid:
+                    raise DNRTIFormatError(
+                        f"{path}:{lineno}: unknown tag {tag!r} in line {line.rstrip()!r} "
+                        f"(expected O, B-X or I-X with X in {sorted(labels)})"
+                    )
+                pieces = [_clean(w, stats) for w in fields[:-1]]
+                pieces = [w for w in pieces if w or _count(stats, "dropped_empty_tokens")]
+                if not pieces:
+                    stats.tag_only_lines += len(fields) == 1
+                    continue
+                if len(pieces) > 1:
+                    stats.split_tokens += 1
+                for i, word in enumerate(pieces):
+                    words.append(word)
+                    tags.append(tag if i == 0 or tag == "O" else "I-" + tag[2:])
+        except UnicodeDecodeError as err:
+            raise DNRTIFormatError(f"{path}:{lineno + 1}: not UTF-8 ({err})") from err
+    if words:
+        yield _finish(words, tags, stats)
+
+
+def read_docs(
+    path: Union[str, Path],
+    vocab: Vocab,
+    *,
+    labels: Iterable[str] = DNRTI_LABELS,
+    limit: Optional[int] = None,
+) -> Tuple[List[Doc], ReadStats]:
+    """Read a DNRTI-style file into one `Doc` per sentence, with gold `doc.ents`.
+
+    The dataset's own tokens are kept as the doc's tokens. `limit` keeps the first N sentences.
+    RETURNS (Tuple[List[Doc], ReadStats]): The docs and what reading found.
+    """
+    stats = ReadStats(str(path))
+    docs = []
+    for words, tags in read_sentences(path, labels=labels, stats=stats):
+        if limit is not None and len(docs) >= limit:
+            break
+        docs.append(Doc(vocab, words=words, spaces=_spaces(words), ents=tags))
+    if limit is not None:
+        # Report what the kept docs hold, not the whole file.
+        stats.sentences = len(docs)
+        stats.tokens = sum(len(d) for d in docs)
+        stats.entities = Counter(e.label_ for d in docs for e in d.ents)
+    return docs, stats
+
+
+def _finish(words: List[str], tags: List[str], stats: ReadStats) -> Tuple[List[str], List[str]]:
+    repaired = repair_bio(tags)
+    stats.repaired_tags += sum(a != b for a, b in zip(tags, repaired))
+    stats.sentences += 1
+    stats.tokens += len(words)
+    stats.non_ascii_tokens += sum(not w.isascii() for w in words)
+    stats.entities.update(t[2:] for t in repaired if t.startswith("B-"))
+    return words, repaired
+
+
+def _clean(word: str, stats: ReadStats) -> str:
+    # Backspaces and zero-width joiners are invisible and split wordpieces for nothing.
+    kept = "".join(c for c in word if unicodedata.category(c) not in ("Cc", "Cf"))
+    stats.stripped_chars += len(word) - len(kept)
+    return kept
+
+
+def _count(stats: ReadStats, name: str) -> bool:
+    setattr(stats, name, getattr(stats, name) + 1)
+    return False
+
+
+_NO_SPACE_BEFORE = {".", ",", ";", ":", "!", "?", ")", "]", "}", "%", "'s", "’s", "'", "”"}
+_NO_SPACE_AFTER = {"(", "[", "{", "“", "$"}
+
+
+def _spaces(words: List[str]) -> List[bool]:
+    """Natural spacing, so `doc.text` reads like the report the sentence came from."""
+    spaces = [
+        nxt not in _NO_SPACE_BEFORE and word not in _NO_SPACE_AFTER
+        for word, nxt in zip(words, words[1:])
+    ]
+    return spaces + [False]

@@ -1,0 +1,130 @@
+"""Training helpers for spaCy's loop: a curve logger with dev loss, and a plateau schedule."""
+import json
+import math
+import sys
+from pathlib import Path
+from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+from spacy.language import Language
+from spacy.training import Corpus
+from spacy.util import minibatch, registry
+
+from .pipeline import CRFEntityRecognizer
+
+
+class DevScores:
+    """The dev scores of the current training run, shared by the logger and the schedule.
+
+    spaCy's loop hands no score to optimizer schedules, so `spacy-secner.curve_logger.v1`
+    records each evaluation here and `spacy-secner.plateau.v1` reads it (same process).
+    """
+
+    scores: List[float] = []
+    learn_rate: Optional[float] = None
+
+    @classmethod
+    def reset(cls) -> None:
+        cls.scores = []
+        cls.learn_rate = None
+
+
+@registry.schedules("spacy-secner.plateau.v1")
+def plateau(
+    base_rate: float, *, factor: float = 0.5, patience: int = 2, min_rate: float = 0.0
+) -> Iterator[float]:
+    """Learning rate that is multiplied by `factor` whenever the dev score has not improved
+    for `patience` evaluations (PyTorch's ReduceLROnPlateau, mode "max").
+
+    Needs `spacy-secner.curve_logger.v1` as the training logger, which reports the scores.
+    """
+    rate, best, since_best, seen = base_rate, -math.inf, 0, 0
+    while True:
+        for score in DevScores.scores[seen:]:
+            seen += 1
+            if score > best:
+                best, since_best = score, 0
+            else:
+                since_best += 1
+                if since_best >= patience:
+                    rate, since_best = max(rate * factor, min_rate), 0
+        DevScores.learn_rate = rate
+        yield rate
+
+
+@registry.loggers("spacy-secner.curve_logger.v1")
+def curve_logger(
+    path: str,
+    dev_path: Optional[str] = None,
+    progress_bar: Optional[str] = "eval",
+    console_output: bool = True,
+) -> Callable[[Language, IO, IO], Tuple[Callable, Callable]]:
+    """spaCy's console table and progress bar, plus one JSON line per evaluation in `path`.
+
+    Each line holds epoch, step, seconds, words, the learning rate (when a plateau schedule
+    runs), the mean training loss per sentence since the last evaluation, the mean CRF
+    negative log-likelihood per dev sentence (`dev_loss`, when `dev_path` is given), and the
+    dev entity precision, recall and F1.
+    """
+    console = registry.loggers.get("spacy.ConsoleLogger.v3")(
+        progress_bar=progress_bar, console_output=console_output, output_file=None
+    )
+
+    def setup(
+        nlp: Language, stdout: IO = sys.stdout, stderr: IO = sys.stderr
+    ) -> Tuple[Callable, Callable]:
+        log_console, finalize_console = console(nlp, stdout, stderr)
+        DevScores.reset()
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        file = out.open("w", encoding="utf8")
+        last_step = -1
+
+        def log_step(info: Optional[Dict[str, Any]]) -> None:
+            nonlocal last_step
+            log_console(info)
+            if info is None or info.get("score") is None:
+                return
+            DevScores.scores.append(info["score"])
+            steps = info["step"] - last_step
+            last_step = info["step"]
+            other = info.get("other_scores") or {}
+            record: Dict[str, Any] = {
+                "epoch": info["epoch"],
+                "step": info["step"],
+                "seconds": info["seconds"],
+                "words": info["words"],
+                "learn_rate": DevScores.learn_rate,
+                "score": info["score"],
+                "ents_p": other.get("ents_p"),
+                "ents_r": other.get("ents_r"),
+                "ents_f": other.get("ents_f"),
+            }
+            for name, proc in nlp.pipeline:
+                if isinstance(proc, CRFEntityRecognizer):
+                    record["train_loss"] = info["losses"].get(name, 0.0) / steps
+                    if dev_path:
+                        record["dev_loss"] = dev_loss(nlp, name, dev_path)
+            file.write(json.dumps(record) + "\n")
+            file.flush()
+
+        def finalize() -> None:
+            finalize_console()
+            file.close()
+
+        return log_step, finalize
+
+    return setup
+
+
+def dev_loss(nlp: Language, name: str, path: str, batch_size: int = 64) -> float:
+    """Mean CRF negative log-likelihood per sentence of the corpus at `path`."""
+    pipe = nlp.get_pipe(name)
+    before = [n for n, _ in nlp.pipeline[: nlp.pipe_names.index(name)]]
+    total, count = 0.0, 0
+    for batch in minibatch(Corpus(path)(nlp), batch_size):
+        docs = [eg.predicted for eg in batch]
+        with nlp.select_pipes(enable=before):
+            docs = list(nlp.pipe(docs))
+        total += pipe.nll(batch, docs) * len(batch)
+        count += len(batch)
+    return total / max(count, 1)
