@@ -5,8 +5,9 @@ from pathlib import Path
 import spacy
 import typer
 from spacy.tokens import DocBin
+from wasabi import msg
 
-from spacy_secner.data import read_docs
+from spacy_secner.data import DNRTIFormatError, read_docs
 
 SPLITS = {"train": "train.txt", "dev": "valid.txt", "test": "test.txt"}
 
@@ -30,17 +31,23 @@ def main(
             "`spacy project assets` then `spacy project run extract`"
         )
     nlp = spacy.blank("en")
-    output_dir.mkdir(parents=True, exist_ok=True)
-    report = {}
+    read = {}
     for split, name in SPLITS.items():
         limit = train_limit if split == "train" else eval_limit
-        docs, stats = read_docs(source / name, nlp.vocab, limit=limit or None)
+        try:
+            read[split] = read_docs(source / name, nlp.vocab, limit=limit or None)
+        except DNRTIFormatError as err:
+            msg.fail(str(err), exits=1)
+    # Write only once every file has been read: a bad file leaves the old corpus whole.
+    output_dir.mkdir(parents=True, exist_ok=True)
+    report = {}
+    for split, (docs, stats) in read.items():
         target = output_dir / f"{split}.spacy"
         tmp = target.with_suffix(".spacy.tmp")
         DocBin(docs=docs, store_user_data=False).to_disk(tmp)
-        tmp.replace(target)  # atomic: a crash never leaves a half-written corpus
+        tmp.replace(target)
         report[split] = stats.as_dict()
-        print(f"{split}: {json.dumps(report[split])}")
+        msg.info(f"{split}: {json.dumps(report[split])}")
     (output_dir / "stats.json").write_text(json.dumps(report, indent=2))
 
 

@@ -71,8 +71,10 @@ def init(model: Model, X: Optional[List[Doc]] = None, Y: Optional[Any] = None) -
     if X is not None:
         tok2vec.initialize(X=X)
         # A listener only knows its width once its upstream transformer is set up, so ask
-        # the layer itself rather than the config.
-        model.set_dim("nI", tok2vec.predict(X[:1])[0].shape[1], force=True)
+        # the layer itself rather than the config, with a non-empty doc (a listener cannot
+        # pool a batch of empty docs).
+        sample = [doc for doc in X if len(doc)][:1] or X[:1]
+        model.set_dim("nI", tok2vec.predict(sample)[0].shape[1], force=True)
     build_heads(model)
 
 

@@ -34,7 +34,9 @@ def join_tokens(words: Sequence[str]) -> Tuple[str, List[bool]]:
     spaces = [True] * len(words)
     open_quotes = {'"': False, "'": False}
     for i, word in enumerate(words):
-        if word in _STRAIGHT_QUOTES:
+        if word == "'" and not open_quotes["'"] and i > 0 and words[i - 1][-1:] in ("s", "S"):
+            spaces[i - 1] = False  # plural possessive: "users ' data" -> "users' data"
+        elif word in _STRAIGHT_QUOTES:
             kind = "'" if word == "'" else '"'
             opens = not open_quotes[kind]
             open_quotes[kind] = opens

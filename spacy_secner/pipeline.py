@@ -134,8 +134,9 @@ class CRFEntityRecognizer(TrainablePipe):
         """Best BIO tag indices per doc. Does not modify the docs."""
         docs = list(docs)
         self._require_initialized()
-        if not docs:
-            return []
+        if not any(len(doc) for doc in docs):
+            # Nothing to tag; a transformer listener cannot pool a batch of empty docs.
+            return [self.model.ops.alloc1i(0) for _ in docs]
         return crf_decode(self.model, self.model.predict(docs))
 
     def set_annotations(self, docs: Iterable[Doc], tag_ids: List[Ints1d]) -> None:
@@ -206,6 +207,8 @@ class CRFEntityRecognizer(TrainablePipe):
         examples = list(examples)
         self._require_initialized()
         docs = docs if docs is not None else [eg.predicted for eg in examples]
+        if not any(len(doc) for doc in docs):
+            return 0.0
         return crf_nll(self.model, self.model.predict(docs), self._gold_ids(examples))
 
     def initialize(
@@ -243,7 +246,7 @@ class CRFEntityRecognizer(TrainablePipe):
             self.vocab.from_bytes(msg["vocab"], exclude=exclude)
         if "model" not in exclude and "model" in msg:
             self._build_for_loading()
-            self.model.from_bytes(msg["model"])
+            self._load_model(msg["model"], "bytes")
         return self
 
     def from_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()):
@@ -257,8 +260,18 @@ class CRFEntityRecognizer(TrainablePipe):
             if not (path / "model").exists():
                 raise ValueError(f"'{self.name}' has no saved model at {path / 'model'}")
             self._build_for_loading()
-            self.model.from_bytes((path / "model").read_bytes())
+            self._load_model((path / "model").read_bytes(), str(path / "model"))
         return self
+
+    def _load_model(self, data: bytes, source: str) -> None:
+        try:
+            self.model.from_bytes(data)
+        except Exception as err:
+            # msgpack and thinc report a damaged file as e.g. "Unpack failed: incomplete input".
+            raise ValueError(
+                f"Could not load the '{self.name}' model weights from {source}: the data is "
+                f"corrupt or truncated, or was saved with another architecture ({err})"
+            ) from err
 
     def _build_for_loading(self) -> None:
         if has_heads(self.model):

@@ -5,25 +5,26 @@ cases and `url_match`) and changes them in four ways, each checked against DNRTI
 
 - `token_match` keeps every indicator in `INDICATOR_PATTERNS` whole. spaCy tries it on a
   whitespace-separated chunk before and after each round of prefix/suffix stripping, so
-  `(1.2.3.4),` loses its brackets and comma but never its dots. No pattern may end in sentence
+  `(1.2.3.4),` loses its bracket and comma but never its dots. No indicator may end in sentence
   punctuation, or `Visit 1.2.3.4.` would keep its full stop.
 - Infixes: hyphens and dashes no longer split (`spear-phishing`, `CVE-2012-0158`,
-  `tools—EternalRomance` are single DNRTI tokens), and neither do `.`, `/` and `:` between
-  letters (`Backdoor.APT.Pgift`, `CMD/PowerShell`), which DNRTI keeps whole.
-- Prefixes/suffixes: curly quotes and `’s` stay attached (DNRTI splits the straight `"` and
-  `'s` but never `“ ” ‘ ’`), and a full stop also comes off after a capital that follows a
-  digit or lower-case letter (`...D5D4DA92051A19D1032B.`, `Ploutus-D.`).
-- Special cases: only the one-token ones (abbreviations like `U.S.`, `Jan.`) are kept. English's
-  contraction rules (`isn't` -> `is n't`, `Shed` -> `She d`) and emoticons (`8)`) go: DNRTI
-  keeps contractions whole, and emoticons mostly misfire on bracketed numbers.
+  `tools—EternalRomance` are single DNRTI tokens), nor do `.`, `/` and `:` between letters
+  (`Backdoor.APT.Pgift`, `CMD/PowerShell`) or a trade mark sign (`Google®`).
+- Prefixes and suffixes: whatever DNRTI never splits off stays attached: curly quotes and `’s`
+  (it does split the straight `"` and `'s`), `$`, `%` and units, `#`, `_`, square brackets.
+  A full stop after a lone capital (`...D1032B.`, `Backdoor.Remexi.B.`) and a curly quote after
+  a comma (`malware,”`) come off.
+- Special cases: only the one-token, word-like ones (abbreviations such as `U.S.`, `Jan.`) are
+  kept. English's contraction rules (`isn't` -> `is n't`, `Shed` -> `She d`) go, as DNRTI keeps
+  contractions whole, and so do emoticons, which misfire on text like `Figure 8)`.
 
-Every rule is a plain regex, so `Tokenizer.to_disk` stores it and `spacy.load` restores it;
-flags are written inline because only the pattern text is serialized.
+Every rule is a plain regex, so `Tokenizer.to_disk` stores it and `spacy.load` restores it.
+Flags are written inline (`(?i:...)`) because only the pattern text is serialized.
 """
 import re
 from typing import Callable, Dict, List, Optional, Pattern, Sequence
 
-from spacy.lang.char_classes import ALPHA, ALPHA_LOWER
+from spacy.lang.char_classes import ALPHA
 from spacy.language import Language
 from spacy.tokenizer import Tokenizer
 from spacy.util import compile_infix_regex, compile_prefix_regex, compile_suffix_regex, registry
@@ -37,12 +38,13 @@ _HOST = rf"(?:[A-Za-z0-9](?:[\w-]*[A-Za-z0-9])?{_DOT})+[A-Za-z]{{2,63}}"
 _PORT_PATH = r"(?::\d{1,5})?(?:[/?#]\S*)?"
 
 INDICATOR_PATTERNS: Dict[str, str] = {
-    # Scheme first, so hxxp://, fxp:// and http[:]// count as URLs whatever follows them.
+    # Scheme first, so hxxp://, fxp:// and http[:]// make a URL whatever follows them.
     "url": r"(?i:h(?:tt|xx)ps?|s?ftps?|fxp|file|wss?|tcp|udp)(?:://|\[://\]|\[:\]//|:\[//\])\S*",
     "email": rf"[\w.+-]+{_AT}{_HOST}",
     # Dotted quad, defanged or not, with an optional CIDR suffix, port and path.
     "ipv4": rf"{_OCTET}(?:{_DOT}{_OCTET}){{3}}(?:/\d{{1,2}})?{_PORT_PATH}",
-    # Full eight-group form, or one `::` with up to seven groups around it; optional prefix.
+    # All eight groups, or one `::` with groups either side; optional prefix length. A colon is
+    # no infix here, but the pattern also keeps `::1` and `fe80::1` from losing a prefix.
     "ipv6": rf"(?:(?:{_H16}:){{7}}{_H16}|(?=[0-9A-Fa-f:]*[0-9A-Fa-f])"
     rf"(?:{_H16}(?::{_H16}){{0,6}})?::(?:{_H16}(?::{_H16}){{0,6}})?)(?:/\d{{1,3}})?",
     # MD5, SHA-1, SHA-256 (and SHA-512): exactly that many hex digits.
@@ -50,59 +52,104 @@ INDICATOR_PATTERNS: Dict[str, str] = {
     # Reports write CVE-2017-11882, CVE2017-11882, CVE-2017_1882 and CVE-2018–8440.
     "cve": r"(?i:cve)[-_]?\d{4}[-_–]\d{3,7}",
     "ms_bulletin": r"MS\d{2}-\d{3}",
-    # Hive name first, so a key without a drive letter or slash is still recognised.
+    # Hive name first, so a key is recognised without a drive letter or slash before it.
     "registry_key": r"(?:HKEY_[A-Z_]+|HK(?:LM|CU|CR|CC|U))(?:\\[^\\\s]+)*\\?",
-    # Drive letter, UNC share or %ENVVAR%, then at least one backslash-separated part.
-    "windows_path": r"(?:[A-Za-z]:|\\\\[\w.$-]+|%\w+%)(?:\\[^\\\s]*)+",
+    # Drive letter, UNC share or %ENVVAR%, then backslash-separated parts; or a bare %ENVVAR%,
+    # whose leading `%` would otherwise be split off as a prefix.
+    "windows_path": r"(?:[A-Za-z]:|\\\\[\w.$-]+|%\w+%)(?:\\[^\\\s]*)+|%\w+%",
     # From the root or home: /etc/passwd, ~/.ssh/id_rsa, /tmp/.x/run.sh.
     "unix_path": r"~?(?:/[\w.+@-]+)+/?",
-    # A bare host, defanged or not, optionally with port and path: evil[.]com/a.php.
+    # A bare host, defanged or not, with an optional port and path: evil[.]com/a.php.
     "domain": rf"{_HOST}{_PORT_PATH}",
     # Group handles with digits in them: admin@338, APT28, TG-3390, APT-C-06, UNC2452.
     "actor_handle": r"[A-Za-z][\w.]*@\d+|[A-Z][A-Za-z]*(?:-[A-Z]+)*-?\d+[A-Za-z]?",
 }
-# No indicator ends in the punctuation a sentence puts after a word, so `evil.com/a.php).`
-# fails as a whole, sheds `.` and `)` as suffixes, and then matches.
+# No indicator ends in the punctuation a sentence puts after a word: `evil.com/a.php).` fails
+# as a whole, sheds `.` and `)` as suffixes, and then matches.
 _NOT_AFTER_INDICATOR = r"""(?<![.,;:!?'"()\[\]{}<>“”‘’])"""
+# Word forms that DNRTI keeps whole although they end in punctuation, so they are exempt from
+# the rule above.
+WORD_FORM_PATTERNS: Dict[str, str] = {
+    # Numbered headings keep their colon (`Figure 2:`, `Tactic #1:`), as in 15 of DNRTI's 19.
+    "heading_number": r"#?\d{1,3}:",
+    # Function calls and optional plurals: `ShellExecute()`, `attack(s)`; never split in DNRTI.
+    "function_call": r"[A-Za-z_][\w.]*\(\)",
+    "optional_plural": r"[A-Za-z]+\((?:s|es)\)",
+}
 
 
-def indicator_regex(patterns: Optional[Dict[str, str]] = None) -> Pattern:
+def indicator_regex(
+    patterns: Optional[Dict[str, str]] = None, word_forms: Optional[Dict[str, str]] = None
+) -> Pattern:
     """Compile indicator patterns into one anchored regex with a named group per class.
 
-    patterns (Optional[Dict[str, str]]): Class name to pattern; `INDICATOR_PATTERNS` by default.
-    RETURNS (Pattern): Matches a whole string that is one indicator; `lastgroup` names the class.
+    patterns (Optional[Dict[str, str]]): Class name to pattern, none of which may match a
+        string ending in sentence punctuation; `INDICATOR_PATTERNS` by default.
+    word_forms (Optional[Dict[str, str]]): Class name to pattern, exempt from that rule;
+        `WORD_FORM_PATTERNS` by default.
+    RETURNS (Pattern): Matches a whole string that is one indicator or word form;
+        `match.lastgroup` names the class.
     """
     patterns = INDICATOR_PATTERNS if patterns is None else patterns
-    body = "|".join(f"(?P<{name}>{pattern})" for name, pattern in patterns.items())
-    return re.compile(rf"(?:{body}){_NOT_AFTER_INDICATOR}\Z")
+    word_forms = WORD_FORM_PATTERNS if word_forms is None else word_forms
+    guarded = "|".join(f"(?P<{name}>{pattern})" for name, pattern in patterns.items())
+    exempt = "".join(f"|(?P<{name}>{pattern})" for name, pattern in word_forms.items())
+    return re.compile(rf"(?:(?:{guarded}){_NOT_AFTER_INDICATOR}{exempt})\Z")
 
 
-# DNRTI tokens that English's infixes would split: a default infix rule that splits any of them
-# is dropped, and the parts of it DNRTI agrees with are added back in `_INFIXES_BACK`.
-_KEEP_WHOLE = ("spear-phishing", "tools—EternalRomance", "CVE-2012-0158", "Exploit.MSWord")
-_KEEP_WHOLE += ("CMD/PowerShell", "include:AIRBREAK")
+# DNRTI tokens that English's infixes would split. A default infix that splits any of them is
+# dropped, and the parts of it DNRTI agrees with come back in `_INFIXES_BACK`.
+_INFIX_PROBES = (
+    "spear-phishing",
+    "tools—EternalRomance",
+    "CVE-2012-0158",
+    "Exploit.MSWord",
+    "CMD/PowerShell",
+    "include:AIRBREAK",
+    "Google®",
+)
 _INFIXES_BACK = [
     r"(?<=[0-9])[+*^](?=[0-9-])",  # 2+2, 10^6; not the hyphen of 2012-0158
     rf"(?<=[{ALPHA}0-9])[<>=](?=[{ALPHA}])",  # a=b, a<b; not a:b or a/b
 ]
-# Curly quotes and the curly possessive stay attached: DNRTI never splits them off, though it
-# does split the straight `"` and `'s`.
-_KEEP_ATTACHED = ("“EternalBlue”", "‘Operation", "Sheep’", "victim’s")
-# A full stop after a capital that follows a digit, lower-case letter or hyphen: hashes and
-# names like `Ploutus-D` ending a sentence. Two capitals are already covered by English's rules.
-_EXTRA_SUFFIXES = [rf"(?<=[0-9{ALPHA_LOWER}\-][A-Z])\."]
+# DNRTI tokens that English's prefixes or suffixes would split; in DNRTI these characters
+# (almost) never stand alone. A default prefix or suffix that splits any of them is dropped.
+_AFFIX_PROBES = (
+    "“EternalBlue”",  # curly quotes; DNRTI splits only the straight `"`
+    "‘Operation",
+    "Sheep’",
+    "victim’s",  # curly possessive; DNRTI splits only the straight `'s`
+    "$300",  # currency signs
+    "US$360",
+    "55%",  # the units rule: 55%, 500MB, and also hex-ish names like de4d0t
+    "de4d0t",
+    "C#",
+    "#screen",
+    "IOS_",
+    "Google®",  # trade marks
+    "%TEMP%",
+    "[1]",  # square brackets, also the ones in defanged [.] and [:]
+)
+_EXTRA_SUFFIXES = [
+    # A full stop after a lone capital ending a hash or a name (`...D1032B.`, `Ploutus-D.`,
+    # `XAGENT.B.`) but not initials (`U.K.`). English only splits it after two capitals.
+    r"(?<=[^A-Z.\s][A-Z])\.",
+    r"(?<=[A-Za-z0-9]{2}\.[A-Z])\.",
+    # The one curly quote DNRTI splits off: after a comma (`malware,”` -> `malware , ”`).
+    r"(?<=,)”",
+]
 
 
 def _infixes(rules: Sequence[str]) -> List[str]:
-    kept = [r for r in rules if not any(re.search(r, w) for w in _KEEP_WHOLE)]
+    kept = [rule for rule in rules if not any(re.search(rule, w) for w in _INFIX_PROBES)]
     return kept + _INFIXES_BACK
 
 
-def _affixes(rules: Sequence[str], anchor: str) -> List[str]:
-    def splits(rule: str, word: str) -> bool:
-        return re.search(anchor.format(rule), word) is not None
+def _affixes(rules: Sequence[str], anchored: str) -> List[str]:
+    def splits(rule: str) -> bool:
+        return any(re.search(anchored.format(rule), w) for w in _AFFIX_PROBES)
 
-    return [r for r in rules if not any(splits(r, w) for w in _KEEP_ATTACHED)]
+    return [rule for rule in rules if not splits(rule)]
 
 
 def _special_cases(exceptions: Dict[str, List[Dict]]) -> Dict[str, List[Dict]]:
@@ -117,15 +164,12 @@ def _special_cases(exceptions: Dict[str, List[Dict]]) -> Dict[str, List[Dict]]:
 
 @registry.tokenizers("spacy-secner.cti_tokenizer.v1")
 def cti_tokenizer() -> Callable[[Language], Tokenizer]:
-    """Registered tokenizer for threat reports: `[nlp.tokenizer] @tokenizers = "spacy-secner.cti_tokenizer.v1"`.
+    """Registered tokenizer factory for threat reports.
 
+    Use it in a config as `[nlp.tokenizer] @tokenizers = "spacy-secner.cti_tokenizer.v1"`.
     RETURNS (Callable[[Language], Tokenizer]): Builds the tokenizer from the language's defaults.
     """
-
-    def create_tokenizer(nlp: Language) -> Tokenizer:
-        return build_cti_tokenizer(nlp)
-
-    return create_tokenizer
+    return build_cti_tokenizer
 
 
 def build_cti_tokenizer(nlp: Language) -> Tokenizer:
@@ -137,14 +181,12 @@ def build_cti_tokenizer(nlp: Language) -> Tokenizer:
     defaults = nlp.Defaults
     prefixes = _affixes(defaults.prefixes or [], "^(?:{})")
     suffixes = _affixes(defaults.suffixes or [], "(?:{})$") + _EXTRA_SUFFIXES
-    infixes = _infixes(defaults.infixes or [])
-    url_match = defaults.url_match
     return Tokenizer(
         nlp.vocab,
         rules=_special_cases(defaults.tokenizer_exceptions or {}),
         prefix_search=compile_prefix_regex(prefixes).search,
         suffix_search=compile_suffix_regex(suffixes).search,
-        infix_finditer=compile_infix_regex(infixes).finditer,
+        infix_finditer=compile_infix_regex(_infixes(defaults.infixes or [])).finditer,
         token_match=indicator_regex().match,
-        url_match=url_match,
+        url_match=defaults.url_match,
     )

@@ -1,5 +1,8 @@
 """Shared fixtures: five annotated CTI sentences, a tiny random BERT and tiny `ner_crf` pipelines."""
+import json
 import os
+import subprocess
+import sys
 
 # No network on CI: every transformer is loaded from a local directory.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -77,7 +80,7 @@ max_batch_items = 4096
 
 [components.transformer.model]
 @architectures = "spacy-transformers.TransformerModel.v3"
-name = {name}
+{name_line}
 tokenizer_config = {{"use_fast": true}}
 mixed_precision = false
 
@@ -150,16 +153,56 @@ def make_cnn_nlp(*, seed: int = 0, **ner_config) -> Language:
     return nlp
 
 
-def trf_config_str(name: str, *, pooling: str = "reduce_first.v1") -> str:
-    """A full `transformer` + `ner_crf` config. `name` is a TOML value (quoted path or `{...}`)."""
-    return TRF_NLP_CONFIG.format(name=name, pooling=pooling)
+def trf_config_str(model_dir: Optional[Path], *, pooling: str = "reduce_first.v1") -> str:
+    """A full `transformer` + `ner_crf` config on a local HF model directory, or on the
+    embedded MiniLM (`spacy-secner.embedded_encoder.v1`) if `model_dir` is None."""
+    if model_dir is None:
+        return TRF_NLP_CONFIG.format(name_line="", pooling=pooling) + (
+            '\n[components.transformer.model.name]\n@misc = "spacy-secner.embedded_encoder.v1"\n'
+        )
+    return TRF_NLP_CONFIG.format(name_line=f'name = "{model_dir}"', pooling=pooling)
 
 
-def make_trf_nlp(model_dir: Path, *, pooling: str = "reduce_first.v1", seed: int = 0) -> Language:
+def make_trf_nlp(
+    model_dir: Optional[Path], *, pooling: str = "reduce_first.v1", seed: int = 0
+) -> Language:
     """`transformer` + `ner_crf` built from a full config, validated like `spacy train` does."""
     fix_random_seed(seed)
-    config = spacy.util.load_config_from_str(trf_config_str(f'"{model_dir}"', pooling=pooling))
+    config = spacy.util.load_config_from_str(trf_config_str(model_dir, pooling=pooling))
     return spacy.util.load_model_from_config(config, auto_fill=True, validate=True)
+
+
+LOAD_IN_FRESH_PROCESS = """
+import json, sys
+if "spacy_secner" in sys.modules:
+    raise SystemExit("spacy_secner was imported before spacy.load")
+import spacy
+nlp = spacy.load(sys.argv[1])
+texts = json.loads(open(sys.argv[2], encoding="utf8").read())
+ents = [[[e.start, e.end, e.label_] for e in doc.ents] for doc in nlp.pipe(texts)]
+with open(sys.argv[3], "w", encoding="utf8") as f:
+    json.dump({"ents": ents, "pipe_names": nlp.pipe_names}, f)
+"""
+
+
+def load_in_fresh_process(path: Path, texts: List[str], workdir: Path) -> Dict:
+    """`spacy.load(path)` in a new Python process that never imports spacy_secner itself (the
+    factory must come from the entry points); RETURNS the entities per text as JSON data."""
+    texts_file = workdir / "texts.json"
+    out_file = workdir / "ents.json"
+    texts_file.write_text(json.dumps(texts), encoding="utf8")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    # -I: no cwd or PYTHONPATH on sys.path, so the installed distribution is what gets loaded.
+    proc = subprocess.run(
+        [sys.executable, "-I", "-c", LOAD_IN_FRESH_PROCESS, str(path), str(texts_file), str(out_file)],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out_file.read_text(encoding="utf8"))
 
 
 def train_until_gold(

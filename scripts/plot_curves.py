@@ -1,0 +1,15 @@
+"""Plot the training curves written by spacy-secner.curve_logger.v1."""
+from pathlib import Path
+
+import typer
+
+from spacy_secner.evaluation import plot_curves, read_curves
+
+
+def main(curves: Path, output: Path = typer.Argument(Path("metrics/curves.png"))) -> None:
+    plot_curves(read_curves(curves), output)
+    print(f"Wrote {output}")
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -1,0 +1,251 @@
+"""The torch modules and BIO helpers: constrained decoding, likelihood, packing, tag conversion."""
+import itertools
+import random
+from typing import List, Sequence
+
+import numpy
+import pytest
+import torch
+from seqeval.metrics.sequence_labeling import get_entities
+from spacy.training import iob_to_biluo
+
+from spacy_secner.bio import bio_tags, biluo_to_bio, repair_bio
+from spacy_secner.pytorch_bilstm_crf import (
+    BIOCRF,
+    BiLSTMEmitter,
+    bio_allowed_transitions,
+    lengths_to_mask,
+)
+
+TAGS = bio_tags(["HackOrg", "Tool"])  # O, B-HackOrg, I-HackOrg, B-Tool, I-Tool
+
+
+def valid_transition(prev: str, tag: str) -> bool:
+    """BIO: `I-X` only continues `B-X` or `I-X` (an independent check, not the package's)."""
+    return not tag.startswith("I-") or (prev != "O" and prev[2:] == tag[2:])
+
+
+def bio_errors(tags: Sequence[str]) -> List[str]:
+    """Every invalid BIO step in a tag sequence, including a start with `I-`."""
+    errors = []
+    for i, tag in enumerate(tags):
+        if i == 0 and tag.startswith("I-"):
+            errors.append(f"starts with {tag}")
+        elif i > 0 and not valid_transition(tags[i - 1], tag):
+            errors.append(f"{tags[i - 1]} -> {tag} at {i}")
+    return errors
+
+
+def random_bio_sequence(rng: random.Random, labels: Sequence[str], length: int) -> List[str]:
+    """Any sequence over the tag set, well formed or not."""
+    return [rng.choice(bio_tags(labels)) for _ in range(length)]
+
+
+def test_bio_tags_order():
+    assert bio_tags(["HackOrg", "Tool"]) == ["O", "B-HackOrg", "I-HackOrg", "B-Tool", "I-Tool"]
+    assert bio_tags([]) == ["O"]
+
+
+def test_bio_allowed_transitions_exact():
+    start, trans, end = bio_allowed_transitions(TAGS)
+    idx = {tag: i for i, tag in enumerate(TAGS)}
+    assert start.tolist() == [True, True, False, True, False]
+    assert end.tolist() == [True] * 5
+    forbidden = {
+        ("O", "I-HackOrg"),
+        ("O", "I-Tool"),
+        ("B-Tool", "I-HackOrg"),
+        ("I-Tool", "I-HackOrg"),
+        ("B-HackOrg", "I-Tool"),
+        ("I-HackOrg", "I-Tool"),
+    }
+    for prev, tag in itertools.product(TAGS, TAGS):
+        assert bool(trans[idx[prev], idx[tag]]) == ((prev, tag) not in forbidden), (prev, tag)
+
+
+@pytest.mark.parametrize("n_labels", [1, 3, 6])
+def test_bio_allowed_transitions_match_definition(n_labels):
+    tags = bio_tags([f"L{i}" for i in range(n_labels)])
+    start, trans, _ = bio_allowed_transitions(tags)
+    for i, j in itertools.product(range(len(tags)), range(len(tags))):
+        assert bool(trans[i, j]) == valid_transition(tags[i], tags[j]), (tags[i], tags[j])
+    for j, tag in enumerate(tags):
+        assert bool(start[j]) == (not tag.startswith("I-"))
+
+
+def _decode(crf: BIOCRF, emissions: torch.Tensor, lengths: List[int]) -> List[List[int]]:
+    mask = lengths_to_mask(torch.tensor(lengths), emissions.shape[1])
+    with torch.no_grad():
+        out = crf(emissions, mask)
+    paths = []
+    for row, n in zip(out.tolist(), lengths):
+        assert all(t >= 0 for t in row[:n]) and all(t == -1 for t in row[n:])
+        paths.append(row[:n])
+    return paths
+
+
+def _set_learned_scores(crf: BIOCRF, start: torch.Tensor, trans: torch.Tensor, end: torch.Tensor):
+    """Set the CRF's learned scores (under the constraint's parametrization, if any)."""
+    values = {"start_transitions": start, "transitions": trans, "end_transitions": end}
+    with torch.no_grad():
+        for name, param in crf.named_parameters():
+            key = name.replace(".original", "").split(".")[-1]
+            param.copy_(values[key])
+
+
+def test_constrained_viterbi_never_decodes_invalid_bio():
+    """500 random emission matrices under 100 random CRFs, with large emissions and learned
+    transitions that (in half of them) favour invalid moves: every constrained path is BIO."""
+    gen = torch.Generator().manual_seed(0)
+    rng = random.Random(0)
+    n_paths = 0
+    for trial in range(100):
+        tags = bio_tags([f"L{i}" for i in range(rng.randint(1, 5))])
+        n = len(tags)
+        crf = BIOCRF(tags, constrained=True)
+        scale = rng.choice([1.0, 10.0, 100.0])
+        start, trans, end = (torch.randn(shape, generator=gen) * scale for shape in [n, (n, n), n])
+        if trial % 2:
+            # Make every invalid move the best one, before the constraint applies.
+            allowed_start, allowed_trans, _ = bio_allowed_transitions(tags)
+            start = start + (~allowed_start).float() * 1000.0
+            trans = trans + (~allowed_trans).float() * 1000.0
+        _set_learned_scores(crf, start, trans, end)
+        lengths = [rng.randint(1, 12) for _ in range(5)]
+        emissions = torch.randn(len(lengths), max(lengths), n, generator=gen) * 10.0
+        if trial % 3 == 0:
+            emissions[..., [i for i, t in enumerate(tags) if t.startswith("I-")]] += 50.0
+        for path in _decode(crf, emissions, lengths):
+            seq = [tags[i] for i in path]
+            assert not bio_errors(seq), (trial, seq)
+            n_paths += 1
+    assert n_paths == 500
+
+
+def test_unconstrained_viterbi_does_decode_invalid_bio():
+    """The property above is not vacuous: without the constraint, the same kind of scores give
+    invalid paths, and the constrained CRF with the same learned scores never does."""
+    gen = torch.Generator().manual_seed(1)
+    allowed_start, allowed_trans, _ = bio_allowed_transitions(TAGS)
+    scores = ((~allowed_start).float() * 5.0, (~allowed_trans).float() * 5.0, torch.zeros(5))
+    free = BIOCRF(TAGS, constrained=False)
+    constrained = BIOCRF(TAGS, constrained=True)
+    _set_learned_scores(free, *scores)
+    _set_learned_scores(constrained, *scores)
+    emissions = torch.randn(20, 8, len(TAGS), generator=gen) * 10.0
+    lengths = [8] * 20
+    free_paths = _decode(free, emissions, lengths)
+    assert sum(bool(bio_errors([TAGS[i] for i in p])) for p in free_paths) > 0
+    for path in _decode(constrained, emissions, lengths):
+        assert not bio_errors([TAGS[i] for i in path])
+
+
+def test_constrained_crf_puts_all_probability_on_valid_sequences():
+    torch.manual_seed(0)
+    crf = BIOCRF(TAGS, constrained=True)
+    with torch.no_grad():
+        for param in crf.parameters():
+            param.normal_(0, 3.0)
+    length = 4
+    emissions = torch.randn(1, length, len(TAGS)) * 3.0
+    mask = torch.ones(1, length, dtype=torch.bool)
+    valid_mass = 0.0
+    total_mass = 0.0
+    for seq in itertools.product(range(len(TAGS)), repeat=length):
+        tags = torch.tensor([seq])
+        with torch.no_grad():
+            prob = float(crf.sequence_log_likelihood(emissions, mask, tags).exp())
+        total_mass += prob
+        if not bio_errors([TAGS[i] for i in seq]):
+            valid_mass += prob
+        else:
+            assert prob < 1e-100
+    assert total_mass == pytest.approx(1.0, abs=1e-4)
+    assert valid_mass == pytest.approx(1.0, abs=1e-4)
+
+
+def test_crf_loss_is_mean_nll_and_differentiable():
+    torch.manual_seed(0)
+    crf = BIOCRF(TAGS, constrained=True)
+    emissions = torch.randn(2, 3, len(TAGS), requires_grad=True)
+    mask = lengths_to_mask(torch.tensor([3, 2]), 3)
+    gold = torch.tensor([[1, 2, 0], [3, 4, 0]])
+    loss = crf(emissions, mask, gold)
+    expected = -crf.sequence_log_likelihood(emissions, mask, gold).mean()
+    assert loss.item() == pytest.approx(expected.item())
+    assert loss.item() > 0
+    (d_emissions,) = torch.autograd.grad(loss, emissions)
+    # Padding gets no gradient.
+    assert torch.all(d_emissions[1, 2] == 0)
+    assert float(d_emissions.abs().sum()) > 0
+
+
+def test_crf_state_dict_holds_only_learned_weights():
+    state = BIOCRF(TAGS, constrained=True).state_dict()
+    assert not any("penalty" in key for key in state)
+    assert {tuple(v.shape) for v in state.values()} == {(5,), (5, 5)}
+
+
+@pytest.mark.parametrize("depth", [0, 1, 2])
+def test_emitter_output_does_not_depend_on_padding(depth):
+    torch.manual_seed(0)
+    emitter = BiLSTMEmitter(6, 5, hidden_size=4, depth=depth, dropout=0.0).eval()
+    lengths = [3, 11, 1]
+    X = torch.randn(len(lengths), 11, 6)
+    for i, n in enumerate(lengths):
+        X[i, n:] = 1000.0  # garbage in the padding must not leak into real positions
+    with torch.no_grad():
+        batched = emitter(X, torch.tensor(lengths))
+        for i, n in enumerate(lengths):
+            alone = emitter(X[i : i + 1, :n], torch.tensor([n]))
+            assert batched.shape == (3, 11, 5)
+            numpy.testing.assert_allclose(batched[i, :n].numpy(), alone[0].numpy(), atol=1e-6)
+
+
+def test_biluo_to_bio():
+    assert biluo_to_bio(["U-Tool", "O", "B-Org", "I-Org", "L-Org", "-", None, "B-Time", "L-Time"]) == [
+        "B-Tool",
+        "O",
+        "B-Org",
+        "I-Org",
+        "I-Org",
+        "O",
+        "O",
+        "B-Time",
+        "I-Time",
+    ]
+    assert biluo_to_bio([]) == []
+
+
+def test_biluo_to_bio_inverts_spacy_iob_to_biluo():
+    rng = random.Random(0)
+    for _ in range(500):
+        bio = repair_bio(random_bio_sequence(rng, ["A", "B"], rng.randint(0, 12)))
+        assert biluo_to_bio(iob_to_biluo(bio)) == bio
+
+
+def test_repair_bio_matches_seqeval_default_mode():
+    rng = random.Random(0)
+    changed = 0
+    for _ in range(3000):
+        raw = random_bio_sequence(rng, ["A", "B", "C"], rng.randint(0, 15))
+        repaired = repair_bio(raw)
+        assert len(repaired) == len(raw)
+        assert not bio_errors(repaired), (raw, repaired)
+        assert get_entities(repaired) == get_entities(raw), (raw, repaired)
+        assert repair_bio(repaired) == repaired
+        changed += repaired != raw
+    assert changed > 1000  # the sequences did need repairing
+
+
+def test_repair_bio_examples():
+    assert repair_bio(["I-A", "I-A", "O", "I-B", "B-A", "I-B"]) == [
+        "B-A",
+        "I-A",
+        "O",
+        "B-B",
+        "B-A",
+        "B-B",
+    ]
+    valid = ["B-A", "I-A", "B-A", "O", "B-B", "I-B"]
+    assert repair_bio(valid) == valid

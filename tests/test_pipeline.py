@@ -1,0 +1,352 @@
+"""The `ner_crf` pipe end to end: config, initialization, overfitting, batching, edge cases."""
+import math
+
+import numpy
+import pytest
+import spacy
+from conftest import (
+    GOLD_ENTS,
+    LABELS,
+    TRAIN_DATA,
+    TRAIN_TEXTS,
+    ents_of,
+    make_cnn_nlp,
+    make_example,
+    make_examples,
+    make_trf_nlp,
+    offsets_of,
+    train_until_gold,
+    trf_config_str,
+)
+from spacy.language import Language
+from spacy.training import Example
+from thinc.api import ConfigValidationError
+
+from spacy_secner import CRFEntityRecognizer
+
+# Sentences the pipelines were not trained on.
+NEW_TEXTS = [
+    "Turla used Snake against the Foreign Office in 2019 .",
+    "APT29 deployed WellMess .",
+    "Nothing to see here .",
+]
+LONG_TEXT = " ".join(TRAIN_TEXTS * 20)  # ~1000 tokens, ~1300 wordpieces
+
+
+@pytest.fixture(params=["cnn", "tiny_bert"])
+def trained_nlp(request) -> Language:
+    """Each of the two shared trained pipelines (read only)."""
+    return request.getfixturevalue(f"trained_{'cnn' if request.param == 'cnn' else 'trf'}_nlp")
+
+
+def emissions(nlp: Language, docs):
+    """The emission scores of processed docs (their transformer output is on the docs)."""
+    return nlp.get_pipe("ner_crf").model.predict(list(docs))
+
+
+# --- configuration -------------------------------------------------------------------------
+
+
+def test_add_pipe_with_default_config():
+    nlp = spacy.blank("en")
+    ner = nlp.add_pipe("ner_crf")
+    assert isinstance(ner, CRFEntityRecognizer)
+    assert nlp.pipe_names == ["ner_crf"]
+    cfg = nlp.config["components"]["ner_crf"]
+    assert cfg["overwrite"] is False
+    assert cfg["scorer"] == {"@scorers": "spacy.ner_scorer.v1"}
+    assert cfg["model"]["@architectures"] == "spacy-secner.TransformerBiLSTMCRF.v1"
+    assert cfg["model"]["constrained"] is True
+    tok2vec = cfg["model"]["tok2vec"]
+    assert tok2vec["@architectures"] == "spacy-transformers.TransformerListener.v1"
+    assert tok2vec["upstream"] == "*"
+    assert tok2vec["pooling"] == {"@layers": "reduce_first.v1"}
+    meta = Language.get_factory_meta("ner_crf")
+    assert "doc.ents" in meta.assigns
+    assert meta.default_score_weights["ents_f"] == 1.0
+    assert ner.labels == ()
+
+
+def test_full_transformer_config_resolves_with_validation(tiny_bert_dir):
+    config = spacy.util.load_config_from_str(trf_config_str(tiny_bert_dir))
+    nlp = spacy.util.load_model_from_config(config, auto_fill=True, validate=True)
+    assert nlp.pipe_names == ["transformer", "ner_crf"]
+    assert nlp.get_pipe("transformer").listening_components == ["ner_crf"]
+    assert isinstance(nlp.get_pipe("ner_crf"), CRFEntityRecognizer)
+    # The filled config is complete: it round-trips and resolves again.
+    filled = spacy.util.load_config_from_str(nlp.config.to_str())
+    spacy.util.load_model_from_config(filled, validate=True)
+    # ... and validation is real: a wrong type in the ner_crf model block is rejected.
+    config["components"]["ner_crf"]["model"]["hidden_size"] = "wide"
+    with pytest.raises(ConfigValidationError, match="hidden_size"):
+        spacy.util.load_model_from_config(config, auto_fill=True, validate=True)
+
+
+# --- initialization ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("config", ["default", "cnn"])
+def test_use_before_initialize_raises(config):
+    if config == "default":
+        nlp = spacy.blank("en")
+        nlp.add_pipe("ner_crf")
+    else:
+        nlp = make_cnn_nlp()
+    ner = nlp.get_pipe("ner_crf")
+    doc = nlp.make_doc(TRAIN_TEXTS[0])
+    with pytest.raises(ValueError, match="'ner_crf' pipe is not initialized"):
+        nlp(TRAIN_TEXTS[0])
+    with pytest.raises(ValueError, match="not initialized"):
+        ner.predict([doc])
+    with pytest.raises(ValueError, match="not initialized"):
+        ner.update(make_examples(nlp))
+    with pytest.raises(ValueError, match="not initialized"):
+        list(nlp.pipe(TRAIN_TEXTS))
+
+
+def test_initialize_takes_sorted_labels_from_data():
+    nlp = make_cnn_nlp()
+    ner = nlp.get_pipe("ner_crf")
+    nlp.initialize(lambda: make_examples(nlp))
+    assert ner.labels == tuple(LABELS) == ("HackOrg", "Org", "Time", "Tool")
+    assert ner.tags == ["O"] + [f"{p}-{label}" for label in LABELS for p in "BI"]
+    assert ner.label_data == list(LABELS)
+    scores = ner.model.predict([nlp.make_doc(TRAIN_TEXTS[0])])
+    assert scores[0].shape == (10, 9)
+
+
+def test_initialize_with_labels_from_config():
+    nlp = make_cnn_nlp()
+    nlp.config["initialize"]["components"]["ner_crf"] = {"labels": ["Tool", "HackOrg"]}
+    nlp.initialize(lambda: make_examples(nlp))
+    assert nlp.get_pipe("ner_crf").labels == ("HackOrg", "Tool")
+
+
+def test_initialize_without_any_label_raises():
+    nlp = make_cnn_nlp()
+    no_ents = [make_example(nlp, text, []) for text in TRAIN_TEXTS]
+    with pytest.raises(ValueError, match="found no entity labels"):
+        nlp.initialize(lambda: no_ents)
+
+
+def test_gold_label_outside_the_label_set_raises():
+    nlp = make_cnn_nlp()
+    nlp.config["initialize"]["components"]["ner_crf"] = {"labels": ["HackOrg"]}
+    optimizer = nlp.initialize(lambda: make_examples(nlp))
+    with pytest.raises(ValueError, match="not among the labels"):
+        nlp.update(make_examples(nlp), sgd=optimizer)
+
+
+def test_add_label_before_initialize_and_not_after():
+    nlp = make_cnn_nlp()
+    ner = nlp.get_pipe("ner_crf")
+    assert ner.add_label("Malware") == 1
+    assert ner.add_label("Malware") == 0
+    assert ner.add_label("Area") == 1
+    assert ner.labels == ("Area", "Malware")
+    with pytest.raises(ValueError):
+        ner.add_label(42)
+    nlp.initialize(lambda: make_examples(nlp))
+    # Labels added before initialize are kept next to those from the data.
+    assert ner.labels == ("Area", "HackOrg", "Malware", "Org", "Time", "Tool")
+    assert ner.model.predict([nlp.make_doc("APT28 used X-Agent .")])[0].shape == (6, 13)
+    assert ner.add_label("Tool") == 0  # already there: nothing to resize
+    with pytest.raises(ValueError, match="Cannot add label 'Vul'.*before nlp.initialize"):
+        ner.add_label("Vul")
+    assert "Vul" not in ner.labels
+
+
+# --- learning ------------------------------------------------------------------------------
+
+
+def test_overfit_cnn_tok2vec():
+    nlp = make_cnn_nlp()
+    examples = make_examples(nlp)
+    result = train_until_gold(nlp, examples, max_steps=200)
+    assert result["predicted"] == GOLD_ENTS
+    losses = result["losses"]
+    assert losses[-1] < 0.5 * losses[0]
+    # Fresh docs, one at a time, give the exact gold entities, multi-token ones included.
+    assert [ents_of(nlp(text)) for text in TRAIN_TEXTS] == GOLD_ENTS
+    assert ("X-Agent", "Tool") in ents_of(nlp(TRAIN_TEXTS[0]))
+    assert ("Iranian nuclear facilities", "Org") in ents_of(nlp(TRAIN_TEXTS[2]))
+    # The gradient-free loss agrees: the gold tags are now likely.
+    assert nlp.get_pipe("ner_crf").nll(examples) < losses[0] / 4
+
+
+@pytest.mark.parametrize("pooling", ["reduce_first.v1", "reduce_mean.v1"])
+def test_overfit_tiny_bert(tiny_bert_dir, pooling):
+    nlp = make_trf_nlp(tiny_bert_dir, pooling=pooling)
+    assert nlp.config["components"]["ner_crf"]["model"]["tok2vec"]["pooling"]["@layers"] == pooling
+    result = train_until_gold(nlp, make_examples(nlp), max_steps=300)
+    assert result["predicted"] == GOLD_ENTS
+    assert result["losses"][-1] < 0.5 * result["losses"][0]
+    assert [ents_of(doc) for doc in nlp.pipe(TRAIN_TEXTS)] == GOLD_ENTS
+
+
+def test_update_accumulates_loss_and_honours_drop():
+    nlp = make_cnn_nlp()
+    examples = make_examples(nlp)
+    optimizer = nlp.initialize(lambda: examples)
+    losses = {"ner_crf": 1.0}
+    nlp.update(examples, sgd=optimizer, losses=losses, drop=0.1)
+    assert losses["ner_crf"] > 1.0 and math.isfinite(losses["ner_crf"])
+
+
+# --- prediction ----------------------------------------------------------------------------
+
+
+def test_pipe_equals_call(trained_nlp):
+    texts = TRAIN_TEXTS + NEW_TEXTS + ["", "APT28", LONG_TEXT[:2000]]
+    piped = list(trained_nlp.pipe(texts, batch_size=4))
+    called = [trained_nlp(text) for text in texts]
+    for text, a, b in zip(texts, piped, called):
+        assert offsets_of(a) == offsets_of(b), text[:60]
+    assert [offsets_of(d) for d in piped[:5]] != [[]] * 5
+
+
+def test_batch_invariance(trained_nlp):
+    """A doc's emissions and entities do not depend on the (much longer) docs in its batch."""
+    short = TRAIN_TEXTS[0]
+    texts = [LONG_TEXT, short, LONG_TEXT[: len(LONG_TEXT) // 2] + " APT28 ."]
+    batched = list(trained_nlp.pipe(texts, batch_size=len(texts)))
+    alone = trained_nlp(short)
+    assert ents_of(batched[1]) == ents_of(alone) == GOLD_ENTS[0]
+    scores_batched = emissions(trained_nlp, batched)
+    scores_alone = emissions(trained_nlp, [alone])
+    assert scores_batched[0].shape[0] > 20 * scores_batched[1].shape[0]
+    numpy.testing.assert_allclose(scores_batched[1], scores_alone[0], rtol=0, atol=1e-5)
+    # And the CRF decodes it the same whatever else is in the batch.
+    ner = trained_nlp.get_pipe("ner_crf")
+    assert ner.predict(batched)[1].tolist() == ner.predict([alone])[0].tolist()
+
+
+def test_empty_and_one_token_docs(trained_nlp):
+    ner = trained_nlp.get_pipe("ner_crf")
+    empty = trained_nlp("")
+    assert len(empty) == 0 and empty.ents == ()
+    one = trained_nlp("APT28")
+    assert len(one) == 1
+    assert all(label in ner.labels for _, label in ents_of(one))
+    assert ents_of(one) in ([], [("APT28", ent.label_) for ent in one.ents])
+    tag_ids = ner.predict([trained_nlp.make_doc("APT28"), trained_nlp.make_doc("")])
+    assert [len(ids) for ids in tag_ids] == [1, 0]
+    assert ner.predict([]) == []
+    # A batch of nothing but empty docs (a listener cannot pool one).
+    assert [len(d.ents) for d in trained_nlp.pipe(["", "", ""])] == [0, 0, 0]
+    # Whitespace-only docs have one token and no entity.
+    assert trained_nlp("   ").ents == ()
+
+
+def test_batch_mixing_empty_and_nonempty_docs(trained_nlp):
+    texts = ["", TRAIN_TEXTS[0], "", "APT28", TRAIN_TEXTS[1], ""]
+    docs = list(trained_nlp.pipe(texts, batch_size=len(texts)))
+    assert ents_of(docs[1]) == GOLD_ENTS[0]
+    assert ents_of(docs[4]) == GOLD_ENTS[1]
+    assert [len(docs[i].ents) for i in (0, 2, 5)] == [0, 0, 0]
+    assert [offsets_of(d) for d in docs] == [offsets_of(trained_nlp(t)) for t in texts]
+
+
+@pytest.mark.parametrize("kind", ["cnn", "tiny_bert"])
+def test_update_with_empty_docs_in_the_batch(kind, tiny_bert_dir):
+    nlp = make_cnn_nlp() if kind == "cnn" else make_trf_nlp(tiny_bert_dir)
+    empty = make_example(nlp, "", [])
+    examples = [empty] + make_examples(nlp) + [make_example(nlp, "APT28", [("APT28", "HackOrg")])]
+    # An empty first example must not break initialization either.
+    optimizer = nlp.initialize(lambda: examples)
+    losses = {}
+    nlp.update(examples, sgd=optimizer, losses=losses)
+    assert losses["ner_crf"] > 0 and math.isfinite(losses["ner_crf"])
+    losses = {}
+    nlp.update([empty, empty], sgd=optimizer, losses=losses)
+    assert losses["ner_crf"] == 0.0
+    assert nlp.get_pipe("ner_crf").nll([empty]) == 0.0
+    assert nlp("").ents == ()
+
+
+def test_doc_longer_than_512_wordpieces(trained_trf_nlp, tiny_bert_dir):
+    from transformers import AutoTokenizer
+
+    n_wordpieces = len(AutoTokenizer.from_pretrained(str(tiny_bert_dir))(LONG_TEXT)["input_ids"])
+    assert n_wordpieces > 1000
+    nlp = trained_trf_nlp
+    ner = nlp.get_pipe("ner_crf")
+    doc = nlp(LONG_TEXT)
+    assert len(doc) == len(nlp.make_doc(LONG_TEXT))
+    assert len(doc.ents) > 0
+    assert all(ent.label_ in ner.labels for ent in doc.ents)
+    # The strided spans cover the whole doc: the last tokens get real vectors, not zeros.
+    tokvecs = ner.model.get_ref("tok2vec").predict([doc])[0]
+    assert tokvecs.shape[0] == len(doc)
+    assert float(numpy.abs(tokvecs[-20:]).sum(axis=1).min()) > 0
+    assert emissions(nlp, [doc])[0].shape == (len(doc), len(ner.tags))
+
+
+def test_update_on_doc_longer_than_512_wordpieces(tiny_bert_dir):
+    nlp = make_trf_nlp(tiny_bert_dir)
+    long_example = make_example(nlp, LONG_TEXT, TRAIN_DATA[0][1])
+    optimizer = nlp.initialize(lambda: make_examples(nlp))
+    losses = {}
+    nlp.update([long_example, make_example(nlp, "", [])], sgd=optimizer, losses=losses)
+    assert math.isfinite(losses["ner_crf"]) and losses["ner_crf"] > 0
+    assert math.isfinite(losses["transformer"])
+
+
+# --- pipeline behaviour --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_overwrite_existing_entities(overwrite):
+    nlp = make_cnn_nlp(overwrite=overwrite)
+    assert nlp.config["components"]["ner_crf"]["overwrite"] is overwrite
+    result = train_until_gold(nlp, make_examples(nlp))
+    assert result["predicted"] == GOLD_ENTS
+    ruler = nlp.add_pipe("entity_ruler", before="ner_crf")
+    ruler.add_patterns(
+        [
+            {"label": "Area", "pattern": "NATO"},  # same span as a prediction, other label
+            {"label": "Custom", "pattern": [{"LOWER": "used"}, {"LOWER": "x"}]},  # overlaps
+            {"label": "Custom", "pattern": "against"},  # no prediction there
+        ]
+    )
+    got = ents_of(nlp(TRAIN_TEXTS[0]))
+    if overwrite:
+        assert got == GOLD_ENTS[0]
+    else:
+        assert got == [
+            ("APT28", "HackOrg"),
+            ("used X", "Custom"),
+            ("against", "Custom"),
+            ("NATO", "Area"),
+            ("2016", "Time"),
+        ]
+
+
+def test_evaluate_with_ner_scorer(trained_cnn_nlp):
+    nlp = trained_cnn_nlp
+    scores = nlp.evaluate(make_examples(nlp))
+    assert scores["ents_p"] == scores["ents_r"] == scores["ents_f"] == 1.0
+    assert set(scores["ents_per_type"]) == set(LABELS)
+    assert all(s["f"] == 1.0 for s in scores["ents_per_type"].values())
+    # The scorer really compares: relabel one gold entity and precision and recall drop.
+    wrong = list(TRAIN_DATA)
+    wrong[0] = (TRAIN_TEXTS[0], [("APT28", "Tool")] + TRAIN_DATA[0][1][1:])
+    scores = nlp.evaluate(make_examples(nlp, wrong))
+    n_ents = sum(len(ents) for ents in GOLD_ENTS)
+    assert scores["ents_p"] == pytest.approx((n_ents - 1) / n_ents)
+    assert scores["ents_per_type"]["Tool"]["p"] < 1.0
+    assert scores["ents_per_type"]["HackOrg"]["r"] < 1.0
+
+
+def test_examples_from_reference_only_docs(trained_cnn_nlp):
+    """Gold that comes with another tokenization is aligned (Example.get_aligned_ner)."""
+    nlp = trained_cnn_nlp
+    words = ["APT28", "used", "X-Agent", "against", "NATO", "in", "2016", "."]
+    reference = spacy.tokens.Doc(
+        nlp.vocab, words=words, ents=["B-HackOrg", "O", "B-Tool", "O", "B-Org", "O", "B-Time", "O"]
+    )
+    example = Example(nlp.make_doc(TRAIN_TEXTS[0]), reference)
+    assert nlp.get_pipe("ner_crf")._gold_ids([example])[0].tolist() == [
+        1, 0, 7, 8, 8, 0, 3, 0, 5, 0  # fmt: skip
+    ]
+    assert nlp.evaluate([example])["ents_f"] == 1.0
