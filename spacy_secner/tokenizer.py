@@ -22,12 +22,16 @@ Every rule is a plain regex, so `Tokenizer.to_disk` stores it and `spacy.load` r
 Flags are written inline (`(?i:...)`) because only the pattern text is serialized.
 """
 import re
-from typing import Callable, Dict, List, Optional, Pattern, Sequence
+from collections import Counter
+from typing import Any, Callable, Dict, Iterable, List, Optional, Pattern, Sequence, Tuple
 
 from spacy.lang.char_classes import ALPHA
 from spacy.language import Language
 from spacy.tokenizer import Tokenizer
+from spacy.tokens import Doc
 from spacy.util import compile_infix_regex, compile_prefix_regex, compile_suffix_regex, registry
+
+from .detokenize import join_tokens, token_offsets
 
 # A dot as reports write it: plain, or defanged as [.] (.) {.} [dot] (dot).
 _DOT = r"(?:\.|\[\.\]|\(\.\)|\{\.\}|\[dot\]|\(dot\))"
@@ -190,3 +194,63 @@ def build_cti_tokenizer(nlp: Language) -> Tokenizer:
         token_match=indicator_regex().match,
         url_match=defaults.url_match,
     )
+
+
+def tokenization_fidelity(
+    tokenizer: Tokenizer,
+    sentences: Iterable[Tuple[Sequence[str], Sequence[str]]],
+    *,
+    n_examples: int = 20,
+) -> Dict[str, Any]:
+    """How well a tokenizer reproduces gold tokens on text rebuilt from them.
+
+    Each sentence's words are joined into raw text with `join_tokens` and tokenized. A gold token
+    counts as reproduced when a predicted token has exactly its character span; an entity
+    boundary (start or end offset of a gold BIO entity) counts when a predicted token starts or
+    ends there.
+
+    tokenizer (Tokenizer): E.g. `nlp.tokenizer`; its vocab also holds the gold docs.
+    sentences (Iterable[Tuple[Sequence[str], Sequence[str]]]): `(words, bio_tags)` per sentence,
+        tags in valid BIO (as `data.read_sentences` gives them).
+    n_examples (int): How many of the most frequent mismatches to list.
+    RETURNS (Dict[str, Any]): Counts, the two shares, mismatches by kind, and the most frequent
+        mismatches as `{"gold": ..., "predicted": [...], "count": ...}`.
+    """
+    n_sents = n_tokens = n_exact = n_bounds = n_bounds_ok = 0
+    mismatches: Counter = Counter()
+    kinds: Counter = Counter()
+    for words, tags in sentences:
+        text, spaces = join_tokens(words)
+        gold = Doc(tokenizer.vocab, words=list(words), spaces=spaces, ents=list(tags))
+        pred = tokenizer(text)
+        spans = {(t.idx, t.idx + len(t)) for t in pred}
+        starts = {start for start, _ in spans}
+        ends = {end for _, end in spans}
+        for token, (start, end) in zip(words, token_offsets(words, spaces)):
+            if (start, end) in spans:
+                n_exact += 1
+            else:
+                overlap = [t for t in pred if t.idx < end and t.idx + len(t) > start]
+                inside = all(start <= t.idx and t.idx + len(t) <= end for t in overlap)
+                kinds["split" if inside else "merged" if len(overlap) == 1 else "crossing"] += 1
+                mismatches[(token, tuple(t.text for t in overlap))] += 1
+        for ent in gold.ents:
+            n_bounds += 2
+            n_bounds_ok += (ent.start_char in starts) + (ent.end_char in ends)
+        n_sents += 1
+        n_tokens += len(words)
+    return {
+        "sentences": n_sents,
+        "gold_tokens": n_tokens,
+        "tokens_exact": n_exact,
+        "token_exact_share": n_exact / n_tokens if n_tokens else 0.0,
+        "entity_boundaries": n_bounds,
+        "boundaries_on_token_edges": n_bounds_ok,
+        "boundary_share": n_bounds_ok / n_bounds if n_bounds else 0.0,
+        # split: the gold token came out in pieces; merged: inside a longer token; crossing: both.
+        "mismatch_kinds": {kind: kinds[kind] for kind in ("split", "merged", "crossing")},
+        "top_mismatches": [
+            {"gold": gold_token, "predicted": list(pieces), "count": count}
+            for (gold_token, pieces), count in mismatches.most_common(n_examples)
+        ],
+    }

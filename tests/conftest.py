@@ -7,6 +7,9 @@ import sys
 # No network on CI: every transformer is loaded from a local directory.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The tensors here are tiny: OpenMP's thread hand-offs cost more than the work, and on a busy
+# 2-core runner a reduction can wait milliseconds for a descheduled thread (seen: 3000x).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from pathlib import Path  # noqa: E402
 from typing import Dict, List, Optional, Sequence, Tuple  # noqa: E402
@@ -20,6 +23,8 @@ from spacy.training import Example  # noqa: E402
 from thinc.api import fix_random_seed  # noqa: E402
 
 import spacy_secner  # noqa: E402,F401  (registers the factory and architectures)
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 Ents = List[Tuple[str, str]]
 

@@ -1,0 +1,55 @@
+"""How faithfully spaCy's default English tokenizer and ours reproduce DNRTI's tokens.
+
+Each sentence of a DNRTI file is joined back into raw text (`spacy_secner.detokenize`) and
+tokenized again; see `spacy_secner.tokenizer.tokenization_fidelity` for the two shares.
+"""
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import spacy
+import typer
+
+from spacy_secner.data import read_sentences
+from spacy_secner.tokenizer import build_cti_tokenizer, tokenization_fidelity
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def main(
+    path: Optional[Path] = typer.Argument(
+        None, help="DNRTI file; default: $DNRTI_DIR/test.txt, DNRTI_DIR defaulting to ../shared/dnrti"
+    ),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the JSON here"),
+    n_examples: int = typer.Option(20, help="Most frequent mismatches to list per tokenizer"),
+) -> None:
+    """Print (and write) token and entity-boundary fidelity for both tokenizers."""
+    if path is None:
+        path = Path(os.environ.get("DNRTI_DIR", REPO.parent / "shared" / "dnrti")) / "test.txt"
+    sentences = list(read_sentences(path))
+    default_nlp = spacy.blank("en")
+    ours_nlp = spacy.blank("en")
+    ours_nlp.tokenizer = build_cti_tokenizer(ours_nlp)
+    results = {"path": str(path)}
+    for name, nlp in (("default", default_nlp), ("cti_tokenizer", ours_nlp)):
+        results[name] = tokenization_fidelity(nlp.tokenizer, sentences, n_examples=n_examples)
+    for name in ("default", "cti_tokenizer"):
+        r = results[name]
+        typer.echo(
+            f"{name:>13}: tokens exact {r['token_exact_share']:.4f} "
+            f"({r['tokens_exact']}/{r['gold_tokens']}), entity boundaries on token edges "
+            f"{r['boundary_share']:.4f} ({r['boundaries_on_token_edges']}/{r['entity_boundaries']})"
+        )
+    typer.echo(f"Mismatches of cti_tokenizer by kind: {results['cti_tokenizer']['mismatch_kinds']}")
+    typer.echo("Top mismatches of cti_tokenizer (gold -> predicted):")
+    for m in results["cti_tokenizer"]["top_mismatches"]:
+        typer.echo(f"  {m['count']:4d}  {m['gold']!r} -> {m['predicted']}")
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        typer.echo(f"Wrote {output}")
+
+
+if __name__ == "__main__":
+    typer.run(main)
