@@ -3,6 +3,7 @@
 Each sentence of a DNRTI file is joined back into raw text (`spacy_secner.detokenize`) and
 tokenized again; see `spacy_secner.tokenizer.tokenization_fidelity` for the two shares.
 """
+
 import json
 import os
 from pathlib import Path
@@ -19,7 +20,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 def main(
     path: Optional[Path] = typer.Argument(
-        None, help="DNRTI file; default: $DNRTI_DIR/test.txt, DNRTI_DIR defaulting to ../shared/dnrti"
+        None,
+        help="DNRTI file; default: $DNRTI_DIR/test.txt, DNRTI_DIR defaulting to ../shared/dnrti",
     ),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the JSON here"),
     n_examples: int = typer.Option(20, help="Most frequent mismatches to list per tokenizer"),
@@ -47,7 +49,9 @@ def main(
         typer.echo(f"  {m['count']:4d}  {m['gold']!r} -> {m['predicted']}")
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        output.write_text(
+            json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
         typer.echo(f"Wrote {output}")
 
 

@@ -14,6 +14,7 @@ DNRTI only gives tokens. To see what a tokenizer does with real text, and to giv
 The spaces come back as spaCy's `spaces` flags, so `Doc(vocab, words=words, spaces=spaces).text`
 is the joined text, and `token_offsets` gives each token's character span in it.
 """
+
 import re
 from typing import List, Sequence, Tuple
 

@@ -21,6 +21,7 @@ cases and `url_match`) and changes them in four ways, each checked against DNRTI
 Every rule is a plain regex, so `Tokenizer.to_disk` stores it and `spacy.load` restores it.
 Flags are written inline (`(?i:...)`) because only the pattern text is serialized.
 """
+
 import re
 from collections import Counter
 from typing import Any, Callable, Dict, Iterable, List, Optional, Pattern, Sequence, Tuple
@@ -139,6 +140,8 @@ _EXTRA_SUFFIXES = [
     # `XAGENT.B.`) but not initials (`U.K.`). English only splits it after two capitals.
     r"(?<=[^A-Z.\s][A-Z])\.",
     r"(?<=[A-Za-z0-9]{2}\.[A-Z])\.",
+    # ...and after a slash, so `See http://evil.com/.` keeps its URL and loses the full stop.
+    r"(?<=/)\.",
     # The one curly quote DNRTI splits off: after a comma (`malware,”` -> `malware , ”`).
     r"(?<=,)”",
 ]

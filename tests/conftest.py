@@ -169,11 +169,15 @@ def trf_config_str(model_dir: Optional[Path], *, pooling: str = "reduce_first.v1
 
 
 def make_trf_nlp(
-    model_dir: Optional[Path], *, pooling: str = "reduce_first.v1", seed: int = 0
+    model_dir: Optional[Path], *, pooling: str = "reduce_first.v1", seed: int = 0, **ner_config
 ) -> Language:
-    """`transformer` + `ner_crf` built from a full config, validated like `spacy train` does."""
+    """`transformer` + `ner_crf` built from a full config, validated like `spacy train` does.
+
+    ner_config: Settings of the ner_crf component to override, e.g. `overwrite=True`.
+    """
     fix_random_seed(seed)
     config = spacy.util.load_config_from_str(trf_config_str(model_dir, pooling=pooling))
+    config["components"]["ner_crf"].update(ner_config)
     return spacy.util.load_model_from_config(config, auto_fill=True, validate=True)
 
 
