@@ -59,8 +59,7 @@ INDICATOR_PATTERNS: Dict[str, str] = {
     "ms_bulletin": r"MS\d{2}-\d{3}",
     # Hive name first, so a key is recognised without a drive letter or slash before it.
     "registry_key": r"(?:HKEY_[A-Z_]+|HK(?:LM|CU|CR|CC|U))(?:\\[^\\\s]+)*\\?",
-    # Drive letter, UNC share or %ENVVAR%, then backslash-separated parts; or a bare %ENVVAR%,
-    # whose leading `%` would otherwise be split off as a prefix.
+    # Drive letter, UNC share or %ENVVAR%, then backslash-separated parts; or a bare %ENVVAR%.
     "windows_path": r"(?:[A-Za-z]:|\\\\[\w.$-]+|%\w+%)(?:\\[^\\\s]*)+|%\w+%",
     # From the root or home: /etc/passwd, ~/.ssh/id_rsa, /tmp/.x/run.sh.
     "unix_path": r"~?(?:/[\w.+@-]+)+/?",

@@ -128,3 +128,21 @@ def dev_loss(nlp: Language, name: str, path: str, batch_size: int = 64) -> float
         total += pipe.nll(batch, docs) * len(batch)
         count += len(batch)
     return total / max(count, 1)
+
+
+@registry.callbacks("spacy-secner.torch_threads.v1")
+def torch_threads(threads: int = 1) -> Callable[[Language], Language]:
+    """An `[initialize.before_init]` callback that sets PyTorch's CPU thread count for training.
+
+    On a busy 2-core machine, two intra-op threads make the BiLSTM's many small operations spin
+    against each other: one thread trained 3.4x faster there (20 s vs 68 s for 20 steps).
+    `[initialize]` callbacks run only when training, so a loaded pipeline is left alone.
+    """
+
+    def set_threads(nlp: Language) -> Language:
+        import torch
+
+        torch.set_num_threads(threads)
+        return nlp
+
+    return set_threads

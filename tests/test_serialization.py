@@ -1,6 +1,7 @@
 """Saving and loading: bytes, disk, a fresh process without the package imported, and damaged
 files."""
 import shutil
+from pathlib import Path
 
 import numpy
 import pytest
@@ -106,7 +107,7 @@ def test_trained_pipe_can_be_trained_further_after_loading(saved_cnn_dir, tmp_pa
     assert [ents_of(nlp(t)) for t in TRAIN_TEXTS] == GOLD_ENTS
 
 
-def _copy(saved: "Path", tmp_path) -> "Path":  # noqa: F821
+def _copy(saved: Path, tmp_path: Path) -> Path:
     target = tmp_path / "copy"
     shutil.copytree(saved, target)
     return target

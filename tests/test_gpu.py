@@ -1,0 +1,36 @@
+"""Training and prediction on a CUDA GPU (skipped without one)."""
+import pytest
+import torch
+from conftest import GOLD_ENTS, TRAIN_TEXTS, make_cnn_nlp, make_examples, make_trf_nlp
+from conftest import train_until_gold
+from thinc.api import get_current_ops, require_cpu, require_gpu
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+
+@pytest.fixture
+def on_gpu():
+    pytest.importorskip("cupy", reason="spaCy runs on a GPU through cupy")
+    require_gpu(0)
+    yield
+    require_cpu()
+
+
+@pytest.mark.parametrize("kind", ["cnn", "tiny_bert"])
+def test_train_and_predict_on_gpu(on_gpu, kind, tiny_bert_dir):
+    nlp = make_cnn_nlp() if kind == "cnn" else make_trf_nlp(tiny_bert_dir)
+    assert type(get_current_ops()).__name__ == "CupyOps"
+    result = train_until_gold(nlp, make_examples(nlp), max_steps=300)
+    assert result["losses"][-1] < 0.5 * result["losses"][0]
+    assert result["predicted"] == GOLD_ENTS
+    ner = nlp.get_pipe("ner_crf")
+    docs = list(nlp.pipe(TRAIN_TEXTS + ["", "APT28"]))
+    assert docs[-2].ents == ()
+    tag_ids = ner.predict(docs)
+    assert type(tag_ids[0]).__module__.startswith("cupy")
+    assert [len(ids) for ids in tag_ids] == [len(d) for d in docs]
+    scores = ner.model.predict(docs[:5])
+    assert type(scores[0]).__module__.startswith("cupy")
