@@ -1,5 +1,5 @@
 """BIO tag helpers shared by the pipe, the data reader and the evaluation."""
-from typing import Iterable, List, Optional, Sequence
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 
 def bio_tags(labels: Iterable[str]) -> List[str]:
@@ -34,3 +34,14 @@ def repair_bio(tags: Sequence[str]) -> List[str]:
         out.append(tag)
         prev = tag
     return out
+
+
+def entity_bounds(tags: Sequence[str]) -> List[Tuple[int, int]]:
+    """(start, end) token offsets of the entities in a BIO sequence, read as seqeval does."""
+    bounds: List[List[int]] = []
+    for i, tag in enumerate(repair_bio(tags)):
+        if tag.startswith("B-"):
+            bounds.append([i, i + 1])
+        elif tag.startswith("I-"):
+            bounds[-1][1] = i + 1
+    return [(start, end) for start, end in bounds]

@@ -1,7 +1,7 @@
 """The `ner_crf` pipe: named entities from a BiLSTM-CRF over any token-vector layer."""
 from itertools import islice
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import srsly
 from spacy import util
@@ -15,8 +15,16 @@ from spacy.vocab import Vocab
 from thinc.api import Config, Model, Optimizer, set_dropout_rate
 from thinc.types import Floats2d, Ints1d
 
-from .architectures import build_heads, crf_decode, crf_loss, crf_nll, has_heads, set_tags
-from .bio import bio_tags, biluo_to_bio
+from .architectures import (
+    build_heads,
+    crf_decode,
+    crf_loss,
+    crf_nll,
+    crf_span_confidence,
+    has_heads,
+    set_tags,
+)
+from .bio import bio_tags, biluo_to_bio, repair_bio
 
 DEFAULT_NER_CRF_MODEL = """
 [model]
@@ -36,6 +44,10 @@ upstream = "*"
 """
 DEFAULT_MODEL = Config().from_str(DEFAULT_NER_CRF_MODEL)["model"]
 
+# The CRF's marginal probability of a predicted entity; None for entities from other pipes.
+if not Span.has_extension("confidence"):
+    Span.set_extension("confidence", default=None)
+
 
 @Language.factory(
     "ner_crf",
@@ -44,6 +56,7 @@ DEFAULT_MODEL = Config().from_str(DEFAULT_NER_CRF_MODEL)["model"]
         "model": DEFAULT_MODEL,
         "overwrite": False,
         "head_learn_rate_factor": 1.0,
+        "confidence": True,
         "scorer": {"@scorers": "spacy.ner_scorer.v1"},
     },
     default_score_weights={
@@ -59,6 +72,7 @@ def make_ner_crf(
     model: Model[List[Doc], List[Floats2d]],
     overwrite: bool,
     head_learn_rate_factor: float,
+    confidence: bool,
     scorer: Optional[Callable],
 ) -> "CRFEntityRecognizer":
     """Create a `ner_crf` pipe: BIO tags decoded by a CRF, written to `doc.ents`.
@@ -71,6 +85,8 @@ def make_ner_crf(
     head_learn_rate_factor (float): The BiLSTM, emission and CRF weights learn at the
         optimizer's rate times this factor, while the encoder keeps the optimizer's rate: a
         freshly initialized head can learn fast without shaking the pretrained encoder.
+    confidence (bool): Give each predicted entity `span._.confidence`, the CRF's marginal
+        probability of exactly that span (one extra batched CRF pass).
     scorer (Optional[Callable]): Scorer for `nlp.evaluate`; spaCy's NER scorer by default.
     """
     return CRFEntityRecognizer(
@@ -79,6 +95,7 @@ def make_ner_crf(
         name,
         overwrite=overwrite,
         head_learn_rate_factor=head_learn_rate_factor,
+        confidence=confidence,
         scorer=scorer,
     )
 
@@ -94,13 +111,14 @@ class CRFEntityRecognizer(TrainablePipe):
         *,
         overwrite: bool = False,
         head_learn_rate_factor: float = 1.0,
+        confidence: bool = True,
         scorer: Optional[Callable] = None,
     ) -> None:
         self.vocab = vocab
         self.model = model
         self.name = name
         self.scorer = scorer
-        self.cfg: Dict = {"labels": [], "overwrite": overwrite}
+        self.cfg: Dict = {"labels": [], "overwrite": overwrite, "confidence": confidence}
         self.head_learn_rate_factor = head_learn_rate_factor
 
     @property
@@ -130,21 +148,31 @@ class CRFEntityRecognizer(TrainablePipe):
         self.vocab.strings.add(label)
         return 1
 
-    def predict(self, docs: Iterable[Doc]) -> List[Ints1d]:
-        """Best BIO tag indices per doc. Does not modify the docs."""
+    def predict(self, docs: Iterable[Doc]) -> Tuple[List[Ints1d], List[List[float]]]:
+        """Best BIO tag indices per doc and, if `confidence` is on, each entity's marginal
+        probability under the CRF. Does not modify the docs.
+        """
         docs = list(docs)
         self._require_initialized()
         if not any(len(doc) for doc in docs):
             # Nothing to tag; a transformer listener cannot pool a batch of empty docs.
-            return [self.model.ops.alloc1i(0) for _ in docs]
-        return crf_decode(self.model, self.model.predict(docs))
+            return [self.model.ops.alloc1i(0) for _ in docs], [[] for _ in docs]
+        scores = self.model.predict(docs)
+        tag_ids = crf_decode(self.model, scores)
+        if not self.cfg["confidence"]:
+            return tag_ids, [[] for _ in docs]
+        return tag_ids, crf_span_confidence(self.model, scores, tag_ids)
 
-    def set_annotations(self, docs: Iterable[Doc], tag_ids: List[Ints1d]) -> None:
-        """Write the predicted entities to `doc.ents`."""
+    def set_annotations(
+        self, docs: Iterable[Doc], predictions: Tuple[List[Ints1d], List[List[float]]]
+    ) -> None:
+        """Write the predicted entities to `doc.ents`, with `span._.confidence` on each."""
         tags = self.tags
-        for doc, ids in zip(docs, tag_ids):
-            biluo = iob_to_biluo([tags[i] for i in ids.tolist()])
-            spans = biluo_tags_to_spans(doc, biluo)
+        for doc, ids, confidences in zip(docs, *predictions):
+            bio = repair_bio([tags[i] for i in ids.tolist()])  # a no-op for the constrained CRF
+            spans = biluo_tags_to_spans(doc, iob_to_biluo(bio))
+            for span, confidence in zip(spans, confidences):
+                span._.confidence = confidence
             if self.cfg["overwrite"]:
                 doc.ents = spans
             else:

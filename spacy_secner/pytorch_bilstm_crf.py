@@ -2,7 +2,7 @@
 
 Nothing here imports spaCy or thinc; `architectures.py` wraps these modules for thinc.
 """
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -53,8 +53,9 @@ class AddForbiddenScore(nn.Module):
 class BIOCRF(nn.Module):
     """pytorch-crf's linear-chain CRF over BIO tags, optionally limited to valid transitions.
 
-    Called with gold `tags` it returns the mean negative log-likelihood per sequence; called
-    without, the Viterbi path padded with -1.
+    Called with gold `tags` it returns their negative log-likelihood (the mean over sequences,
+    or one value per sequence with `per_sequence`); called without, the Viterbi path padded
+    with -1.
     """
 
     def __init__(self, tags: Sequence[str], *, constrained: bool = True) -> None:
@@ -70,21 +71,20 @@ class BIOCRF(nn.Module):
                 parametrize.register_parametrization(self.crf, name, AddForbiddenScore(allowed))
 
     def forward(
-        self, emissions: torch.Tensor, mask: torch.Tensor, tags: Optional[torch.Tensor] = None
+        self,
+        emissions: torch.Tensor,
+        mask: torch.Tensor,
+        tags: Optional[torch.Tensor] = None,
+        per_sequence: bool = False,
     ) -> torch.Tensor:
         if tags is not None:
-            return -self.crf(emissions, tags, mask=mask, reduction="mean")
+            reduction = "none" if per_sequence else "mean"
+            return -self.crf(emissions, tags, mask=mask, reduction=reduction)
         paths = self.crf.decode(emissions, mask=mask)
         out = torch.full(mask.shape, -1, dtype=torch.long, device=emissions.device)
         for i, path in enumerate(paths):
             out[i, : len(path)] = torch.tensor(path, dtype=torch.long, device=emissions.device)
         return out
-
-    def sequence_log_likelihood(
-        self, emissions: torch.Tensor, mask: torch.Tensor, tags: torch.Tensor
-    ) -> torch.Tensor:
-        """Log-probability of each tag sequence, shape (batch,)."""
-        return self.crf(emissions, tags, mask=mask, reduction="none")
 
 
 class BiLSTMEmitter(nn.Module):
@@ -126,7 +126,3 @@ class BiLSTMEmitter(nn.Module):
 def lengths_to_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     """Boolean (batch, max_len) mask of real positions."""
     return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
-
-
-def unpad(padded: torch.Tensor, lengths: Sequence[int]) -> List[torch.Tensor]:
-    return [padded[i, :n] for i, n in enumerate(lengths)]

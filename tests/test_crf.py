@@ -154,7 +154,7 @@ def test_constrained_crf_puts_all_probability_on_valid_sequences():
     for seq in itertools.product(range(len(TAGS)), repeat=length):
         tags = torch.tensor([seq])
         with torch.no_grad():
-            prob = float(crf.sequence_log_likelihood(emissions, mask, tags).exp())
+            prob = float((-crf(emissions, mask, tags, per_sequence=True)).exp())
         total_mass += prob
         if not bio_errors([TAGS[i] for i in seq]):
             valid_mass += prob
@@ -171,7 +171,7 @@ def test_crf_loss_is_mean_nll_and_differentiable():
     mask = lengths_to_mask(torch.tensor([3, 2]), 3)
     gold = torch.tensor([[1, 2, 0], [3, 4, 0]])
     loss = crf(emissions, mask, gold)
-    expected = -crf.sequence_log_likelihood(emissions, mask, gold).mean()
+    expected = crf(emissions, mask, gold, per_sequence=True).mean()
     assert loss.item() == pytest.approx(expected.item())
     assert loss.item() > 0
     (d_emissions,) = torch.autograd.grad(loss, emissions)
@@ -249,3 +249,43 @@ def test_repair_bio_examples():
     ]
     valid = ["B-A", "I-A", "B-A", "O", "B-B", "I-B"]
     assert repair_bio(valid) == valid
+
+
+def test_span_confidence_is_the_exact_marginal(trained_cnn_nlp):
+    """Z'/Z from the clamped forward pass equals brute-force enumeration of every sequence."""
+    import itertools
+
+    from spacy_secner.architectures import crf_decode, crf_span_confidence
+    from spacy_secner.bio import entity_bounds
+
+    nlp = trained_cnn_nlp
+    ner = nlp.get_pipe("ner_crf")
+    model, tags = ner.model, ner.tags
+    doc = nlp.make_doc("APT28 used X-Agent")
+    scores = model.predict([doc])
+    # Soften the scores so the marginal is far from 0 and 1 and the check is sharp.
+    scores = [scores[0] * 0.05]
+    path = crf_decode(model, scores)[0]
+    (confidences,) = crf_span_confidence(model, scores, [path])
+    bounds = entity_bounds([tags[i] for i in path.tolist()])
+    assert len(confidences) == len(bounds) >= 1
+    n = len(doc)
+    sequences = [list(seq) for seq in itertools.product(range(len(tags)), repeat=n)]
+    crf = model.get_ref("crf")
+    nll = crf.predict(([scores[0]] * len(sequences), [numpy.asarray(s) for s in sequences], True))
+    probs = numpy.exp(-numpy.asarray(nll, dtype="float64"))
+    assert abs(probs.sum() - 1.0) < 1e-3
+    for (start, end), confidence in zip(bounds, confidences):
+        agree = [
+            p for seq, p in zip(sequences, probs)
+            if seq[start:end] == path.tolist()[start:end]
+            and (end == n or tags[seq[end]] != "I-" + tags[path[start]][2:])
+        ]
+        assert 0.0 < confidence < 1.0
+        assert abs(sum(agree) - confidence) < 1e-3
+
+
+def test_confidence_on_entities(trained_cnn_nlp):
+    doc = trained_cnn_nlp("APT28 used X-Agent against NATO in 2016 .")
+    assert doc.ents
+    assert all(0.0 < ent._.confidence <= 1.0 for ent in doc.ents)

@@ -29,7 +29,7 @@ def test_train_and_predict_on_gpu(on_gpu, kind, tiny_bert_dir):
     ner = nlp.get_pipe("ner_crf")
     docs = list(nlp.pipe(TRAIN_TEXTS + ["", "APT28"]))
     assert docs[-2].ents == ()
-    tag_ids = ner.predict(docs)
+    tag_ids, _ = ner.predict(docs)
     assert type(tag_ids[0]).__module__.startswith("cupy")
     assert [len(ids) for ids in tag_ids] == [len(d) for d in docs]
     scores = ner.model.predict(docs[:5])

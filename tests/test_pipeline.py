@@ -218,7 +218,7 @@ def test_batch_invariance(trained_nlp):
     numpy.testing.assert_allclose(scores_batched[1], scores_alone[0], rtol=0, atol=1e-5)
     # And the CRF decodes it the same whatever else is in the batch.
     ner = trained_nlp.get_pipe("ner_crf")
-    assert ner.predict(batched)[1].tolist() == ner.predict([alone])[0].tolist()
+    assert ner.predict(batched)[0][1].tolist() == ner.predict([alone])[0][0].tolist()
 
 
 def test_empty_and_one_token_docs(trained_nlp):
@@ -229,9 +229,11 @@ def test_empty_and_one_token_docs(trained_nlp):
     assert len(one) == 1
     assert all(label in ner.labels for _, label in ents_of(one))
     assert ents_of(one) in ([], [("APT28", ent.label_) for ent in one.ents])
-    tag_ids = ner.predict([trained_nlp.make_doc("APT28"), trained_nlp.make_doc("")])
+    tag_ids, confidences = ner.predict([trained_nlp.make_doc("APT28"), trained_nlp.make_doc("")])
     assert [len(ids) for ids in tag_ids] == [1, 0]
-    assert ner.predict([]) == []
+    n_entities = sum(ner.tags[i].startswith("B-") for i in tag_ids[0].tolist())
+    assert len(confidences[0]) == n_entities and confidences[1] == []
+    assert ner.predict([]) == ([], [])
     # A batch of nothing but empty docs (a listener cannot pool one).
     assert [len(d.ents) for d in trained_nlp.pipe(["", "", ""])] == [0, 0, 0]
     # Whitespace-only docs have one token and no entity.
