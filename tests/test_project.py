@@ -1,0 +1,37 @@
+"""The project's configs and project.yml are valid as shipped."""
+from pathlib import Path
+
+import pytest
+from spacy import util
+from spacy.schemas import ConfigSchemaTraining
+from weasel.util import load_project_config
+
+ROOT = Path(__file__).parent.parent
+CONFIGS = sorted((ROOT / "configs").glob("*.cfg"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_config_validates(path):
+    config = util.load_config(path)
+    nlp = util.load_model_from_config(config, auto_fill=False, validate=True)
+    assert nlp.pipe_names == ["transformer", "ner_crf"]
+    training = util.registry.resolve(
+        nlp.config.interpolate()["training"], schema=ConfigSchemaTraining, validate=True
+    )
+    assert training["logger"] is not None
+    # One evaluation per epoch: eval_frequency covers DNRTI's 5,251 training sentences.
+    batch = config["training"]["batcher"]["size"]
+    assert config["training"]["eval_frequency"] == -(-5251 // batch)
+    assert config["training"]["patience"] == 3 * config["training"]["eval_frequency"]
+    assert config["corpora"]["train"]["gold_preproc"] is True
+
+
+def test_project_yml_is_valid_and_all_covers_the_workflow():
+    project = load_project_config(ROOT)
+    assert project["workflows"]["all"] == ["convert", "train", "evaluate", "plot", "package"]
+    commands = {c["name"]: c for c in project["commands"]}
+    for name in project["workflows"]["all"]:
+        for dep in commands[name].get("deps", []):
+            if dep.startswith(("scripts/", "configs/")):
+                assert (ROOT / dep.replace("${vars.config}", "minilm_cpu")).exists(), dep
+    assert project["assets"][0]["checksum"] == "2ec4a6f2a6aab1b60ca694e9ac5bc074"
