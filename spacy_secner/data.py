@@ -28,6 +28,7 @@ from spacy.tokens import Doc
 from spacy.vocab import Vocab
 
 from .bio import repair_bio
+from .detokenize import join_tokens
 
 DNRTI_LABELS = (
     "Area",
@@ -136,7 +137,8 @@ def read_docs(
     for words, tags in read_sentences(path, labels=labels, stats=stats):
         if limit is not None and len(docs) >= limit:
             break
-        docs.append(Doc(vocab, words=words, spaces=_spaces(words), ents=tags))
+        # Natural spacing, so `doc.text` reads like the report the sentence came from.
+        docs.append(Doc(vocab, words=words, spaces=join_tokens(words)[1], ents=tags))
     if limit is not None:
         # Report what the kept docs hold, not the whole file.
         stats.sentences = len(docs)
@@ -165,16 +167,3 @@ def _clean(word: str, stats: ReadStats) -> str:
 def _count(stats: ReadStats, name: str) -> bool:
     setattr(stats, name, getattr(stats, name) + 1)
     return False
-
-
-_NO_SPACE_BEFORE = {".", ",", ";", ":", "!", "?", ")", "]", "}", "%", "'s", "’s", "'", "”"}
-_NO_SPACE_AFTER = {"(", "[", "{", "“", "$"}
-
-
-def _spaces(words: List[str]) -> List[bool]:
-    """Natural spacing, so `doc.text` reads like the report the sentence came from."""
-    spaces = [
-        nxt not in _NO_SPACE_BEFORE and word not in _NO_SPACE_AFTER
-        for word, nxt in zip(words, words[1:])
-    ]
-    return spaces + [False]

@@ -7,6 +7,9 @@ from spacy.language import Language
 from spacy.tokens import Doc
 from spacy.training import Corpus
 
+from .bio import entity_bounds
+from .detokenize import join_tokens, token_offsets
+
 
 def bio_of(doc: Doc) -> List[str]:
     """The doc's entities as BIO tags, one per token."""
@@ -148,3 +151,59 @@ def _save(fig, path: Union[str, Path]) -> None:
     fig.savefig(tmp, dpi=120)
     tmp.replace(path)
     fig.clear()
+
+
+def raw_text_scores(
+    nlp: Language, sentences: Iterable[Tuple[List[str], List[str]]], batch_size: int = 64
+) -> Dict[str, Any]:
+    """Entity P/R/F1 when the pipeline reads raw text and tokenizes it itself.
+
+    Each gold sentence is turned back into text (normal spacing, no space before punctuation);
+    an entity counts as found when its character span and label match a gold one exactly.
+    """
+    texts, gold = [], []
+    for words, tags in sentences:
+        text, spaces = join_tokens(words)
+        offsets = token_offsets(words, spaces)
+        texts.append(text)
+        gold.append({(offsets[s][0], offsets[e - 1][1], tags[s][2:]) for s, e in entity_bounds(tags)})
+    found = [
+        {(e.start_char, e.end_char, e.label_) for e in doc.ents}
+        for doc in nlp.pipe(texts, batch_size=batch_size)
+    ]
+    tp = sum(len(g & f) for g, f in zip(gold, found))
+    n_pred, n_gold = sum(map(len, found)), sum(map(len, gold))
+    p, r = tp / max(n_pred, 1), tp / max(n_gold, 1)
+    return {"precision": p, "recall": r, "f1": 2 * p * r / max(p + r, 1e-12),
+            "true_positives": tp, "predicted": n_pred, "gold": n_gold}
+
+
+def calibration(
+    nlp: Language, path: Union[str, Path], n_bins: int = 10, batch_size: int = 64
+) -> Dict[str, Any]:
+    """How well `span._.confidence` predicts that an entity is right, on a gold DocBin.
+
+    RETURNS (Dict[str, Any]): expected calibration error over `n_bins` equal-width bins, the
+        precision among entities above 0.5 and 0.9 (and their share), and the reliability table.
+    """
+    examples = list(Corpus(str(path), gold_preproc=True)(nlp))
+    pairs = []
+    for eg, doc in zip(examples, nlp.pipe((eg.predicted for eg in examples), batch_size=batch_size)):
+        gold = {(e.start, e.end, e.label_) for e in eg.reference.ents}
+        pairs.extend((e._.confidence, (e.start, e.end, e.label_) in gold) for e in doc.ents)
+    bins = []
+    for b in range(n_bins):
+        lo, hi = b / n_bins, (b + 1) / n_bins
+        inside = [(c, ok) for c, ok in pairs if lo < c <= hi or (b == 0 and c == 0)]
+        if inside:
+            conf = sum(c for c, _ in inside) / len(inside)
+            acc = sum(ok for _, ok in inside) / len(inside)
+            bins.append({"low": lo, "high": hi, "count": len(inside), "confidence": conf, "precision": acc})
+    ece = sum(b["count"] * abs(b["precision"] - b["confidence"]) for b in bins) / max(len(pairs), 1)
+
+    def above(t: float) -> Dict[str, float]:
+        kept = [ok for c, ok in pairs if c > t]
+        return {"precision": sum(kept) / max(len(kept), 1), "share": len(kept) / max(len(pairs), 1)}
+
+    return {"entities": len(pairs), "precision": sum(ok for _, ok in pairs) / max(len(pairs), 1),
+            "ece": ece, "above_0.5": above(0.5), "above_0.9": above(0.9), "bins": bins}

@@ -1,0 +1,35 @@
+"""Score a pipeline on raw text (its own tokenizer) and the calibration of its confidences."""
+import json
+from pathlib import Path
+
+import spacy
+import typer
+
+from spacy.tokens import DocBin
+
+from spacy_secner.evaluation import bio_of, calibration, raw_text_scores
+
+
+def main(
+    model: Path = typer.Argument(..., help="Trained pipeline directory or package name"),
+    test: Path = typer.Argument(..., help="Test DocBin, turned back into raw text"),
+    dev: Path = typer.Argument(..., help="Dev DocBin for calibration"),
+    output_dir: Path = typer.Argument(Path("metrics")),
+    gpu_id: int = typer.Option(-1, help="GPU to use, -1 for CPU"),
+) -> None:
+    if gpu_id >= 0:
+        spacy.require_gpu(gpu_id)
+    nlp = spacy.load(model)
+    gold_docs = DocBin().from_disk(test).get_docs(nlp.vocab)
+    raw = raw_text_scores(nlp, (([t.text for t in doc], bio_of(doc)) for doc in gold_docs))
+    calib = calibration(nlp, dev)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "raw_text_test.json").write_text(json.dumps(raw, indent=2))
+    (output_dir / "calibration_dev.json").write_text(json.dumps(calib, indent=2))
+    print(f"raw text test: P {raw['precision']:.4f} R {raw['recall']:.4f} F1 {raw['f1']:.4f}")
+    print(f"dev calibration: ECE {calib['ece']:.4f}, precision {calib['precision']:.4f}, "
+          f"above 0.5 {calib['above_0.5']}, above 0.9 {calib['above_0.9']}")
+
+
+if __name__ == "__main__":
+    typer.run(main)
