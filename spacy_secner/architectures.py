@@ -6,7 +6,7 @@ import torch
 from spacy.tokens import Doc
 from spacy.util import registry
 from thinc.api import ArgsKwargs, Model, PyTorchWrapper_v3, torch2xp, xp2torch
-from thinc.types import Floats2d, Ints1d
+from thinc.types import Floats2d, Ints1d, Ragged
 
 from .bio import entity_bounds
 from .pytorch_bilstm_crf import FORBIDDEN_SCORE, BIOCRF, BiLSTMEmitter, lengths_to_mask
@@ -25,8 +25,9 @@ def build_bilstm_crf_model(
     """Build the `ner_crf` model: per-token vectors, a BiLSTM, linear emissions and a CRF.
 
     tok2vec (Model[List[Doc], List[Floats2d]]): One vector per spaCy token, e.g. a
-        `spacy-transformers.TransformerListener.v1` (pooling `reduce_first.v1` keeps the first
-        wordpiece of each word, `reduce_mean.v1` averages them) or spaCy's own CNN tok2vec.
+        `spacy-transformers.TransformerListener.v1` (pooling `spacy-secner.reduce_first.v1`
+        keeps the first wordpiece of each word, `reduce_mean.v1` averages them) or spaCy's own
+        CNN tok2vec.
     hidden_size (int): LSTM units per direction.
     depth (int): Stacked BiLSTM layers; 0 puts the linear layer straight on the token vectors.
     dropout (float): Dropout before the linear layer (and between stacked LSTM layers).
@@ -53,6 +54,35 @@ def build_bilstm_crf_model(
             "tags": None,
         },
     )
+
+
+@registry.layers("spacy-secner.reduce_first.v1")
+def reduce_first_or_zeros() -> Model[Ragged, Floats2d]:
+    """Pool each token's wordpieces to the first one, and a token with none to zeros.
+
+    thinc's `reduce_first.v1` rejects empty sequences, but whitespace tokens (a double space, a
+    line break in a report) get no wordpiece from the transformer, so raw text would crash it.
+    """
+    return Model("reduce_first_or_zeros", _reduce_first_forward)
+
+
+def _reduce_first_forward(
+    model: Model[Ragged, Floats2d], Xr: Ragged, is_train: bool
+) -> Tuple[Floats2d, Callable]:
+    xp = model.ops.xp
+    X = Xr.dataXd
+    lengths = xp.asarray(Xr.lengths)
+    nonempty = xp.nonzero(lengths)[0]
+    firsts = (xp.cumsum(lengths) - lengths)[nonempty]
+    Y = model.ops.alloc2f(len(lengths), X.shape[1])
+    Y[nonempty] = X[firsts]
+
+    def backprop(dY: Floats2d) -> Ragged:
+        dX = model.ops.alloc2f(*X.shape)
+        dX[firsts] = dY[nonempty]
+        return Ragged(dX, Xr.lengths)
+
+    return Y, backprop
 
 
 def forward(

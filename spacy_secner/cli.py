@@ -1,5 +1,6 @@
 """The `secner` console script. `secner annotate` writes the entities a trained pipeline finds
 in text files, directories, JSONL or stdin as JSONL, CSV or a displaCy HTML report."""
+
 import codecs
 import sys
 import time
@@ -93,6 +94,10 @@ class Report:
         return "\n".join(lines)
 
 
+class InputError(RuntimeError):
+    """The inputs could not be read on: unlike a pipeline error, no retry can help."""
+
+
 def problem_lines(problems: List[Failure], *, limit: int) -> List[str]:
     lines = [
         f"  {'skipped' if p.skipped else 'failed'}: {p.id}: {p.reason}" for p in problems[:limit]
@@ -109,7 +114,7 @@ def annotate_items(
 
     Failures and empty documents go to `report` instead. When the pipeline raises, the
     documents it had taken but not returned are retried one at a time, so only the one that
-    raises fails, and the run goes on.
+    raises fails, and the run goes on. An error from `items` itself (InputError) ends the run.
 
     YIELDS (Tuple[str, Doc]): The id and the annotated doc of each document.
     """
@@ -117,7 +122,13 @@ def annotate_items(
     pending: Deque[Document] = deque()
 
     def feed() -> Iterator[Tuple[str, str]]:
-        for item in source:
+        while True:
+            try:
+                item = next(source)
+            except StopIteration:
+                return
+            except Exception as err:
+                raise InputError(f"reading the inputs failed: {err}") from err
             report.read += 1
             if isinstance(item, Failure):
                 report.problems.append(item)
@@ -136,6 +147,8 @@ def annotate_items(
                 report.annotated += 1
                 yield doc_id, doc
             return
+        except InputError:
+            raise
         except Exception:
             if not pending:
                 raise  # not a document's fault: the pipeline cannot run at all
@@ -179,7 +192,7 @@ def annotate(
     glob: str = typer.Option("*.txt", help="Files to read under directories, recursively"),
     input_format: InputFormat = typer.Option(
         InputFormat.auto,
-        help="text: a file is a document; jsonl: a line {\"id\", \"text\"} is; "
+        help='text: a file is a document; jsonl: a line {"id", "text"} is; '
         "auto: jsonl for .jsonl/.ndjson files, else text",
     ),
     encoding: str = typer.Option("utf-8", help="Encoding of the input files"),
@@ -210,6 +223,8 @@ def annotate(
         inputs, output=output, errors=errors, encoding=encoding, n_process=n_process, gpu_id=gpu_id
     )
     paths = find_files(inputs, glob=glob)
+    if not paths:
+        typer.echo(f"secner annotate: no input files (none matched --glob {glob!r})", err=True)
     nlp = load_pipeline(model, gpu_id=gpu_id)
     fmt = output_format or format_for(output)
     items = read_inputs(
@@ -226,7 +241,7 @@ def annotate(
     try:
         with atomic_output(output) as out, tqdm(
             total=total,
-            unit="doc",
+            unit=" docs",
             file=sys.stderr,
             disable=quiet or not sys.stderr.isatty(),
         ) as bar:
@@ -243,7 +258,7 @@ def annotate(
     except KeyboardInterrupt:
         kept = "output on stdout is incomplete" if output is None else f"{output} not written"
         typer.echo(f"\nsecner annotate: interrupted, {kept}", err=True)
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     report.seconds = time.perf_counter() - start
     if errors is not None:
         write_failures(errors, report.problems)
@@ -273,7 +288,7 @@ def check_arguments(
     try:
         codecs.lookup(encoding)
     except LookupError:
-        raise typer.BadParameter(f"unknown encoding: {encoding}", param_hint="--encoding")
+        raise typer.BadParameter(f"unknown encoding: {encoding}", param_hint="--encoding") from None
     if n_process > 1 and gpu_id >= 0:
         raise typer.BadParameter("--n-process > 1 runs on CPU only", param_hint="--gpu-id")
     if output is not None and errors is not None and output.resolve() == errors.resolve():
@@ -285,12 +300,14 @@ def load_pipeline(model: str, *, gpu_id: int) -> Language:
         try:
             spacy.require_gpu(gpu_id)
         except Exception as err:
-            raise typer.BadParameter(f"GPU {gpu_id} is not usable: {err}", param_hint="--gpu-id")
+            raise typer.BadParameter(
+                f"GPU {gpu_id} is not usable: {err}", param_hint="--gpu-id"
+            ) from err
     try:
         return spacy.load(model)
     except OSError as err:
         # spaCy's E050: neither an installed package nor a pipeline directory.
-        raise typer.BadParameter(str(err), param_hint="--model")
+        raise typer.BadParameter(str(err), param_hint="--model") from err
 
 
 def format_for(output: Optional[Path]) -> OutputFormat:

@@ -3,6 +3,7 @@
 Readers yield a `Document` for each text and a `Failure` for each input that cannot become one
 (undecodable, binary, too large, malformed JSONL), so one bad input never stops a run.
 """
+
 import csv
 import html
 import json
@@ -58,7 +59,11 @@ class Failure:
     skipped: bool = False
 
     def to_json(self) -> Dict[str, str]:
-        return {"id": self.id, "status": "skipped" if self.skipped else "failed", "reason": self.reason}
+        return {
+            "id": self.id,
+            "status": "skipped" if self.skipped else "failed",
+            "reason": self.reason,
+        }
 
 
 Item = Union[Document, Failure]
@@ -133,7 +138,9 @@ def read_text(
             # No encoding takes more than 4 bytes per character: skip reading a huge file.
             size = path.stat().st_size
             if size > 4 * max_chars:
-                return Failure(doc_id, f"too large: {size} bytes, over the limit of {max_chars} chars")
+                return Failure(
+                    doc_id, f"too large: {size} bytes, over the limit of {max_chars} chars"
+                )
             data = path.read_bytes()
     except OSError as err:
         return Failure(doc_id, f"cannot read: {err.strerror or err}")
@@ -152,8 +159,9 @@ def read_jsonl(
     path: Path, *, encoding: str = "utf-8", encoding_errors: str = "strict", max_chars: int
 ) -> Iterator[Item]:
     """One document per line, {"id": ..., "text": ...}; blank lines are ignored. A bad line
-    fails with its `file:line` and the other lines are still read. A line without an id gets
-    `file:line` as id; ids are written as strings."""
+    fails, and the other lines are still read. A line without an id gets `file:line` as id, as
+    does the failure of a line that is not an object; the reason for the failure of a line with
+    an id starts with `file:line`. Ids are written as strings."""
     name = STDIN_ID if path == STDIN else str(path)
     try:
         lines = sys.stdin.buffer if path == STDIN else path.open("rb")
@@ -168,22 +176,24 @@ def read_jsonl(
             try:
                 line = _decode(raw, encoding, encoding_errors)
             except ValueError as err:
-                yield Failure(where, f"{where}: {err}")
+                yield Failure(where, str(err))
                 continue
             try:
-                record = json.loads(line)
-            except ValueError as err:
-                yield Failure(where, f"{where}: invalid JSON: {err}")
+                record = json.loads(line.rstrip("\r\n"))
+            except json.JSONDecodeError as err:
+                yield Failure(where, f"invalid JSON: {err.msg} at column {err.colno}")
                 continue
             if not isinstance(record, dict):
-                yield Failure(where, f"{where}: expected a JSON object, got {type(record).__name__}")
+                yield Failure(where, f"not a JSON object but {type(record).__name__}")
                 continue
             doc_id = str(record["id"]) if record.get("id") is not None else where
+            prefix = "" if doc_id == where else f"{where}: "
             text = record.get("text")
             if not isinstance(text, str):
-                yield Failure(doc_id, f"{where}: no \"text\" string")
+                yield Failure(doc_id, f'{prefix}no "text" string')
             elif len(text) > max_chars:
-                yield Failure(doc_id, f"{where}: too large: {len(text)} chars > limit of {max_chars}")
+                reason = f"too large: {len(text)} chars > limit of {max_chars}"
+                yield Failure(doc_id, prefix + reason)
             else:
                 yield Document(doc_id, text)
     finally:

@@ -40,7 +40,7 @@ grad_factor = 1.0
 upstream = "*"
 
 [model.tok2vec.pooling]
-@layers = "reduce_first.v1"
+@layers = "spacy-secner.reduce_first.v1"
 """
 DEFAULT_MODEL = Config().from_str(DEFAULT_NER_CRF_MODEL)["model"]
 

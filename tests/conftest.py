@@ -158,7 +158,7 @@ def make_cnn_nlp(*, seed: int = 0, **ner_config) -> Language:
     return nlp
 
 
-def trf_config_str(model_dir: Optional[Path], *, pooling: str = "reduce_first.v1") -> str:
+def trf_config_str(model_dir: Optional[Path], *, pooling: str = "spacy-secner.reduce_first.v1") -> str:
     """A full `transformer` + `ner_crf` config on a local HF model directory, or on the
     embedded MiniLM (`spacy-secner.embedded_encoder.v1`) if `model_dir` is None."""
     if model_dir is None:
@@ -169,7 +169,7 @@ def trf_config_str(model_dir: Optional[Path], *, pooling: str = "reduce_first.v1
 
 
 def make_trf_nlp(
-    model_dir: Optional[Path], *, pooling: str = "reduce_first.v1", seed: int = 0, **ner_config
+    model_dir: Optional[Path], *, pooling: str = "spacy-secner.reduce_first.v1", seed: int = 0, **ner_config
 ) -> Language:
     """`transformer` + `ner_crf` built from a full config, validated like `spacy train` does.
 

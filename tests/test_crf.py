@@ -289,3 +289,22 @@ def test_confidence_on_entities(trained_cnn_nlp):
     doc = trained_cnn_nlp("APT28 used X-Agent against NATO in 2016 .")
     assert doc.ents
     assert all(0.0 < ent._.confidence <= 1.0 for ent in doc.ents)
+
+
+def test_reduce_first_or_zeros_matches_thinc_and_handles_empty_tokens():
+    from thinc.api import Ragged, reduce_first
+
+    from spacy_secner.architectures import reduce_first_or_zeros
+
+    X = numpy.random.default_rng(0).random((7, 4)).astype("f")
+    full = Ragged(X, numpy.asarray([2, 3, 2], dtype="i"))
+    ours = reduce_first_or_zeros()
+    numpy.testing.assert_array_equal(ours.predict(full), reduce_first().predict(full))
+    # Whitespace tokens have no wordpieces: zeros out, no gradient in.
+    gappy = Ragged(X, numpy.asarray([2, 0, 3, 0, 2], dtype="i"))
+    Y, backprop = ours(gappy, is_train=True)
+    assert Y.shape == (5, 4)
+    numpy.testing.assert_array_equal(Y[[1, 3]], 0)
+    numpy.testing.assert_array_equal(Y[[0, 2, 4]], X[[0, 2, 5]])
+    dX = backprop(numpy.ones_like(Y)).dataXd
+    numpy.testing.assert_array_equal(dX.sum(axis=1), [4, 0, 4, 0, 0, 4, 0])

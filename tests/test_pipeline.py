@@ -60,7 +60,7 @@ def test_add_pipe_with_default_config():
     tok2vec = cfg["model"]["tok2vec"]
     assert tok2vec["@architectures"] == "spacy-transformers.TransformerListener.v1"
     assert tok2vec["upstream"] == "*"
-    assert tok2vec["pooling"] == {"@layers": "reduce_first.v1"}
+    assert tok2vec["pooling"] == {"@layers": "spacy-secner.reduce_first.v1"}
     meta = Language.get_factory_meta("ner_crf")
     assert "doc.ents" in meta.assigns
     assert meta.default_score_weights["ents_f"] == 1.0
@@ -174,7 +174,7 @@ def test_overfit_cnn_tok2vec():
     assert nlp.get_pipe("ner_crf").nll(examples) < losses[0] / 4
 
 
-@pytest.mark.parametrize("pooling", ["reduce_first.v1", "reduce_mean.v1"])
+@pytest.mark.parametrize("pooling", ["spacy-secner.reduce_first.v1", "reduce_mean.v1"])
 def test_overfit_tiny_bert(tiny_bert_dir, pooling):
     nlp = make_trf_nlp(tiny_bert_dir, pooling=pooling)
     assert nlp.config["components"]["ner_crf"]["model"]["tok2vec"]["pooling"]["@layers"] == pooling
@@ -365,3 +365,13 @@ def test_head_learn_rate_factor_scales_only_the_head():
     assert ner.model.get_ref("tok2vec").to_bytes() != before["tok2vec"]
     assert ner.model.get_ref("emitter").to_bytes() == before["emitter"]
     assert ner.model.get_ref("crf").to_bytes() == before["crf"]
+
+
+def test_whitespace_tokens_have_no_wordpieces_and_do_not_crash(trained_trf_nlp):
+    """Raw reports hold line breaks and double spaces: tokens the transformer gives no piece."""
+    text = "APT28 used X-Agent .\n\nLazarus Group  deployed WannaCry ransomware in May 2017 .\n"
+    doc = trained_trf_nlp(text)
+    assert any(t.is_space for t in doc)
+    assert all(not ent.text.isspace() for ent in doc.ents)
+    compact = trained_trf_nlp("APT28 used X-Agent .")
+    assert ents_of(compact) == ents_of(trained_trf_nlp(compact.text + "\n"))

@@ -1,0 +1,153 @@
+"""Throughput and memory of the pipeline beside the same encoder used directly (Hugging Face token
+classification, and the bare encoder forward pass), on DNRTI's test set as sentences and as
+multi-sentence documents. See spacy_secner/benchmark.py for what each system does.
+
+    python scripts/bench_speed.py run --model en_secner --output metrics/bench_speed.json
+    python scripts/bench_speed.py profile --model en_secner --texts documents --batch-size 64
+"""
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import typer
+
+from spacy_secner import benchmark
+from spacy_secner.encoders import embedded_encoder
+
+ROOT = Path(__file__).resolve().parents[1]
+app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=False)
+
+
+def _texts(dnrti_dir: str, limit: int, docs: int, sets: List[str]) -> Dict[str, List[str]]:
+    """The chosen text sets: test sentences as raw text, and documents made of them."""
+    source = Path(dnrti_dir or os.environ.get("DNRTI_DIR") or ROOT.parent / "shared" / "dnrti")
+    test = source / "test.txt"
+    if not test.is_file():
+        raise typer.BadParameter(f"{test} not found: set DNRTI_DIR or pass --dnrti-dir")
+    sentences = benchmark.read_test_sentences(test, limit=limit)
+    available = {"sentences": sentences, "documents": benchmark.make_documents(sentences, docs)}
+    unknown = set(sets) - set(available)
+    if unknown:
+        raise typer.BadParameter(f"unknown text sets {sorted(unknown)}; use sentences,documents")
+    return {name: available[name] for name in sets}
+
+
+def _split(value: str) -> List[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+@app.command()
+def run(
+    model: str = typer.Option("en_secner", help="Pipeline package name or directory"),
+    output: Path = typer.Option(Path("metrics/bench_speed.json"), help="JSON report"),
+    dnrti_dir: str = typer.Option("", help="DNRTI directory (empty: $DNRTI_DIR, else ../shared/dnrti)"),
+    encoder: str = typer.Option("", help="HF encoder directory (empty: the embedded MiniLM)"),
+    batch_sizes: str = typer.Option("1,8,64", help="Comma-separated batch sizes"),
+    repeats: int = typer.Option(5, min=1, help="Timed runs per system after one warm-up"),
+    threads: int = typer.Option(os.cpu_count() or 1, min=1, help="torch/OpenMP threads, all systems"),
+    texts: str = typer.Option("sentences,documents", help="Text sets to time"),
+    systems: str = typer.Option("pipeline,hf,floor", help="Systems to time"),
+    limit: int = typer.Option(0, min=0, help="Use the first N test sentences (0: all)"),
+    docs: int = typer.Option(50, min=1, help="Number of multi-sentence documents"),
+    load_runs: int = typer.Option(3, min=0, help="Fresh processes timing spacy.load (0: skip)"),
+    curves: Path = typer.Option(Path("training/curves.jsonl"), help="Training curves, for words/s"),
+    spacy_benchmark: bool = typer.Option(False, help="Also run `spacy benchmark speed`"),
+    corpus: Path = typer.Option(Path("corpus/test.spacy"), help="DocBin for `spacy benchmark speed`"),
+    spacy_benchmark_batches: int = typer.Option(30, min=30, help="--batches of `spacy benchmark`"),
+) -> None:
+    """Time the pipeline, HF token classification and the bare encoder; write JSON and Markdown."""
+    text_sets = _texts(dnrti_dir, limit, docs, _split(texts))
+    n_sentences = len(_texts(dnrti_dir, limit, docs, ["sentences"])["sentences"])
+    sizes = [int(size) for size in _split(batch_sizes)]
+    chosen = _split(systems)
+    if set(chosen) - set(benchmark.SYSTEMS):
+        raise typer.BadParameter(f"systems must be among {benchmark.SYSTEMS}")
+    encoder = encoder or embedded_encoder()
+    report = {
+        "command": shlex.join(["python", *sys.argv]),
+        "machine": benchmark.machine_info(threads),
+        "settings": {
+            "model": model,
+            "encoder": encoder,
+            "repeats": repeats,
+            "batch_sizes": sizes,
+            "max_length": 512,
+            "num_labels": 27,
+            "texts": {
+                name: {
+                    "texts": len(t),
+                    "words": benchmark.count_words(t),
+                    **({"sentences_per_doc": n_sentences / max(len(t), 1)} if name == "documents" else {}),
+                }
+                for name, t in text_sets.items()
+            },
+        },
+    }
+    if load_runs and "pipeline" in chosen:
+        typer.echo(f"timing spacy.load({model!r}) in {load_runs} fresh processes ...", err=True)
+        report["spacy_load"] = benchmark.measure_load(model, runs=load_runs, threads=threads)
+    report.update(
+        benchmark.run_benchmark(
+            model=model,
+            encoder=encoder,
+            texts=text_sets,
+            batch_sizes=sizes,
+            repeats=repeats,
+            threads=threads,
+            systems=chosen,
+            log=lambda line: typer.echo(line, err=True),
+        )
+    )
+    report["training"] = benchmark.training_speed(curves)
+    if spacy_benchmark:
+        command = benchmark.spacy_benchmark_command(
+            model, corpus, batch_size=max(sizes), n_batches=spacy_benchmark_batches
+        )
+        typer.echo(f"running {' '.join(command)} ...", err=True)
+        report["spacy_benchmark"] = benchmark.run_spacy_benchmark(command, threads=threads)
+    report["machine"]["load_average_end"] = list(os.getloadavg())
+    report["targets"] = benchmark.check_targets(report)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2), encoding="utf8")
+    typer.echo(benchmark.render_markdown(report))
+    typer.echo(f"Wrote {output}", err=True)
+
+
+@app.command()
+def profile(
+    model: str = typer.Option("en_secner", help="Pipeline package name or directory"),
+    dnrti_dir: str = typer.Option("", help="DNRTI directory (empty: $DNRTI_DIR, else ../shared/dnrti)"),
+    texts: str = typer.Option("documents", help="sentences or documents"),
+    batch_size: int = typer.Option(64, min=1),
+    threads: int = typer.Option(os.cpu_count() or 1, min=1, help="torch threads"),
+    limit: int = typer.Option(0, min=0, help="Use the first N test sentences (0: all)"),
+    docs: int = typer.Option(50, min=1, help="Number of multi-sentence documents"),
+    tree: Optional[Path] = typer.Option(None, help="Also write pyinstrument's call tree here"),
+) -> None:
+    """Where one `nlp.pipe` pass spends its time (pyinstrument; `pip install pyinstrument`)."""
+    import spacy
+    import torch
+
+    torch.set_num_threads(threads)
+    chosen = _texts(dnrti_dir, limit, docs, [texts])[texts]
+    nlp = spacy.load(model)
+    result = benchmark.profile_pipeline(nlp, chosen, batch_size=batch_size)
+    words = benchmark.count_words(chosen)
+    typer.echo(
+        f"{model} on {len(chosen)} {texts} ({words:,} words), batch {batch_size}, {threads} "
+        f"threads: {result['seconds']:.2f} s profiled ({words / result['seconds']:,.0f} words/s "
+        "under the profiler)"
+    )
+    typer.echo("| part | seconds | share |\n|---|---:|---:|")
+    for part, seconds in result["parts"].items():
+        typer.echo(f"| {part} | {seconds:.2f} | {100 * seconds / result['seconds']:.1f}% |")
+    if tree:
+        tree.parent.mkdir(parents=True, exist_ok=True)
+        tree.write_text(result["text"], encoding="utf8")
+
+
+if __name__ == "__main__":
+    app()
