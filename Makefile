@@ -42,9 +42,11 @@ test: venv
 smoke: venv
 	rm -rf $(SMOKE_DIR) && mkdir -p $(SMOKE_DIR)
 	cp -r project.yml configs scripts $(SMOKE_DIR)/
-	cd $(SMOKE_DIR) && PATH="$(abspath $(VENV))/bin:$$PATH" python -m spacy project run all . \
-		--vars.train_limit 300 --vars.eval_limit 100 --vars.package_name $(SMOKE_PACKAGE) \
-		--vars.train_overrides "--training.max_epochs 1 --training.eval_frequency 6 --training.patience 0"
+	# spaCy applies SPACY_CONFIG_OVERRIDES to `spacy train`: one epoch, evaluated every 6 steps.
+	cd $(SMOKE_DIR) && PATH="$(abspath $(VENV))/bin:$$PATH" \
+		SPACY_CONFIG_OVERRIDES="--training.max_epochs 1 --training.eval_frequency 6 --training.patience 0" \
+		python -m spacy project run all . \
+		--vars.train_limit 300 --vars.eval_limit 100 --vars.package_name $(SMOKE_PACKAGE)
 	cd /tmp && $(abspath $(PY)) -c "import spacy; nlp = spacy.load('en_$(SMOKE_PACKAGE)'); \
 		doc = nlp('APT28 used X-Agent against NATO in 2016 .'); \
 		print('en_$(SMOKE_PACKAGE) loaded:', nlp.pipe_names, [(e.text, e.label_) for e in doc.ents])"

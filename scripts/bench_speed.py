@@ -5,6 +5,7 @@ multi-sentence documents. See spacy_secner/benchmark.py for what each system doe
     python scripts/bench_speed.py run --model en_secner --output metrics/bench_speed.json
     python scripts/bench_speed.py profile --model en_secner --texts documents --batch-size 64
 """
+
 import json
 import os
 import shlex
@@ -43,11 +44,15 @@ def _split(value: str) -> List[str]:
 def run(
     model: str = typer.Option("en_secner", help="Pipeline package name or directory"),
     output: Path = typer.Option(Path("metrics/bench_speed.json"), help="JSON report"),
-    dnrti_dir: str = typer.Option("", help="DNRTI directory (empty: $DNRTI_DIR, else ../shared/dnrti)"),
+    dnrti_dir: str = typer.Option(
+        "", help="DNRTI directory (empty: $DNRTI_DIR, else ../shared/dnrti)"
+    ),
     encoder: str = typer.Option("", help="HF encoder directory (empty: the embedded MiniLM)"),
     batch_sizes: str = typer.Option("1,8,64", help="Comma-separated batch sizes"),
     repeats: int = typer.Option(5, min=1, help="Timed runs per system after one warm-up"),
-    threads: int = typer.Option(os.cpu_count() or 1, min=1, help="torch/OpenMP threads, all systems"),
+    threads: int = typer.Option(
+        os.cpu_count() or 1, min=1, help="torch/OpenMP threads, all systems"
+    ),
     texts: str = typer.Option("sentences,documents", help="Text sets to time"),
     systems: str = typer.Option("pipeline,hf,floor", help="Systems to time"),
     limit: int = typer.Option(0, min=0, help="Use the first N test sentences (0: all)"),
@@ -55,7 +60,9 @@ def run(
     load_runs: int = typer.Option(3, min=0, help="Fresh processes timing spacy.load (0: skip)"),
     curves: Path = typer.Option(Path("training/curves.jsonl"), help="Training curves, for words/s"),
     spacy_benchmark: bool = typer.Option(False, help="Also run `spacy benchmark speed`"),
-    corpus: Path = typer.Option(Path("corpus/test.spacy"), help="DocBin for `spacy benchmark speed`"),
+    corpus: Path = typer.Option(
+        Path("corpus/test.spacy"), help="DocBin for `spacy benchmark speed`"
+    ),
     spacy_benchmark_batches: int = typer.Option(30, min=30, help="--batches of `spacy benchmark`"),
 ) -> None:
     """Time the pipeline, HF token classification and the bare encoder; write JSON and Markdown."""
@@ -80,7 +87,11 @@ def run(
                 name: {
                     "texts": len(t),
                     "words": benchmark.count_words(t),
-                    **({"sentences_per_doc": n_sentences / max(len(t), 1)} if name == "documents" else {}),
+                    **(
+                        {"sentences_per_doc": n_sentences / max(len(t), 1)}
+                        if name == "documents"
+                        else {}
+                    ),
                 }
                 for name, t in text_sets.items()
             },
@@ -119,7 +130,9 @@ def run(
 @app.command()
 def profile(
     model: str = typer.Option("en_secner", help="Pipeline package name or directory"),
-    dnrti_dir: str = typer.Option("", help="DNRTI directory (empty: $DNRTI_DIR, else ../shared/dnrti)"),
+    dnrti_dir: str = typer.Option(
+        "", help="DNRTI directory (empty: $DNRTI_DIR, else ../shared/dnrti)"
+    ),
     texts: str = typer.Option("documents", help="sentences or documents"),
     batch_size: int = typer.Option(64, min=1),
     threads: int = typer.Option(os.cpu_count() or 1, min=1, help="torch threads"),

@@ -15,6 +15,7 @@ repeats (A B C, B C A, C A B, ...) to spread machine noise over all systems. Run
 (`python benchmark.py --worker SPEC SYSTEM`), this module is one worker; it is started by path,
 not as `spacy_secner.benchmark`, so that the Hugging Face workers never import spaCy.
 """
+
 import gc
 import json
 import os
@@ -169,7 +170,7 @@ class _Pipeline:
 class _HFTokenClassifier:
     def __init__(self, spec: Dict[str, Any]) -> None:
         import torch
-        from transformers import AutoModelForTokenClassification, AutoTokenizer
+        from transformers import AutoTokenizer
 
         self.torch = torch
         self.max_length = spec["max_length"]
@@ -495,11 +496,11 @@ def spacy_benchmark_command(
     model: str, corpus: Path, *, batch_size: int, n_batches: int, warmup: int = 1
 ) -> List[str]:
     """The `spacy benchmark speed` command line (`--batches` must be at least 30)."""
-    return [
-        "python", "-m", "spacy", "benchmark", "speed", model, str(corpus),
-        "--batch-size", str(batch_size), "--batches", str(n_batches),
-        "--warmup", str(warmup), "--no-shuffle",
-    ]  # fmt: skip
+    options = {"--batch-size": batch_size, "--batches": n_batches, "--warmup": warmup}
+    command = ["python", "-m", "spacy", "benchmark", "speed", model, str(corpus)]
+    for option, value in options.items():
+        command += [option, str(value)]
+    return command + ["--no-shuffle"]
 
 
 def parse_spacy_benchmark(output: str) -> Optional[float]:
@@ -574,31 +575,37 @@ TARGET_LOAD_S = 3.0
 
 def check_targets(report: Dict[str, Any], *, batch_size: int = 64) -> List[Dict[str, Any]]:
     """Each target of the issue with the measured value and whether it is met."""
-    checks = []
-
-    def add(target: str, value: Optional[float], limit: float, higher_is_better: bool) -> None:
-        met = None if value is None else (value >= limit if higher_is_better else value <= limit)
-        checks.append({"target": target, "value": value, "met": met})
-
+    wanted = []  # (target, value, limit, higher is better)
     for row in report.get("throughput", []):
-        if row["batch_size"] != batch_size:
-            continue
         where = f"{row['texts']}, batch {batch_size}"
-        if "pipeline/floor" in row["ratios"]:
-            value = row["ratios"]["pipeline/floor"]
-            add(f"pipeline / bare encoder >= {TARGET_FLOOR_RATIO} ({where})", value,
-                TARGET_FLOOR_RATIO, True)  # fmt: skip
-        if "pipeline/hf" in row["ratios"]:
-            value = row["ratios"]["pipeline/hf"]
-            add(f"pipeline / HF >= {TARGET_HF_RATIO} ({where})", value, TARGET_HF_RATIO, True)
+        for key, name, limit in (
+            ("pipeline/floor", "bare encoder", TARGET_FLOOR_RATIO),
+            ("pipeline/hf", "HF", TARGET_HF_RATIO),
+        ):
+            if row["batch_size"] == batch_size and key in row["ratios"]:
+                target = f"pipeline / {name} >= {limit} ({where})"
+                wanted.append((target, row["ratios"][key], limit, True))
     pipeline = report.get("systems", {}).get("pipeline")
     if pipeline:
-        add(f"peak RSS while annotating <= {TARGET_PEAK_RSS_MB:.0f} MiB",
-            pipeline["peak_rss_annotating_mb"], TARGET_PEAK_RSS_MB, False)  # fmt: skip
+        target = f"peak RSS while annotating <= {TARGET_PEAK_RSS_MB:.0f} MiB"
+        wanted.append((target, pipeline["peak_rss_annotating_mb"], TARGET_PEAK_RSS_MB, False))
     if report.get("spacy_load"):
-        add(f"spacy.load < {TARGET_LOAD_S} s", report["spacy_load"]["median_load_s"],
-            TARGET_LOAD_S, False)  # fmt: skip
+        target = f"spacy.load < {TARGET_LOAD_S} s"
+        wanted.append((target, report["spacy_load"]["median_load_s"], TARGET_LOAD_S, False))
+    checks = []
+    for target, value, limit, higher in wanted:
+        met = None if value is None else (value >= limit if higher else value <= limit)
+        checks.append({"target": target, "value": value, "met": met})
     return checks
+
+
+MEMORY_COLUMNS = (
+    "system",
+    "load in its worker (s)",
+    "RSS after load (MiB)",
+    "peak RSS annotating (MiB)",
+    "peak RSS overall (MiB)",
+)
 
 
 def render_markdown(report: Dict[str, Any]) -> str:
@@ -616,8 +623,10 @@ def render_markdown(report: Dict[str, Any]) -> str:
         + ", ".join(f"{x:.2f}" for x in machine["load_average"] or []),
         "",
         f"Pipeline `{settings['model']}`, encoder `{settings['encoder']}`. Texts: "
-        + "; ".join(f"{name} ({v['texts']} texts, {v['words']:,} words)"
-                    for name, v in settings["texts"].items())  # fmt: skip
+        + "; ".join(
+            f"{name} ({v['texts']} texts, {v['words']:,} words)"
+            for name, v in settings["texts"].items()
+        )
         + ". Words/s count the whitespace words of the raw text for every system. Median of "
         f"{settings['repeats']} runs after one warm-up, best run in brackets; repeats interleaved "
         "across systems, each system in its own process.",
@@ -627,8 +636,10 @@ def render_markdown(report: Dict[str, Any]) -> str:
     head = ["texts", "batch", *(LABELS[s] for s in systems)]
     ratio_keys = [k for k in ("pipeline/hf", "pipeline/floor") if k.split("/")[1] in systems]
     ratio_keys = ratio_keys if "pipeline" in systems else []
-    head += [{"pipeline/hf": "pipeline / HF", "pipeline/floor": "pipeline / encoder"}[k]
-             for k in ratio_keys]  # fmt: skip
+    head += [
+        {"pipeline/hf": "pipeline / HF", "pipeline/floor": "pipeline / encoder"}[k]
+        for k in ratio_keys
+    ]
     out += [_md_row(head), _md_row(["---", "---:"] + ["---:"] * (len(head) - 2))]
     for row in report["throughput"]:
         cells = [row["texts"], str(row["batch_size"])]
@@ -639,14 +650,12 @@ def render_markdown(report: Dict[str, Any]) -> str:
             best = row["ratios"].get(k + "_best")
             cells.append(f"{row['ratios'][k]:.2f} ({best:.2f})")
         out.append(_md_row(cells))
-    out += ["", _md_row(["system", "load (s)", "RSS after load (MiB)",
-                         "peak RSS annotating (MiB)", "peak RSS overall (MiB)"])]  # fmt: skip
-    out.append(_md_row(["---"] + ["---:"] * 4))
-    for s, v in report["systems"].items():
+    out += ["", _md_row(MEMORY_COLUMNS), _md_row(["---"] + ["---:"] * 4)]
+    for v in report["systems"].values():
         annotating = v["peak_rss_annotating_mb"]
-        out.append(_md_row([v["label"], f"{v['load_s']:.2f}", f"{v['rss_after_load_mb']:.0f}",
-                            f"{annotating:.0f}" if annotating else "-",
-                            f"{v['peak_rss_mb']:.0f}"]))  # fmt: skip
+        cells = [v["label"], f"{v['load_s']:.2f}", f"{v['rss_after_load_mb']:.0f}"]
+        cells += [f"{annotating:.0f}" if annotating else "-", f"{v['peak_rss_mb']:.0f}"]
+        out.append(_md_row(cells))
     out.append("")
     load = report.get("spacy_load")
     if load:
@@ -666,8 +675,8 @@ def render_markdown(report: Dict[str, Any]) -> str:
     bench = report.get("spacy_benchmark")
     if bench:
         wps = bench["words_per_second"]
-        out.append(f"- `{bench['command']}`: " + (f"{wps:,.0f} words/s (its words are the "
-                   "pipeline's tokens)." if wps else f"failed (exit {bench['returncode']})."))  # fmt: skip
+        result = f"{wps:,.0f} words/s (words: the pipeline's tokens)" if wps else "failed"
+        out.append(f"- `{bench['command']}`: {result} (exit {bench['returncode']}).")
     for row in report["throughput"]:
         notes = []
         for s in systems:
@@ -698,26 +707,26 @@ def _md_row(cells: Sequence[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-# Where the pipeline's time goes: (part, test on a profiler frame). A frame's own time counts
-# for the innermost part that matches it or one of its callers; the rest is "other".
+# Where the pipeline's time goes: (part, function names, class name, file path pattern); a frame
+# is in a part if it matches every criterion given. A frame's own time counts for the last part
+# that matches it or, failing that, its innermost matching caller; the rest is "other".
+_TRF_ALIGN = {
+    "huggingface_tokenize",
+    "get_alignment_via_offset_mapping",
+    "truncate_oversize_splits",
+}
 PROFILE_PARTS = (
-    ("spaCy tokenizer", lambda f: f.function == "make_doc"),
-    ("transformer: spans, batching, doc._.trf_data",
-     lambda f: "spacy_transformers" in _path(f)),  # fmt: skip
-    ("transformer: HF tokenizer and alignment",
-     lambda f: f.function in {"huggingface_tokenize", "get_alignment_via_offset_mapping",
-                              "get_alignment", "truncate_oversize_splits"}),  # fmt: skip
-    ("transformer: encoder forward", lambda f: "transformers/models/" in _path(f)),
-    ("ner_crf: other (predict, padding)", lambda f: f.class_name == "CRFEntityRecognizer"),
-    ("ner_crf: listener and pooling",
-     lambda f: re.search(r"spacy_transformers/layers/(listener|trfs2arrays)|thinc/layers/reduce_",
-                         _path(f)) is not None),  # fmt: skip
-    ("ner_crf: BiLSTM and linear", lambda f: f.class_name == "BiLSTMEmitter"),
-    ("ner_crf: CRF Viterbi", lambda f: f.function == "crf_decode"),
-    ("ner_crf: CRF span confidence", lambda f: f.function == "crf_span_confidence"),
-    ("ner_crf: set_annotations",
-     lambda f: f.class_name == "CRFEntityRecognizer" and f.function == "set_annotations"),
-)  # fmt: skip
+    ("spaCy tokenizer", {"make_doc"}, None, None),
+    ("transformer: spans, batching, doc._.trf_data", None, None, r"spacy_transformers/"),
+    ("transformer: HF tokenizer and alignment", _TRF_ALIGN | {"get_alignment"}, None, None),
+    ("transformer: encoder forward", None, None, r"transformers/models/"),
+    ("ner_crf: other (predict, padding)", None, "CRFEntityRecognizer", None),
+    ("ner_crf: listener and pooling", None, None, r"layers/(listener|trfs2arrays|reduce_)"),
+    ("ner_crf: BiLSTM and linear", None, "BiLSTMEmitter", None),
+    ("ner_crf: CRF Viterbi", {"crf_decode"}, None, None),
+    ("ner_crf: CRF span confidence", {"crf_span_confidence"}, None, None),
+    ("ner_crf: set_annotations", {"set_annotations"}, "CRFEntityRecognizer", None),
+)
 
 
 def profile_pipeline(
@@ -745,15 +754,20 @@ def profile_pipeline(
     }
 
 
-def _path(frame: Any) -> str:
-    return (frame.file_path or "").replace(os.sep, "/")
+def _matches(frame: Any, functions: Any, class_name: Any, pattern: Any) -> bool:
+    path = (frame.file_path or "").replace(os.sep, "/")
+    return (
+        (functions is None or frame.function in functions)
+        and (class_name is None or frame.class_name == class_name)
+        and (pattern is None or re.search(pattern, path) is not None)
+    )
 
 
 def _attribute(frame: Any, part: str, parts: Dict[str, float]) -> None:
     if frame is None:
         return
-    for name, test in PROFILE_PARTS:
-        if test(frame):
+    for name, *criteria in PROFILE_PARTS:
+        if _matches(frame, *criteria):
             part = name
     own = frame.time - sum(child.time for child in frame.children)
     parts[part] = parts.get(part, 0.0) + max(own, 0.0)
