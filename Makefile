@@ -42,7 +42,8 @@ test: venv
 smoke: venv
 	rm -rf $(SMOKE_DIR) && mkdir -p $(SMOKE_DIR)
 	cp -r project.yml configs scripts $(SMOKE_DIR)/
-	# spaCy applies SPACY_CONFIG_OVERRIDES to `spacy train`: one epoch, evaluated every 6 steps.
+	# `spacy train` reads SPACY_CONFIG_OVERRIDES: one epoch, evaluated every 6 steps. (Weasel's
+	# warning that it ignores the variable is about weasel's own settings, not spaCy's.)
 	cd $(SMOKE_DIR) && PATH="$(abspath $(VENV))/bin:$$PATH" \
 		SPACY_CONFIG_OVERRIDES="--training.max_epochs 1 --training.eval_frequency 6 --training.patience 0" \
 		python -m spacy project run all . \
