@@ -145,6 +145,14 @@ class _Pipeline:
 
         self.nlp = spacy.load(spec["model"])
 
+    def about(self) -> Dict[str, Any]:
+        """The settings that decide the speed: pipes, and each pipe's cfg but its labels."""
+        cfgs = {
+            name: {k: v for k, v in getattr(pipe, "cfg", {}).items() if k != "labels"}
+            for name, pipe in self.nlp.pipeline
+        }
+        return {"pipe_names": self.nlp.pipe_names, "pipe_cfg": cfgs}
+
     def prepare(self, texts: List[str], batch_size: int) -> Any:
         return texts, batch_size
 
@@ -259,6 +267,7 @@ def _worker(spec_path: str, system: str) -> None:
             "rss_after_load_mb": rss_mb(),
             "peak_rss_load_mb": peak_rss_mb(),
             "torch_threads": torch.get_num_threads(),
+            "about": impl.about() if hasattr(impl, "about") else {},
         }
     )
     prepared: Dict[Any, Any] = {}
@@ -368,6 +377,7 @@ def run_benchmark(
                 log(f"loading {system} ...")
                 workers[system] = _WorkerProcess(system, spec_path, threads, Path(tmp) / system)
             peaks: Dict[str, List[float]] = {system: [] for system in systems}
+            per_run = True  # False where the kernel cannot reset the peak: peaks are lifetime
             for name, set_texts in texts.items():
                 words = count_words(set_texts)
                 for batch_size in batch_sizes:
@@ -381,6 +391,7 @@ def run_benchmark(
                             reply = workers[system].ask(**request)
                             seconds[system].append(reply["seconds"])
                             run_peaks[system].append(reply["peak_rss_mb"])
+                            per_run = per_run and reply["peak_is_per_run"]
                     row["systems"] = {
                         s: {
                             **summarize(seconds[s], words),
@@ -405,8 +416,9 @@ def run_benchmark(
             "label": LABELS[s],
             "load_s": ready["load_s"],
             "torch_threads": ready["torch_threads"],
+            **ready["about"],
             "rss_after_load_mb": ready["rss_after_load_mb"],
-            "peak_rss_annotating_mb": max(peaks[s]) if peaks[s] else None,
+            "peak_rss_annotating_mb": max(peaks[s]) if peaks[s] and per_run else None,
             "peak_rss_mb": max([ready["peak_rss_load_mb"], finals[s]["peak_rss_mb"], *peaks[s]]),
         }
     return {"systems": system_info, "throughput": throughput}
@@ -677,16 +689,12 @@ def render_markdown(report: Dict[str, Any]) -> str:
         wps = bench["words_per_second"]
         result = f"{wps:,.0f} words/s (words: the pipeline's tokens)" if wps else "failed"
         out.append(f"- `{bench['command']}`: {result} (exit {bench['returncode']}).")
-    for row in report["throughput"]:
-        notes = []
-        for s in systems:
-            info = row["systems"][s]
-            text = f"{s} {info.get('wordpieces', 0):,} wordpieces"
-            if info.get("truncated_texts"):
-                text += f" ({info['truncated_texts']} texts truncated to {settings['max_length']})"
-            notes.append(text)
-        if row["batch_size"] == report["throughput"][0]["batch_size"]:
-            out.append(f"- Encoder work on {row['texts']}: " + ", ".join(notes) + ".")
+    pipe_cfg = report["systems"].get("pipeline", {}).get("pipe_cfg")
+    if pipe_cfg:
+        cfgs = "; ".join(f"{name} {json.dumps(cfg)}" for name, cfg in pipe_cfg.items())
+        out.append(f"- Pipeline settings as loaded: {cfgs}.")
+    for name in settings["texts"]:
+        out.append(f"- Encoder work on {name}: " + _encoder_work(report, name, systems) + ".")
     if "documents" in settings["texts"]:
         out.append(
             "- Documents are consecutive test sentences joined into ~"
@@ -697,10 +705,29 @@ def render_markdown(report: Dict[str, Any]) -> str:
     if targets:
         out += ["", _md_row(["target", "measured", "met"]), _md_row(["---", "---:", "---"])]
         for t in targets:
-            value = "-" if t["value"] is None else f"{t['value']:.2f}"
+            value = "-" if t["value"] is None else f"{t['value']:.2f}".rstrip("0").rstrip(".")
             met = {True: "yes", False: "**no**", None: "-"}[t["met"]]
             out.append(_md_row([t["target"], value, met]))
     return "\n".join(out) + "\n"
+
+
+def _encoder_work(report: Dict[str, Any], texts: str, systems: Sequence[str]) -> str:
+    """Wordpieces each system encodes, and the padded size of the HF/encoder batches (a pipeline
+    that groups texts by length pads less, and can beat the 'floor' at batch > 1)."""
+    rows = [row for row in report["throughput"] if row["texts"] == texts]
+    notes = []
+    for s in systems:
+        info = rows[0]["systems"][s]
+        pieces, inputs = info.get("wordpieces", 0), info.get("encoder_inputs", 0)
+        note = f"{s} {pieces:,} wordpieces in {inputs} inputs"
+        if info.get("truncated_texts"):
+            note += f", {info['truncated_texts']} texts cut at {report['settings']['max_length']}"
+        if "padded_wordpieces" in info:
+            padded = "/".join(f"{row['systems'][s]['padded_wordpieces']:,}" for row in rows)
+            batches = "/".join(str(row["batch_size"]) for row in rows)
+            note += f" (padded: {padded} at batch {batches})"
+        notes.append(note)
+    return "; ".join(notes)
 
 
 def _md_row(cells: Sequence[str]) -> str:
@@ -712,16 +739,18 @@ def _md_row(cells: Sequence[str]) -> str:
 # that matches it or, failing that, its innermost matching caller; the rest is "other".
 _TRF_ALIGN = {
     "huggingface_tokenize",
+    "get_alignment",
     "get_alignment_via_offset_mapping",
     "truncate_oversize_splits",
 }
 PROFILE_PARTS = (
     ("spaCy tokenizer", {"make_doc"}, None, None),
     ("transformer: spans, batching, doc._.trf_data", None, None, r"spacy_transformers/"),
-    ("transformer: HF tokenizer and alignment", _TRF_ALIGN | {"get_alignment"}, None, None),
+    ("transformer: HF tokenizer and alignment", _TRF_ALIGN, None, None),
     ("transformer: encoder forward", None, None, r"transformers/models/"),
     ("ner_crf: other (predict, padding)", None, "CRFEntityRecognizer", None),
     ("ner_crf: listener and pooling", None, None, r"layers/(listener|trfs2arrays|reduce_)"),
+    ("ner_crf: listener and pooling", {"_reduce_first_forward"}, None, None),
     ("ner_crf: BiLSTM and linear", None, "BiLSTMEmitter", None),
     ("ner_crf: CRF Viterbi", {"crf_decode"}, None, None),
     ("ner_crf: CRF span confidence", {"crf_span_confidence"}, None, None),

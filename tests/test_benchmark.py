@@ -96,7 +96,12 @@ def test_spacy_benchmark_command_matches_spacys_cli():
 
 def _fake_report():
     def system(wps):
-        return {**summarize([1000 / wps], 1000), "peak_rss_mb": 500.0, "wordpieces": 1200}
+        return {
+            **summarize([1000 / wps], 1000),
+            "peak_rss_mb": 500.0,
+            "wordpieces": 1200,
+            "encoder_inputs": 10,
+        }
 
     row = {"texts": "sentences", "batch_size": 64, "words": 1000}
     row["systems"] = {"pipeline": system(900), "hf": system(1000), "floor": system(1000)}
