@@ -1,4 +1,5 @@
 """Registered model builders: token vectors -> BiLSTM -> emission scores -> BIO CRF."""
+import math
 from io import BytesIO
 from typing import Any, Callable, List, Optional, Sequence, Tuple, cast
 
@@ -9,7 +10,7 @@ from thinc.api import ArgsKwargs, Model, PyTorchWrapper_v3, torch2xp, xp2torch
 from thinc.types import Floats2d, Ints1d, Ragged
 
 from .bio import entity_bounds
-from .pytorch_bilstm_crf import FORBIDDEN_SCORE, BIOCRF, BiLSTMEmitter, lengths_to_mask
+from .pytorch_bilstm_crf import BIOCRF, BiLSTMEmitter, lengths_to_mask
 
 
 @registry.architectures("spacy-secner.TransformerBiLSTMCRF.v1")
@@ -171,7 +172,7 @@ def crf_loss(
     d_scores = [model.ops.alloc2f(*s.shape) for s in scores]
     if not keep:
         return 0.0, d_scores
-    loss, backprop = crf.begin_update(([scores[i] for i in keep], [gold[i] for i in keep], False))
+    loss, backprop = crf.begin_update(([scores[i] for i in keep], [gold[i] for i in keep], None))
     for i, d in zip(keep, backprop(1.0)):
         d_scores[i] = d
     return loss, d_scores
@@ -182,7 +183,7 @@ def crf_nll(model: Model, scores: List[Floats2d], gold: List[Ints1d]) -> float:
     keep = [i for i, s in enumerate(scores) if len(s)]
     if not keep:
         return 0.0
-    return model.get_ref("crf").predict(([scores[i] for i in keep], [gold[i] for i in keep], False))
+    return model.get_ref("crf").predict(([scores[i] for i in keep], [gold[i] for i in keep], None))
 
 
 def crf_decode(model: Model, scores: List[Floats2d]) -> List[Ints1d]:
@@ -191,7 +192,7 @@ def crf_decode(model: Model, scores: List[Floats2d]) -> List[Ints1d]:
     paths = [model.ops.alloc1i(0) for _ in scores]
     if keep:
         crf = model.get_ref("crf")
-        for i, path in zip(keep, crf.predict(([scores[i] for i in keep], None, False))):
+        for i, path in zip(keep, crf.predict(([scores[i] for i in keep], None, None))):
             paths[i] = path
     return paths
 
@@ -201,35 +202,25 @@ def crf_span_confidence(
 ) -> List[List[float]]:
     """The CRF's marginal probability of each decoded entity, per doc in entity order.
 
-    P(tokens i..j-1 form exactly this entity) = Z' / Z, where Z' sums over the tag sequences
-    that agree with the entity (its own tags inside, no `I-X` right after it). Both partition
-    functions come from pytorch-crf's forward algorithm: clamping the scores to the entity
-    leaves the Viterbi path's own score unchanged, so the ratio is
-    exp(NLL'(path) - NLL(path)). One batched CRF pass covers every entity of the batch.
+    P(tokens i..j-1 form exactly this entity) sums the probability of every tag sequence that
+    agrees with the entity: its own tags inside and no `I-X` right after it (which would
+    extend it). One forward-backward pass over the batch gives all of them.
     """
     tags = model.attrs["tags"]
     inside = {i: tags.index("I-" + tag[2:]) for i, tag in enumerate(tags) if tag != "O"}
-    clamped, owners, path_of = [], [], []
-    for doc_i, (doc_scores, path) in enumerate(zip(scores, paths)):
-        for start, end in entity_bounds([tags[t] for t in path.tolist()]):
-            copy = model.ops.xp.array(doc_scores, copy=True)
-            for pos in range(start, end):
-                keep = copy[pos, path[pos]]
-                copy[pos] += FORBIDDEN_SCORE
-                copy[pos, path[pos]] = keep
-            if end < len(path):
-                copy[end, inside[int(path[start])]] += FORBIDDEN_SCORE
-            clamped.append(copy)
-            owners.append(doc_i)
-            path_of.append(path)
+    keep = [i for i, s in enumerate(scores) if len(s)]
+    spans = []
+    for row, doc_i in enumerate(keep):
+        path = paths[doc_i].tolist()
+        for start, end in entity_bounds([tags[t] for t in path]):
+            spans.append((row, start, end, inside[path[start]]))
     confidences: List[List[float]] = [[] for _ in scores]
-    if not clamped:
+    if not spans:
         return confidences
-    crf = model.get_ref("crf")
-    base = crf.predict(([scores[d] for d in owners], path_of, True))
-    restricted = crf.predict((clamped, path_of, True))
-    for doc_i, p in zip(owners, model.ops.xp.exp(restricted - base).tolist()):
-        confidences[doc_i].append(min(1.0, p))
+    X = ([scores[i] for i in keep], [paths[i] for i in keep], model.ops.asarray2i(spans))
+    log_probs = model.get_ref("crf").predict(X)
+    for (row, *_), log_p in zip(spans, log_probs.tolist()):
+        confidences[keep[row]].append(min(1.0, math.exp(log_p)))
     return confidences
 
 
@@ -283,9 +274,12 @@ def _emitter_outputs(
 
 
 def _crf_inputs(
-    model: Model, X: Tuple[List[Floats2d], Optional[List[Ints1d]], bool], is_train: bool
+    model: Model, X: Tuple[List[Floats2d], Optional[List[Ints1d]], Any], is_train: bool
 ) -> Tuple[ArgsKwargs, Callable]:
-    scores, gold, per_sequence = X
+    """X: scores, gold or decoded tags (None to decode), and what to compute from the tags:
+    None for the mean NLL, True for one NLL per sequence, or (n, 4) span rows for their
+    log-probabilities."""
+    scores, gold, what = X
     lengths = [len(s) for s in scores]
     device = model.shims[0].device
     emissions = xp2torch(model.ops.pad(scores), requires_grad=is_train, device=device)
@@ -296,7 +290,10 @@ def _crf_inputs(
         for i, g in enumerate(gold):
             tags[i, : len(g)] = xp2torch(model.ops.asarray1i(g), device=device)
         kwargs["tags"] = tags
-        kwargs["per_sequence"] = per_sequence
+        if what is True:
+            kwargs["per_sequence"] = True
+        elif what is not None:
+            kwargs["spans"] = xp2torch(what, device=device).long()
 
     def backprop(d_inputs: ArgsKwargs) -> List[Floats2d]:
         return model.ops.unpad(torch2xp(d_inputs.args[0]), lengths)
@@ -307,13 +304,13 @@ def _crf_inputs(
 def _crf_outputs(
     model: Model, inputs_outputs: Tuple[Any, torch.Tensor], is_train: bool
 ) -> Tuple[Any, Callable]:
-    (scores, gold, per_sequence), Y = inputs_outputs
+    (scores, gold, what), Y = inputs_outputs
 
     def backprop(d_loss: float) -> ArgsKwargs:
         return ArgsKwargs(args=(Y,), kwargs={"grad_tensors": torch.tensor(d_loss, device=Y.device)})
 
-    if gold is not None and per_sequence:
-        return model.ops.asarray1f(torch2xp(Y)), backprop
+    if gold is not None and what is not None:
+        return torch2xp(Y), backprop
     if gold is not None:
         return float(Y.detach()), backprop
     paths = cast(Any, torch2xp(Y))

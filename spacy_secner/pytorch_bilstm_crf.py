@@ -54,8 +54,8 @@ class BIOCRF(nn.Module):
     """pytorch-crf's linear-chain CRF over BIO tags, optionally limited to valid transitions.
 
     Called with gold `tags` it returns their negative log-likelihood (the mean over sequences,
-    or one value per sequence with `per_sequence`); called without, the Viterbi path padded
-    with -1.
+    or one value per sequence with `per_sequence`); with `tags` and `spans`, the log-probability
+    of each span (see `span_log_probs`); without `tags`, the Viterbi path padded with -1.
     """
 
     def __init__(self, tags: Sequence[str], *, constrained: bool = True) -> None:
@@ -76,7 +76,10 @@ class BIOCRF(nn.Module):
         mask: torch.Tensor,
         tags: Optional[torch.Tensor] = None,
         per_sequence: bool = False,
+        spans: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
+        if tags is not None and spans is not None:
+            return self.span_log_probs(emissions, mask, tags, spans)
         if tags is not None:
             reduction = "none" if per_sequence else "mean"
             return -self.crf(emissions, tags, mask=mask, reduction=reduction)
@@ -85,6 +88,60 @@ class BIOCRF(nn.Module):
         for i, path in enumerate(paths):
             out[i, : len(path)] = torch.tensor(path, dtype=torch.long, device=emissions.device)
         return out
+
+    def span_log_probs(
+        self, emissions: torch.Tensor, mask: torch.Tensor, tags: torch.Tensor, spans: torch.Tensor
+    ) -> torch.Tensor:
+        """Log-probability that each span is labelled exactly as in `tags`.
+
+        spans (Tensor): (n, 4) rows of sequence index, start, end (exclusive), and the tag that
+            must not follow the span (its type's `I-` tag, which would extend it).
+        RETURNS (Tensor): (n,) log P(tags[start:end] and no such tag at `end`), in float64.
+
+        pytorch-crf computes the partition function but keeps no forward or backward table, so
+        both are computed here once per batch; each span's clamped partition function then
+        follows in closed form: the forward score into its first tag, its own path score, and
+        the backward score out of its last tag.
+        """
+        crf = self.crf
+        e = emissions.double()
+        start, trans, end = (
+            crf.start_transitions.double(),
+            crf.transitions.double(),
+            crf.end_transitions.double(),
+        )
+        n_seq, n_steps, _ = e.shape
+        lengths = mask.long().sum(1)
+        alphas = [start + e[:, 0]]
+        for t in range(1, n_steps):
+            step = torch.logsumexp(alphas[-1].unsqueeze(2) + trans, dim=1) + e[:, t]
+            alphas.append(torch.where(mask[:, t, None], step, alphas[-1]))
+        alpha = torch.stack(alphas, 1)
+        betas = [end.expand(n_seq, -1)]
+        for t in range(n_steps - 2, -1, -1):
+            step = torch.logsumexp(trans + (e[:, t + 1] + betas[0]).unsqueeze(1), dim=2)
+            is_last = (lengths - 1 == t)[:, None]
+            betas.insert(0, torch.where(is_last, end.expand(n_seq, -1), step))
+        beta = torch.stack(betas, 1)
+        rows = torch.arange(n_seq, device=e.device)
+        log_z = torch.logsumexp(alpha[rows, lengths - 1] + end, dim=1)
+        # Score of each sequence's own path, cumulated over positions.
+        path = tags.clamp(min=0)
+        own = e.gather(2, path.unsqueeze(2)).squeeze(2)
+        own[:, 1:] += trans[path[:, :-1], path[:, 1:]]
+        cumulated = own.cumsum(1)
+
+        seq, first, stop, barred = spans.unbind(1)
+        last = stop - 1
+        first_tag, last_tag = path[seq, first], path[seq, last]
+        inner = e[seq, first, first_tag] + cumulated[seq, last] - cumulated[seq, first]
+        into = torch.logsumexp(alpha[seq, (first - 1).clamp(min=0)] + trans[:, first_tag].T, dim=1)
+        left = torch.where(first == 0, start[first_tag], into)
+        after = stop.clamp(max=n_steps - 1)
+        out_of = trans[last_tag] + e[seq, after] + beta[seq, after]
+        out_of = out_of.scatter(1, barred.unsqueeze(1), float("-inf"))
+        right = torch.where(stop == lengths[seq], end[last_tag], torch.logsumexp(out_of, dim=1))
+        return left + inner + right - log_z[seq]
 
 
 class BiLSTMEmitter(nn.Module):

@@ -308,3 +308,35 @@ def test_reduce_first_or_zeros_matches_thinc_and_handles_empty_tokens():
     numpy.testing.assert_array_equal(Y[[0, 2, 4]], X[[0, 2, 5]])
     dX = backprop(numpy.ones_like(Y)).dataXd
     numpy.testing.assert_array_equal(dX.sum(axis=1), [4, 0, 4, 0, 0, 4, 0])
+
+
+@pytest.mark.parametrize("constrained", [True, False])
+def test_span_log_probs_match_enumeration_for_inner_spans(constrained):
+    """Spans at the start, middle and end of padded sequences, against every tag sequence."""
+    torch.manual_seed(0)
+    tags = ["O", "B-A", "I-A", "B-B", "I-B"]
+    crf = BIOCRF(tags, constrained=constrained)
+    with torch.no_grad():
+        for p in crf.parameters():
+            p.normal_(0, 1)
+    lengths = torch.tensor([6, 4])
+    emissions = torch.randn(2, 6, len(tags))
+    mask = lengths_to_mask(lengths, 6)
+    path = torch.tensor([[1, 2, 0, 3, 4, 1], [0, 3, 0, 1, 0, 0]])
+    # (sequence, start, end, barred next tag)
+    spans = torch.tensor([[0, 0, 2, 2], [0, 3, 5, 4], [0, 5, 6, 2], [1, 1, 2, 4], [1, 3, 4, 2]])
+    with torch.no_grad():
+        got = crf(emissions, mask, path, spans=spans).exp()
+    for (seq, start, end, barred), p in zip(spans.tolist(), got.tolist()):
+        n = int(lengths[seq])
+        every = torch.tensor(list(itertools.product(range(len(tags)), repeat=n)))
+        with torch.no_grad():
+            probs = (-crf(emissions[seq : seq + 1, :n].expand(len(every), -1, -1),
+                          mask[seq : seq + 1, :n].expand(len(every), -1), every,
+                          per_sequence=True)).exp()
+        agrees = (every[:, start:end] == path[seq, start:end]).all(1)
+        if end < n:
+            agrees &= every[:, end] != barred
+        total, agree = float(probs.sum()), float(probs[agrees].sum())
+        assert total == pytest.approx(1.0, abs=1e-4)
+        assert p == pytest.approx(agree, abs=1e-5)
