@@ -1,6 +1,6 @@
 """Throughput and memory of the pipeline beside the same encoder used directly (Hugging Face token
 classification, and the bare encoder forward pass), on DNRTI's test set as sentences and as
-multi-sentence documents. See spacy_secner/benchmark.py for what each system does.
+multi-sentence documents. See spacy_secner/bench/ for what each system does.
 
     python scripts/bench_speed.py run --model en_secner --output metrics/bench_speed.json
     python scripts/bench_speed.py profile --model en_secner --texts documents --batch-size 64
@@ -15,7 +15,7 @@ from typing import Dict, List, Optional
 
 import typer
 
-from spacy_secner import benchmark
+from spacy_secner import bench
 from spacy_secner.encoders import embedded_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,8 +28,8 @@ def _texts(dnrti_dir: str, limit: int, docs: int, sets: List[str]) -> Dict[str, 
     test = source / "test.txt"
     if not test.is_file():
         raise typer.BadParameter(f"{test} not found: set DNRTI_DIR or pass --dnrti-dir")
-    sentences = benchmark.read_test_sentences(test, limit=limit)
-    available = {"sentences": sentences, "documents": benchmark.make_documents(sentences, docs)}
+    sentences = bench.read_test_sentences(test, limit=limit)
+    available = {"sentences": sentences, "documents": bench.make_documents(sentences, docs)}
     unknown = set(sets) - set(available)
     if unknown:
         raise typer.BadParameter(f"unknown text sets {sorted(unknown)}; use sentences,documents")
@@ -70,12 +70,12 @@ def run(
     n_sentences = len(_texts(dnrti_dir, limit, docs, ["sentences"])["sentences"])
     sizes = [int(size) for size in _split(batch_sizes)]
     chosen = _split(systems)
-    if set(chosen) - set(benchmark.SYSTEMS):
-        raise typer.BadParameter(f"systems must be among {benchmark.SYSTEMS}")
+    if set(chosen) - set(bench.SYSTEMS):
+        raise typer.BadParameter(f"systems must be among {bench.SYSTEMS}")
     encoder = encoder or embedded_encoder()
     report = {
         "command": shlex.join(["python", *sys.argv]),
-        "machine": benchmark.machine_info(threads),
+        "machine": bench.machine_info(threads),
         "settings": {
             "model": model,
             "encoder": encoder,
@@ -86,7 +86,7 @@ def run(
             "texts": {
                 name: {
                     "texts": len(t),
-                    "words": benchmark.count_words(t),
+                    "words": bench.count_words(t),
                     **(
                         {"sentences_per_doc": n_sentences / max(len(t), 1)}
                         if name == "documents"
@@ -99,9 +99,9 @@ def run(
     }
     if load_runs and "pipeline" in chosen:
         typer.echo(f"timing spacy.load({model!r}) in {load_runs} fresh processes ...", err=True)
-        report["spacy_load"] = benchmark.measure_load(model, runs=load_runs, threads=threads)
+        report["spacy_load"] = bench.measure_load(model, runs=load_runs, threads=threads)
     report.update(
-        benchmark.run_benchmark(
+        bench.run_benchmark(
             model=model,
             encoder=encoder,
             texts=text_sets,
@@ -112,18 +112,18 @@ def run(
             log=lambda line: typer.echo(line, err=True),
         )
     )
-    report["training"] = benchmark.training_speed(curves)
+    report["training"] = bench.training_speed(curves)
     if spacy_benchmark:
-        command = benchmark.spacy_benchmark_command(
+        command = bench.spacy_benchmark_command(
             model, corpus, batch_size=max(sizes), n_batches=spacy_benchmark_batches
         )
         typer.echo(f"running {' '.join(command)} ...", err=True)
-        report["spacy_benchmark"] = benchmark.run_spacy_benchmark(command, threads=threads)
+        report["spacy_benchmark"] = bench.run_spacy_benchmark(command, threads=threads)
     report["machine"]["load_average_end"] = list(os.getloadavg())
-    report["targets"] = benchmark.check_targets(report)
+    report["targets"] = bench.check_targets(report)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2), encoding="utf8")
-    typer.echo(benchmark.render_markdown(report))
+    typer.echo(bench.render_markdown(report))
     typer.echo(f"Wrote {output}", err=True)
 
 
@@ -147,8 +147,8 @@ def profile(
     torch.set_num_threads(threads)
     chosen = _texts(dnrti_dir, limit, docs, [texts])[texts]
     nlp = spacy.load(model)
-    result = benchmark.profile_pipeline(nlp, chosen, batch_size=batch_size)
-    words = benchmark.count_words(chosen)
+    result = bench.profile_pipeline(nlp, chosen, batch_size=batch_size)
+    words = bench.count_words(chosen)
     typer.echo(
         f"{model} on {len(chosen)} {texts} ({words:,} words), batch {batch_size}, {threads} "
         f"threads: {result['seconds']:.2f} s profiled ({words / result['seconds']:,.0f} words/s "

@@ -10,8 +10,8 @@ import pytest
 from conftest import TRAIN_TEXTS, make_examples, make_trf_nlp
 from spacy.cli import benchmark_speed
 
-from spacy_secner import benchmark
-from spacy_secner.benchmark import (
+from spacy_secner import bench
+from spacy_secner.bench import (
     check_targets,
     count_words,
     make_documents,
@@ -41,8 +41,8 @@ def test_words_are_whitespace_words():
 def test_read_test_sentences_detokenizes(tmp_path):
     path = tmp_path / "test.txt"
     path.write_text("APT28 B-HackOrg\nused O\nX-Agent B-Tool\n. O\n\nHello O\n, O\nworld O\n")
-    assert benchmark.read_test_sentences(path) == ["APT28 used X-Agent.", "Hello, world"]
-    assert benchmark.read_test_sentences(path, limit=1) == ["APT28 used X-Agent."]
+    assert bench.read_test_sentences(path) == ["APT28 used X-Agent.", "Hello, world"]
+    assert bench.read_test_sentences(path, limit=1) == ["APT28 used X-Agent."]
 
 
 def test_summarize_rotate_and_ratios():
@@ -56,15 +56,15 @@ def test_summarize_rotate_and_ratios():
         "hf": summarize([1.0], 100),
         "floor": summarize([4.0], 100),
     }
-    ratios = benchmark.ratios(by_system)
+    ratios = bench.ratios(by_system)
     assert ratios["pipeline/hf"] == 0.5 and ratios["pipeline/floor"] == 2.0
 
 
 def test_memory_helpers():
-    assert benchmark.peak_rss_mb() > 0
-    assert isinstance(benchmark.reset_peak_rss(), bool)
-    current = benchmark.rss_mb()
-    assert current is None or current <= benchmark.peak_rss_mb() + 1
+    assert bench.peak_rss_mb() > 0
+    assert isinstance(bench.reset_peak_rss(), bool)
+    current = bench.rss_mb()
+    assert current is None or current <= bench.peak_rss_mb() + 1
 
 
 def test_training_speed_from_curves(tmp_path):
@@ -82,7 +82,7 @@ def test_training_speed_from_curves(tmp_path):
 
 
 def test_spacy_benchmark_command_matches_spacys_cli():
-    command = benchmark.spacy_benchmark_command(
+    command = bench.spacy_benchmark_command(
         "en_secner", "corpus/test.spacy", batch_size=64, n_batches=30
     )
     assert command[:5] == ["python", "-m", "spacy", "benchmark", "speed"]
@@ -105,21 +105,21 @@ def _fake_report():
 
     row = {"texts": "sentences", "batch_size": 64, "words": 1000}
     row["systems"] = {"pipeline": system(900), "hf": system(1000), "floor": system(1000)}
-    row["ratios"] = benchmark.ratios(row["systems"])
+    row["ratios"] = bench.ratios(row["systems"])
     systems = {
         s: {
-            "label": benchmark.LABELS[s],
+            "label": bench.LABELS[s],
             "load_s": 1.0,
             "torch_threads": 2,
             "rss_after_load_mb": 400.0,
             "peak_rss_annotating_mb": 600.0,
             "peak_rss_mb": 800.0,
         }
-        for s in benchmark.SYSTEMS
+        for s in bench.SYSTEMS
     }
     return {
         "command": "python scripts/bench_speed.py run",
-        "machine": benchmark.machine_info(2),
+        "machine": bench.machine_info(2),
         "settings": {
             "model": "en_secner",
             "encoder": "minilm",
@@ -157,7 +157,7 @@ def test_targets_and_markdown():
 
 def test_profile_parts_add_up(trained_cnn_nlp):
     pytest.importorskip("pyinstrument")
-    result = benchmark.profile_pipeline(trained_cnn_nlp, TRAIN_TEXTS * 40, batch_size=8)
+    result = bench.profile_pipeline(trained_cnn_nlp, TRAIN_TEXTS * 40, batch_size=8)
     assert result["parts"] and result["text"]
     assert sum(result["parts"].values()) == pytest.approx(result["seconds"], rel=0.2)
 
@@ -165,7 +165,7 @@ def test_profile_parts_add_up(trained_cnn_nlp):
 def test_one_worker_round_trip(tiny_bert_dir):
     """The worker protocol with the cheapest system: load, warm-up with details, timed runs."""
     texts = {"sentences": TRAIN_TEXTS}
-    result = benchmark.run_benchmark(
+    result = bench.run_benchmark(
         model="unused",
         encoder=str(tiny_bert_dir),
         texts=texts,
@@ -192,7 +192,7 @@ def test_end_to_end_on_a_tiny_pipeline(tiny_bert_dir, tmp_path):
     nlp.to_disk(tmp_path / "pipeline")
     texts = {"sentences": TRAIN_TEXTS[:3], "documents": make_documents(TRAIN_TEXTS, 2)}
     lines = []
-    result = benchmark.run_benchmark(
+    result = bench.run_benchmark(
         model=str(tmp_path / "pipeline"),
         encoder=str(tiny_bert_dir),
         texts=texts,
@@ -209,7 +209,7 @@ def test_end_to_end_on_a_tiny_pipeline(tiny_bert_dir, tmp_path):
     ]
     for row in result["throughput"]:
         assert row["words"] == count_words(texts[row["texts"]])
-        assert set(row["systems"]) == set(benchmark.SYSTEMS)
+        assert set(row["systems"]) == set(bench.SYSTEMS)
         assert all(v["wps_median"] > 0 for v in row["systems"].values())
         assert set(row["ratios"]) >= {"pipeline/hf", "pipeline/floor"}
         # The same texts reach every encoder: sentences need no windows or truncation.
@@ -219,5 +219,5 @@ def test_end_to_end_on_a_tiny_pipeline(tiny_bert_dir, tmp_path):
     for info in result["systems"].values():
         assert info["torch_threads"] == 1 and info["peak_rss_mb"] > 0
     assert len(lines) == 1 + 1 + 1 + 4  # three loads, four rows
-    load = benchmark.measure_load(str(tmp_path / "pipeline"), runs=1, threads=1)
+    load = bench.measure_load(str(tmp_path / "pipeline"), runs=1, threads=1)
     assert load["median_load_s"] > 0

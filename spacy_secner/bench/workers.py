@@ -1,0 +1,236 @@
+"""One benchmark worker: a system (spaCy pipeline, HF token classifier, bare encoder) loaded in
+its own interpreter, answering timing requests over JSON lines.
+
+This file is started by path (`python workers.py --worker SPEC SYSTEM`, or `--load MODEL` for the
+`spacy.load` probe), not as `spacy_secner.bench.workers`, so that the Hugging Face workers never
+import spaCy (the `spacy_secner` package imports it). Keep it free of spaCy and of imports from
+this package at the top level: only the standard library.
+"""
+
+import gc
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+
+def batches(items: Sequence[Any], size: int) -> List[Sequence[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def rss_mb() -> Optional[float]:
+    """Current resident memory of this process in MiB (VmRSS), None without /proc."""
+    return _proc_status_mb("VmRSS")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB: VmHWM, or ru_maxrss without /proc."""
+    peak = _proc_status_mb("VmHWM")
+    if peak is None:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return peak
+
+
+def reset_peak_rss() -> bool:
+    """Restart the peak (VmHWM) from the current RSS. RETURNS (bool): whether the kernel let us."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def _proc_status_mb(field: str) -> Optional[float]:
+    try:
+        lines = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return None
+
+
+# --- The systems, as run inside a worker -------------------------------------------------------
+
+
+class _Pipeline:
+    def __init__(self, spec: Dict[str, Any]) -> None:
+        import spacy
+
+        self.nlp = spacy.load(spec["model"])
+
+    def about(self) -> Dict[str, Any]:
+        """The settings that decide the speed: pipes, and each pipe's cfg but its labels."""
+        cfgs = {
+            name: {k: v for k, v in getattr(pipe, "cfg", {}).items() if k != "labels"}
+            for name, pipe in self.nlp.pipeline
+        }
+        return {"pipe_names": self.nlp.pipe_names, "pipe_cfg": cfgs}
+
+    def prepare(self, texts: List[str], batch_size: int) -> Any:
+        return texts, batch_size
+
+    def run(self, prepared: Any) -> Any:
+        texts, batch_size = prepared
+        return list(self.nlp.pipe(texts, batch_size=batch_size))
+
+    def describe(self, prepared: Any, docs: Any) -> Dict[str, Any]:
+        wordpieces = inputs = 0
+        for doc in docs:
+            trf = getattr(doc._, "trf_data", None)
+            if trf is not None:
+                wordpieces += sum(trf.wordpieces.lengths)
+                inputs += len(trf.wordpieces.lengths)
+        return {
+            "tokens": sum(len(doc) for doc in docs),
+            "entities": sum(len(doc.ents) for doc in docs),
+            "wordpieces": wordpieces,
+            "encoder_inputs": inputs,
+        }
+
+
+class _HFTokenClassifier:
+    def __init__(self, spec: Dict[str, Any]) -> None:
+        import torch
+        from transformers import AutoTokenizer
+
+        self.torch = torch
+        self.max_length = spec["max_length"]
+        self.tokenizer = AutoTokenizer.from_pretrained(spec["encoder"], use_fast=True)
+        self.model = self._load_model(spec)
+        self.model.eval()
+
+    def _load_model(self, spec: Dict[str, Any]) -> Any:
+        from transformers import AutoModelForTokenClassification
+
+        return AutoModelForTokenClassification.from_pretrained(
+            spec["encoder"], num_labels=spec["num_labels"]
+        )
+
+    def encode(self, texts: Sequence[str]) -> Any:
+        return self.tokenizer(
+            list(texts),
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
+
+    def prepare(self, texts: List[str], batch_size: int) -> Any:
+        return texts, batches(texts, batch_size)
+
+    def run(self, prepared: Any) -> Any:
+        with self.torch.inference_mode():
+            return [self.model(**self.encode(b)).logits.argmax(-1) for b in prepared[1]]
+
+    def describe(self, prepared: Any, output: Any) -> Dict[str, Any]:
+        texts, text_batches = prepared[0], prepared[1]
+        full = self.tokenizer(list(texts), truncation=False)["input_ids"]
+        encoded = [self.encode(b)["attention_mask"] for b in text_batches]
+        return {
+            "wordpieces": int(sum(int(m.sum()) for m in encoded)),
+            "padded_wordpieces": int(sum(m.numel() for m in encoded)),
+            "encoder_inputs": len(texts),
+            "truncated_texts": sum(len(ids) > self.max_length for ids in full),
+            "wordpieces_untruncated": sum(len(ids) for ids in full),
+        }
+
+
+class _EncoderFloor(_HFTokenClassifier):
+    def _load_model(self, spec: Dict[str, Any]) -> Any:
+        from transformers import AutoModel
+
+        return AutoModel.from_pretrained(spec["encoder"])
+
+    def prepare(self, texts: List[str], batch_size: int) -> Any:
+        text_batches = batches(texts, batch_size)
+        return texts, text_batches, [self.encode(b) for b in text_batches]
+
+    def run(self, prepared: Any) -> Any:
+        with self.torch.inference_mode():
+            return [self.model(**encoding).last_hidden_state for encoding in prepared[2]]
+
+
+_WORKER_SYSTEMS: Dict[str, Callable[[Dict[str, Any]], Any]] = {
+    "pipeline": _Pipeline,
+    "hf": _HFTokenClassifier,
+    "floor": _EncoderFloor,
+}
+
+
+def _worker(spec_path: str, system: str) -> None:
+    """Load one system, then answer `run` requests on stdin with timings on stdout."""
+    spec = json.loads(Path(spec_path).read_text(encoding="utf8"))
+    # Libraries print to stdout now and then: keep the real stdout for the protocol only.
+    protocol = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+
+    def send(message: Dict[str, Any]) -> None:
+        protocol.write(json.dumps(message) + "\n")
+
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    start = time.perf_counter()
+    impl = _WORKER_SYSTEMS[system](spec)
+    load_s = time.perf_counter() - start
+    torch.set_num_threads(spec["threads"])
+    send(
+        {
+            "load_s": load_s,
+            "rss_after_load_mb": rss_mb(),
+            "peak_rss_load_mb": peak_rss_mb(),
+            "torch_threads": torch.get_num_threads(),
+            "about": impl.about() if hasattr(impl, "about") else {},
+        }
+    )
+    prepared: Dict[Any, Any] = {}
+    for line in sys.stdin:
+        request = json.loads(line)
+        if request["cmd"] == "quit":
+            send({"peak_rss_mb": peak_rss_mb()})
+            return
+        key = (request["texts"], request["batch_size"])
+        if key not in prepared:
+            prepared[key] = impl.prepare(spec["texts"][key[0]], key[1])
+        gc.collect()
+        was_reset = reset_peak_rss()
+        start = time.perf_counter()
+        output = impl.run(prepared[key])
+        seconds = time.perf_counter() - start
+        reply: Dict[str, Any] = {"seconds": seconds, "peak_rss_mb": peak_rss_mb()}
+        reply["peak_is_per_run"] = was_reset
+        if request.get("describe"):
+            reply["info"] = impl.describe(prepared[key], output)
+        del output
+        send(reply)
+
+
+def _load_probe(model: str) -> None:
+    """Print how long `import spacy` and `spacy.load(model)` take in this fresh interpreter."""
+    start = time.perf_counter()
+    import spacy
+
+    imported = time.perf_counter()
+    spacy.load(model)
+    loaded = time.perf_counter()
+    result = {"import_s": imported - start, "load_s": loaded - imported}
+    print(json.dumps({**result, "peak_rss_mb": peak_rss_mb()}))
+
+
+if __name__ == "__main__":
+    # Started by path: drop this directory from the import path, or its modules (`profile`,
+    # `report`, ...) would shadow top-level ones.
+    here = str(Path(__file__).resolve().parent)
+    sys.path[:] = [p for p in sys.path if p and str(Path(p).resolve()) != here]
+    if sys.argv[1:2] == ["--worker"]:
+        _worker(sys.argv[2], sys.argv[3])
+    elif sys.argv[1:2] == ["--load"]:
+        _load_probe(sys.argv[2])
+    else:
+        raise SystemExit(f"usage: {sys.argv[0]} --worker SPEC SYSTEM | --load MODEL")
