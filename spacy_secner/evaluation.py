@@ -104,19 +104,21 @@ def plot_curves(records: Iterable[Dict[str, Any]], path: Union[str, Path]) -> No
     records = [r for r in records if r["step"] > 0]
     if not records:
         raise ValueError("No evaluation after step 0 in the curves file: nothing to plot")
-    x = [r["epoch"] + 1 for r in records]
+    # spaCy reports the epoch of the batch just taken: after one full pass it says 1.
+    x = [r["epoch"] for r in records]
     fig, (ax_loss, ax_f1) = plt.subplots(1, 2, figsize=(11, 4))
     ax_loss.plot(x, [r["train_loss"] for r in records], "o-", label="training loss")
     if all("dev_loss" in r for r in records):
         ax_loss.plot(x, [r["dev_loss"] for r in records], "s-", label="dev loss")
-    ax_loss.set_xlabel("epoch")
+    ax_loss.set_xlabel("epochs trained")
     ax_loss.set_ylabel("CRF negative log-likelihood per sentence")
     ax_loss.legend()
     ax_f1.plot(x, [r["ents_f"] for r in records], "o-", color="tab:green", label="dev F1")
     best = max(records, key=lambda r: r["score"])
     ax_f1.axhline(best["ents_f"], color="grey", linestyle=":")
-    ax_f1.annotate(f"best {best['ents_f']:.4f}", (best["epoch"] + 1, best["ents_f"]))
-    ax_f1.set_xlabel("epoch")
+    ax_f1.annotate(f"best {best['ents_f']:.4f}", (best["epoch"], best["ents_f"]),
+                   textcoords="offset points", xytext=(0, -14), ha="center")
+    ax_f1.set_xlabel("epochs trained")
     ax_f1.set_ylabel("dev entity F1")
     ax_f1.legend()
     fig.suptitle("Training curves (one point per evaluation)")
