@@ -41,7 +41,7 @@ test: venv
 # scratch copy of the project, ending in spacy.load("en_$(SMOKE_PACKAGE)") in a fresh process.
 smoke: venv
 	rm -rf $(SMOKE_DIR) && mkdir -p $(SMOKE_DIR)
-	cp -r project.yml configs scripts $(SMOKE_DIR)/
+	cp -r project.yml configs scripts spacy_secner $(SMOKE_DIR)/
 	# `spacy train` reads SPACY_CONFIG_OVERRIDES: one epoch, evaluated every 6 steps. (Weasel's
 	# warning that it ignores the variable is about weasel's own settings, not spaCy's.)
 	cd $(SMOKE_DIR) && PATH="$(abspath $(VENV))/bin:$$PATH" \
