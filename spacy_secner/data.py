@@ -104,10 +104,13 @@ def read_sentences(
                         f"{path}:{lineno}: unknown tag {tag!r} in line {line.rstrip()!r} "
                         f"(expected O, B-X or I-X with X in {sorted(labels)})"
                     )
-                pieces = [_clean(w, stats) for w in fields[:-1]]
-                pieces = [w for w in pieces if w or _count(stats, "dropped_empty_tokens")]
+                if len(fields) == 1:
+                    stats.tag_only_lines += 1
+                    continue
+                cleaned = [_clean(w, stats) for w in fields[:-1]]
+                pieces = [w for w in cleaned if w]
+                stats.dropped_empty_tokens += len(cleaned) - len(pieces)
                 if not pieces:
-                    stats.tag_only_lines += len(fields) == 1
                     continue
                 if len(pieces) > 1:
                     stats.split_tokens += 1
@@ -162,8 +165,3 @@ def _clean(word: str, stats: ReadStats) -> str:
     kept = "".join(c for c in word if unicodedata.category(c) not in ("Cc", "Cf"))
     stats.stripped_chars += len(word) - len(kept)
     return kept
-
-
-def _count(stats: ReadStats, name: str) -> bool:
-    setattr(stats, name, getattr(stats, name) + 1)
-    return False

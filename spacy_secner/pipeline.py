@@ -324,7 +324,9 @@ class CRFEntityRecognizer(TrainablePipe):
         index = {tag: i for i, tag in enumerate(self.tags)}
         gold = []
         for eg in examples:
-            tags = biluo_to_bio(eg.get_aligned_ner())
+            # Misaligned tokens ("-") become O; an I- they orphan starts its entity, so the gold
+            # path is always one the constrained CRF allows.
+            tags = repair_bio(biluo_to_bio(eg.get_aligned_ner()))
             try:
                 gold.append(self.model.ops.asarray1i([index[t] for t in tags]))
             except KeyError as err:

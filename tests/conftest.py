@@ -200,18 +200,24 @@ def load_in_fresh_process(path: Path, texts: List[str], workdir: Path) -> Dict:
     texts_file = workdir / "texts.json"
     out_file = workdir / "ents.json"
     texts_file.write_text(json.dumps(texts), encoding="utf8")
+    run_isolated([LOAD_IN_FRESH_PROCESS, str(path), str(texts_file), str(out_file)], workdir)
+    return json.loads(out_file.read_text(encoding="utf8"))
+
+
+def run_isolated(args: List[str], cwd: Path) -> subprocess.CompletedProcess:
+    """Run `python -I -c ARGS...` offline and check it succeeded. -I puts no cwd or PYTHONPATH
+    on sys.path, so the installed distribution, found through its entry points, is what loads."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    # -I: no cwd or PYTHONPATH on sys.path, so the installed distribution is what gets loaded.
     proc = subprocess.run(
-        [sys.executable, "-I", "-c", LOAD_IN_FRESH_PROCESS, str(path), str(texts_file), str(out_file)],
-        cwd=workdir,
+        [sys.executable, "-I", "-c", *args],
+        cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(out_file.read_text(encoding="utf8"))
+    return proc
 
 
 def train_until_gold(

@@ -228,7 +228,6 @@ def test_empty_and_one_token_docs(trained_nlp):
     one = trained_nlp("APT28")
     assert len(one) == 1
     assert all(label in ner.labels for _, label in ents_of(one))
-    assert ents_of(one) in ([], [("APT28", ent.label_) for ent in one.ents])
     tag_ids, confidences = ner.predict([trained_nlp.make_doc("APT28"), trained_nlp.make_doc("")])
     assert [len(ids) for ids in tag_ids] == [1, 0]
     n_entities = sum(ner.tags[i].startswith("B-") for i in tag_ids[0].tolist())

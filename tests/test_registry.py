@@ -2,10 +2,7 @@
 has an entry point, so `spacy.load`/`spacy train` need neither an import nor `--code`."""
 import importlib
 import json
-import os
 import pkgutil
-import subprocess
-import sys
 from importlib.metadata import EntryPoint, distribution
 from typing import Dict, List, Tuple
 
@@ -15,6 +12,7 @@ import spacy
 from spacy.language import Language
 
 import spacy_secner
+from conftest import run_isolated
 
 DIST = "spacy-secner"
 # Groups spaCy and thinc read through catalogue: spacy_architectures, spacy_misc, ...
@@ -88,16 +86,7 @@ for group, name in names:
 print(json.dumps(result))
 """
     names = [(ep.group, ep.name) for ep in our_entry_points()]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-I", "-c", script, json.dumps(names)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_isolated([script, json.dumps(names)], tmp_path)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result == {f"{group}:{name}": True for group, name in names}
 
