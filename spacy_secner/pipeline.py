@@ -3,6 +3,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
+import numpy
 import srsly
 from spacy import util
 from spacy.errors import Errors
@@ -328,7 +329,8 @@ class CRFEntityRecognizer(TrainablePipe):
             # path is always one the constrained CRF allows.
             tags = repair_bio(biluo_to_bio(eg.get_aligned_ner()))
             try:
-                gold.append(self.model.ops.asarray1i([index[t] for t in tags]))
+                # Host arrays: the CRF's input conversion copies a whole batch to the device at once.
+                gold.append(numpy.asarray([index[t] for t in tags], dtype="int64"))
             except KeyError as err:
                 raise ValueError(
                     f"Entity tag {err} in a training doc is not among the labels of "

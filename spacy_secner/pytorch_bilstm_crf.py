@@ -83,11 +83,34 @@ class BIOCRF(nn.Module):
         if tags is not None:
             reduction = "none" if per_sequence else "mean"
             return -self.crf(emissions, tags, mask=mask, reduction=reduction)
-        paths = self.crf.decode(emissions, mask=mask)
-        out = torch.full(mask.shape, -1, dtype=torch.long, device=emissions.device)
-        for i, path in enumerate(paths):
-            out[i, : len(path)] = torch.tensor(path, dtype=torch.long, device=emissions.device)
-        return out
+        return self.viterbi(emissions, mask)
+
+    def viterbi(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The best tag sequences, padded with -1: pytorch-crf's `decode`, batched.
+
+        pytorch-crf traces each sequence back in Python, one `.item()` per token; on a GPU
+        every one of them waits for the device. Here the trace-back is one tensor operation per
+        time step for the whole batch, and the result stays a tensor.
+        """
+        crf = self.crf
+        trans = crf.transitions  # read once: each read recomputes the constraint penalty
+        n_seq, n_steps, _ = emissions.shape
+        score = crf.start_transitions + emissions[:, 0]
+        history = []
+        for t in range(1, n_steps):
+            step, best_prev = (score.unsqueeze(2) + trans + emissions[:, t].unsqueeze(1)).max(1)
+            score = torch.where(mask[:, t, None], step, score)
+            history.append(best_prev)
+        lengths = mask.long().sum(1)
+        tag = (score + crf.end_transitions).argmax(1)
+        paths = torch.full((n_seq, n_steps), -1, dtype=torch.long, device=emissions.device)
+        rows = torch.arange(n_seq, device=emissions.device)
+        for t in range(n_steps - 1, -1, -1):
+            inside = t < lengths
+            paths[:, t] = torch.where(inside, tag, paths[:, t])
+            if t:
+                tag = torch.where(inside, history[t - 1][rows, tag], tag)
+        return paths
 
     def span_log_probs(
         self, emissions: torch.Tensor, mask: torch.Tensor, tags: torch.Tensor, spans: torch.Tensor
@@ -144,6 +167,50 @@ class BIOCRF(nn.Module):
         return left + inner + right - log_z[seq]
 
 
+class SoftmaxTagger(nn.Module):
+    """Independent per-token softmax over the emissions: the baseline a CRF has to beat.
+
+    Same calls and results as `BIOCRF`: the negative log-likelihood of gold `tags` (summed over
+    each sequence's tokens, then averaged over sequences, as the CRF's is), the log-probability
+    of `spans`, or the best tag of each token (padded with -1). It has no weights and sees no
+    neighbouring tags, so its paths can hold orphan `I-` tags, which the pipe reads as starts.
+    """
+
+    def forward(
+        self,
+        emissions: torch.Tensor,
+        mask: torch.Tensor,
+        tags: Optional[torch.Tensor] = None,
+        per_sequence: bool = False,
+        spans: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        log_probs = emissions.log_softmax(-1)
+        if tags is not None and spans is not None:
+            return self.span_log_probs(log_probs.double(), mask, tags, spans)
+        if tags is not None:
+            own = log_probs.gather(2, tags.clamp(min=0).unsqueeze(2)).squeeze(2)
+            nll = -(own * mask).sum(1)
+            return nll if per_sequence else nll.mean()
+        return torch.where(mask, log_probs.argmax(-1), torch.full_like(mask, -1, dtype=torch.long))
+
+    @staticmethod
+    def span_log_probs(
+        log_probs: torch.Tensor, mask: torch.Tensor, tags: torch.Tensor, spans: torch.Tensor
+    ) -> torch.Tensor:
+        """log P(tags[start:end]) + log P(no `barred` tag at `end`); rows as in `BIOCRF`."""
+        own = log_probs.gather(2, tags.clamp(min=0).unsqueeze(2)).squeeze(2).cumsum(1)
+        seq, first, stop, barred = spans.unbind(1)
+        before = torch.where(
+            first == 0, torch.zeros_like(own[seq, 0]), own[seq, (first - 1).clamp(min=0)]
+        )
+        inner = own[seq, stop - 1] - before
+        lengths = mask.long().sum(1)
+        after = stop.clamp(max=log_probs.shape[1] - 1)
+        p_barred = log_probs[seq, after, barred].exp().clamp(max=1 - 1e-12)
+        right = torch.where(stop == lengths[seq], torch.zeros_like(inner), torch.log1p(-p_barred))
+        return inner + right
+
+
 class BiLSTMEmitter(nn.Module):
     """BiLSTM over token vectors, then a linear layer to one emission score per tag.
 
@@ -172,6 +239,9 @@ class BiLSTMEmitter(nn.Module):
 
     def forward(self, X: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         if self.lstm is not None:
+            # cuDNN wants the weights in one block; after a device move they are not, and each
+            # call would copy them (a no-op once they are).
+            self.lstm.flatten_parameters()
             packed = pack_padded_sequence(
                 X, lengths.cpu(), batch_first=True, enforce_sorted=False
             )

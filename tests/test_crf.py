@@ -340,3 +340,25 @@ def test_span_log_probs_match_enumeration_for_inner_spans(constrained):
         total, agree = float(probs.sum()), float(probs[agrees].sum())
         assert total == pytest.approx(1.0, abs=1e-4)
         assert p == pytest.approx(agree, abs=1e-5)
+
+
+@pytest.mark.parametrize("constrained", [True, False])
+def test_batched_viterbi_equals_pytorch_crf_decode(constrained):
+    """Our batched trace-back gives pytorch-crf's own paths, padding and all."""
+    torch.manual_seed(2)
+    tags = bio_tags(["A", "B", "C"])
+    crf = BIOCRF(tags, constrained=constrained)
+    with torch.no_grad():
+        for p in crf.parameters():
+            p.normal_(0, 2)
+    for n_steps in (1, 2, 9, 33):
+        lengths = torch.randint(1, n_steps + 1, (17,))
+        lengths[0] = n_steps
+        mask = lengths_to_mask(lengths, n_steps)
+        emissions = torch.randn(17, n_steps, len(tags)) * 3
+        with torch.no_grad():
+            ours = crf(emissions, mask)
+            theirs = crf.crf.decode(emissions, mask=mask)
+        for i, path in enumerate(theirs):
+            assert ours[i, : len(path)].tolist() == path
+            assert (ours[i, len(path) :] == -1).all()

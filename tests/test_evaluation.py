@@ -1,5 +1,6 @@
 """Raw-text scoring and confidence calibration, on the tiny trained CNN pipeline."""
 import pytest
+import spacy
 from spacy.tokens import DocBin
 
 from conftest import TRAIN_DATA, make_examples
@@ -22,6 +23,25 @@ def test_raw_text_scores_rebuild_text_and_match_char_spans(trained_cnn_nlp, gold
     worse = raw_text_scores(trained_cnn_nlp, sentences + [extra])
     assert worse["gold"] == scores["gold"] + 1
     assert worse["recall"] < 1.0
+
+
+def test_raw_text_scores_on_documents_shift_gold_offsets(gold_docs):
+    """Sentences joined into documents: same gold entities, at shifted character offsets. An
+    entity ruler that knows every gold phrase finds them all only if the offsets are right."""
+    ruler_nlp = spacy.blank("en")
+    ruler = ruler_nlp.add_pipe("entity_ruler")
+    ruler.add_patterns(
+        [{"label": e.label_, "pattern": [{"ORTH": t.text} for t in e]} for d in gold_docs for e in d.ents]
+    )
+    sentences = [([t.text for t in doc], bio_of(doc)) for doc in gold_docs]
+    single = raw_text_scores(ruler_nlp, sentences)
+    joined = raw_text_scores(ruler_nlp, sentences, sentences_per_doc=2)
+    assert single["f1"] == pytest.approx(1.0)
+    assert joined["gold"] == single["gold"] == joined["true_positives"]
+    assert joined["f1"] == pytest.approx(1.0)
+    # An offset off by one character would have missed every entity after the first text.
+    shifted = raw_text_scores(ruler_nlp, sentences[1:] + sentences[:1], sentences_per_doc=2)
+    assert shifted["f1"] == pytest.approx(1.0)
 
 
 def test_calibration_table(trained_cnn_nlp, gold_docs, tmp_path):

@@ -14,7 +14,13 @@ CONFIGS = sorted((ROOT / "configs").glob("*.cfg"))
 def test_config_validates(path):
     config = util.load_config(path)
     nlp = util.load_model_from_config(config, auto_fill=False, validate=True)
-    assert nlp.pipe_names == ["transformer", "ner_crf"]
+    assert nlp.pipe_names == ["sentencizer", "transformer", "ner_crf"]
+    # The transformer reads each sentence on its own, as in training on DNRTI's sentences.
+    get_spans = config["components"]["transformer"]["model"]["get_spans"]
+    assert get_spans["@span_getters"] == "spacy-secner.sent_strided_spans.v1"
+    # Only entities choose the best model, not the sentencizer's scores.
+    weights = nlp.config["training"]["score_weights"]
+    assert weights["ents_f"] == 1.0 and weights.get("sents_f") is None
     training = util.registry.resolve(
         nlp.config.interpolate()["training"], schema=ConfigSchemaTraining, validate=True
     )

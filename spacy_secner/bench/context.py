@@ -40,10 +40,12 @@ def training_speed(path: Path) -> Optional[Dict[str, Any]]:
 
 
 def spacy_benchmark_command(
-    model: str, corpus: Path, *, batch_size: int, n_batches: int, warmup: int = 1
+    model: str, corpus: Path, *, batch_size: int, n_batches: int, warmup: int = 1, gpu_id: int = -1
 ) -> List[str]:
     """The `spacy benchmark speed` command line (`--batches` must be at least 30)."""
     options = {"--batch-size": batch_size, "--batches": n_batches, "--warmup": warmup}
+    if gpu_id >= 0:
+        options["--gpu-id"] = gpu_id
     command = ["python", "-m", "spacy", "benchmark", "speed", model, str(corpus)]
     for option, value in options.items():
         command += [option, str(value)]
@@ -70,8 +72,16 @@ def run_spacy_benchmark(command: List[str], *, threads: int) -> Dict[str, Any]:
     }
 
 
-def machine_info(threads: int) -> Dict[str, Any]:
-    """CPU, cores, memory, library versions and the thread count used."""
+def _gpu_name(gpu_id: int) -> Any:
+    if gpu_id < 0:
+        return None
+    import torch
+
+    return torch.cuda.get_device_name(gpu_id)
+
+
+def machine_info(threads: int, gpu_id: int = -1) -> Dict[str, Any]:
+    """CPU, cores, memory, GPU (when one is used), library versions and the thread count."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -97,6 +107,7 @@ def machine_info(threads: int) -> Dict[str, Any]:
         "python": platform.python_version(),
         "versions": versions,
         "threads": threads,
+        "gpu": _gpu_name(gpu_id),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
 

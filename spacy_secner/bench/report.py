@@ -31,6 +31,9 @@ def check_targets(report: Dict[str, Any], *, batch_size: int = 64) -> List[Dict[
     if report.get("spacy_load"):
         target = f"spacy.load < {TARGET_LOAD_S} s"
         wanted.append((target, report["spacy_load"]["median_load_s"], TARGET_LOAD_S, False))
+    for other in report.get("spacy_load_other") or []:
+        target = f"spacy.load < {TARGET_LOAD_S} s (`{other['python']}`)"
+        wanted.append((target, other["median_load_s"], TARGET_LOAD_S, False))
     checks = []
     for target, value, limit, higher in wanted:
         met = None if value is None else (value >= limit if higher else value <= limit)
@@ -56,7 +59,8 @@ def render_markdown(report: Dict[str, Any]) -> str:
         "",
         f"Machine: {machine['cpu']}, {machine['usable_cores']} usable cores "
         f"({machine['logical_cores']} logical), {machine['memory_gib']} GiB RAM; "
-        f"{machine['threads']} torch/OpenMP threads in every process; torch {versions['torch']}, "
+        + (f"GPU {machine['gpu']}; " if machine.get("gpu") else "")
+        + f"{machine['threads']} torch/OpenMP threads in every process; torch {versions['torch']}, "
         f"transformers {versions['transformers']}, spaCy {versions['spacy']}, spacy-transformers "
         f"{versions['spacy-transformers']}; load average at start "
         + ", ".join(f"{x:.2f}" for x in machine["load_average"] or []),
@@ -96,12 +100,28 @@ def render_markdown(report: Dict[str, Any]) -> str:
         cells += [f"{annotating:.0f}" if annotating else "-", f"{v['peak_rss_mb']:.0f}"]
         out.append(_md_row(cells))
     out.append("")
+    gpu_peaks = {
+        s: max(row["systems"][s].get("peak_gpu_mb") or 0 for row in report["throughput"])
+        for s in systems
+    }
+    if any(gpu_peaks.values()):
+        out.append(
+            "- Peak GPU memory allocated by torch while annotating (largest over all runs): "
+            + ", ".join(f"{LABELS[s]} {mb:,.0f} MiB" for s, mb in gpu_peaks.items())
+            + "."
+        )
     load = report.get("spacy_load")
     if load:
         out.append(
             f"- `spacy.load` in a fresh process: {load['median_load_s']:.2f} s (median of "
             f"{len(load['runs'])}; `import spacy` before it {load['median_import_s']:.2f} s, whole "
             f"process {load['median_process_s']:.2f} s)."
+        )
+    for other in report.get("spacy_load_other") or []:
+        out.append(
+            f"- `spacy.load` in a fresh process of `{other['python']}`: "
+            f"{other['median_load_s']:.2f} s (median of {len(other['runs'])}; `import spacy` "
+            f"{other['median_import_s']:.2f} s, whole process {other['median_process_s']:.2f} s)."
         )
     train = report.get("training")
     if train and train.get("words_per_second"):

@@ -111,6 +111,7 @@ def run_benchmark(
     systems: Sequence[str] = SYSTEMS,
     num_labels: int = 27,
     max_length: int = 512,
+    gpu_id: int = -1,
     log: Callable[[str], None] = print,
 ) -> Dict[str, Any]:
     """Time every system on every text set and batch size: one warm-up, then `repeats` runs.
@@ -127,6 +128,7 @@ def run_benchmark(
         "threads": threads,
         "num_labels": num_labels,
         "max_length": max_length,
+        "gpu_id": gpu_id,
         "texts": texts,
     }
     throughput = []
@@ -149,16 +151,20 @@ def run_benchmark(
                     infos = {s: workers[s].ask(**request, describe=True)["info"] for s in systems}
                     seconds: Dict[str, List[float]] = {s: [] for s in systems}
                     run_peaks: Dict[str, List[float]] = {s: [] for s in systems}
+                    gpu_peaks: Dict[str, List[float]] = {s: [] for s in systems}
                     for repeat in range(repeats):
                         for system in rotate(systems, repeat):
                             reply = workers[system].ask(**request)
                             seconds[system].append(reply["seconds"])
                             run_peaks[system].append(reply["peak_rss_mb"])
+                            if "peak_gpu_mb" in reply:
+                                gpu_peaks[system].append(reply["peak_gpu_mb"])
                             per_run = per_run and reply["peak_is_per_run"]
                     row["systems"] = {
                         s: {
                             **summarize(seconds[s], words),
                             "peak_rss_mb": max(run_peaks[s]),
+                            "peak_gpu_mb": max(gpu_peaks[s]) if gpu_peaks[s] else None,
                             **infos[s],
                         }
                         for s in systems
@@ -179,6 +185,7 @@ def run_benchmark(
             "label": LABELS[s],
             "load_s": ready["load_s"],
             "torch_threads": ready["torch_threads"],
+            "gpu": ready.get("gpu"),
             **ready["about"],
             "rss_after_load_mb": ready["rss_after_load_mb"],
             "peak_rss_annotating_mb": max(peaks[s]) if peaks[s] and per_run else None,
@@ -207,14 +214,20 @@ def _progress_line(row: Dict[str, Any]) -> str:
     return f"{row['texts']} batch {row['batch_size']}: " + ", ".join(parts)
 
 
-def measure_load(model: str, *, runs: int = 3, threads: int) -> Dict[str, Any]:
+def measure_load(
+    model: str, *, runs: int = 3, threads: int, gpu_id: int = -1, python: str = ""
+) -> Dict[str, Any]:
     """`spacy.load(model)` in `runs` fresh interpreters. RETURNS (Dict[str, Any]): each run's
-    `import spacy` and `spacy.load` seconds and whole-process wall time, and their medians."""
+    `import spacy` and `spacy.load` seconds and whole-process wall time, and their medians.
+
+    python (str): The interpreter to time it in (default: this one), e.g. that of a virtual
+        environment holding only what the packaged pipeline needs.
+    """
     results = []
     for _ in range(runs):
         start = time.perf_counter()
         proc = subprocess.run(
-            [sys.executable, str(WORKER_FILE), "--load", model],
+            [python or sys.executable, str(WORKER_FILE), "--load", model, str(gpu_id)],
             capture_output=True,
             text=True,
             env=thread_env(threads),
@@ -227,4 +240,4 @@ def measure_load(model: str, *, runs: int = 3, threads: int) -> Dict[str, Any]:
         f"median_{key}": statistics.median(r[key] for r in results)
         for key in ("import_s", "load_s", "process_s")
     }
-    return {"runs": results, **medians}
+    return {"python": python or sys.executable, "runs": results, **medians}

@@ -58,10 +58,21 @@ def _proc_status_mb(field: str) -> Optional[float]:
 # --- The systems, as run inside a worker -------------------------------------------------------
 
 
+def _sync(spec: Dict[str, Any]) -> None:
+    """Wait for queued GPU work, so that a timing covers all of it."""
+    if spec.get("gpu_id", -1) >= 0:
+        import torch
+
+        torch.cuda.synchronize()
+
+
 class _Pipeline:
     def __init__(self, spec: Dict[str, Any]) -> None:
         import spacy
 
+        self.spec = spec
+        if spec.get("gpu_id", -1) >= 0:
+            spacy.require_gpu(spec["gpu_id"])
         self.nlp = spacy.load(spec["model"])
 
     def about(self) -> Dict[str, Any]:
@@ -77,7 +88,9 @@ class _Pipeline:
 
     def run(self, prepared: Any) -> Any:
         texts, batch_size = prepared
-        return list(self.nlp.pipe(texts, batch_size=batch_size))
+        docs = list(self.nlp.pipe(texts, batch_size=batch_size))
+        _sync(self.spec)
+        return docs
 
     def describe(self, prepared: Any, docs: Any) -> Dict[str, Any]:
         wordpieces = inputs = 0
@@ -100,9 +113,12 @@ class _HFTokenClassifier:
         from transformers import AutoTokenizer
 
         self.torch = torch
+        self.spec = spec
+        gpu_id = spec.get("gpu_id", -1)
+        self.device = torch.device(f"cuda:{gpu_id}" if gpu_id >= 0 else "cpu")
         self.max_length = spec["max_length"]
         self.tokenizer = AutoTokenizer.from_pretrained(spec["encoder"], use_fast=True)
-        self.model = self._load_model(spec)
+        self.model = self._load_model(spec).to(self.device)
         self.model.eval()
 
     def _load_model(self, spec: Dict[str, Any]) -> Any:
@@ -119,14 +135,15 @@ class _HFTokenClassifier:
             truncation=True,
             max_length=self.max_length,
             return_tensors="pt",
-        )
+        ).to(self.device)
 
     def prepare(self, texts: List[str], batch_size: int) -> Any:
         return texts, batches(texts, batch_size)
 
     def run(self, prepared: Any) -> Any:
         with self.torch.inference_mode():
-            return [self.model(**self.encode(b)).logits.argmax(-1) for b in prepared[1]]
+            # The tags end up on the host, where a user reads them.
+            return [self.model(**self.encode(b)).logits.argmax(-1).cpu() for b in prepared[1]]
 
     def describe(self, prepared: Any, output: Any) -> Dict[str, Any]:
         texts, text_batches = prepared[0], prepared[1]
@@ -153,7 +170,9 @@ class _EncoderFloor(_HFTokenClassifier):
 
     def run(self, prepared: Any) -> Any:
         with self.torch.inference_mode():
-            return [self.model(**encoding).last_hidden_state for encoding in prepared[2]]
+            outputs = [self.model(**encoding).last_hidden_state for encoding in prepared[2]]
+        _sync(self.spec)
+        return outputs
 
 
 _WORKER_SYSTEMS: Dict[str, Callable[[Dict[str, Any]], Any]] = {
@@ -176,6 +195,7 @@ def _worker(spec_path: str, system: str) -> None:
     import torch
 
     torch.set_num_threads(spec["threads"])
+    on_gpu = spec.get("gpu_id", -1) >= 0
     start = time.perf_counter()
     impl = _WORKER_SYSTEMS[system](spec)
     load_s = time.perf_counter() - start
@@ -186,6 +206,7 @@ def _worker(spec_path: str, system: str) -> None:
             "rss_after_load_mb": rss_mb(),
             "peak_rss_load_mb": peak_rss_mb(),
             "torch_threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name(spec["gpu_id"]) if on_gpu else None,
             "about": impl.about() if hasattr(impl, "about") else {},
         }
     )
@@ -200,10 +221,14 @@ def _worker(spec_path: str, system: str) -> None:
             prepared[key] = impl.prepare(spec["texts"][key[0]], key[1])
         gc.collect()
         was_reset = reset_peak_rss()
+        if on_gpu:
+            torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
         output = impl.run(prepared[key])
         seconds = time.perf_counter() - start
         reply: Dict[str, Any] = {"seconds": seconds, "peak_rss_mb": peak_rss_mb()}
+        if on_gpu:
+            reply["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
         reply["peak_is_per_run"] = was_reset
         if request.get("describe"):
             reply["info"] = impl.describe(prepared[key], output)
@@ -211,12 +236,14 @@ def _worker(spec_path: str, system: str) -> None:
         send(reply)
 
 
-def _load_probe(model: str) -> None:
+def _load_probe(model: str, gpu_id: int = -1) -> None:
     """Print how long `import spacy` and `spacy.load(model)` take in this fresh interpreter."""
     start = time.perf_counter()
     import spacy
 
     imported = time.perf_counter()
+    if gpu_id >= 0:
+        spacy.require_gpu(gpu_id)
     spacy.load(model)
     loaded = time.perf_counter()
     result = {"import_s": imported - start, "load_s": loaded - imported}
@@ -231,6 +258,6 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--worker"]:
         _worker(sys.argv[2], sys.argv[3])
     elif sys.argv[1:2] == ["--load"]:
-        _load_probe(sys.argv[2])
+        _load_probe(sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else -1)
     else:
-        raise SystemExit(f"usage: {sys.argv[0]} --worker SPEC SYSTEM | --load MODEL")
+        raise SystemExit(f"usage: {sys.argv[0]} --worker SPEC SYSTEM | --load MODEL [GPU_ID]")

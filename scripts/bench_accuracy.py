@@ -1,0 +1,154 @@
+"""Train and score the headline config, the baselines and the ablations side by side (issue 5).
+
+Each run is `spacy train` on a variant of the base config (same corpus, encoder and budget),
+model selection on dev, then one seqeval pass over test. Runs that already have a result.json
+are kept, so an interrupted benchmark resumes where it stopped.
+
+    python scripts/bench_accuracy.py run --epochs 2 --jobs 2 --output metrics/accuracy
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Dict, List
+
+import typer
+from spacy.util import load_config
+
+from spacy_secner.bench import accuracy
+
+ROOT = Path(__file__).resolve().parents[1]
+app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=False)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically: a crash leaves the old file or none, never half of one."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2), encoding="utf8")
+    tmp.replace(path)
+
+
+@app.command()
+def one(
+    variant: str = typer.Argument(..., help="Variant name"),
+    seed: int = typer.Argument(..., help="Random seed"),
+    output: Path = typer.Argument(..., help="Run directory"),
+    config: Path = typer.Option(ROOT / "configs/minilm_cpu.cfg", help="Base config"),
+    corpus: Path = typer.Option(ROOT / "corpus", help="Directory with train/dev/test.spacy"),
+    epochs: int = typer.Option(0, min=0, help="Training budget in epochs (0: the config's)"),
+    gpu_id: int = typer.Option(-1, help="GPU id, -1 for CPU"),
+) -> None:
+    """Train one variant with one seed and score its best model on dev and test."""
+    import spacy
+
+    from spacy_secner.evaluation import predict_corpus, read_curves, seqeval_report
+
+    chosen = accuracy.variants_by_name([variant])[0]
+    base = load_config(config)
+    cfg = chosen.config(base, seed, 0)
+    if epochs:
+        # Count the budget in steps, so the last epoch ends with an evaluation (spaCy evaluates
+        # every eval_frequency steps and not at the end of training).
+        cfg["training"]["max_steps"] = epochs * cfg["training"]["eval_frequency"]
+        cfg["training"]["max_epochs"] = 0
+    if output.exists():
+        shutil.rmtree(output)
+    output.mkdir(parents=True)
+    cfg.to_disk(output / "config.cfg")
+    command = [
+        sys.executable, "-m", "spacy", "train", str(output / "config.cfg"),
+        "--output", str(output),
+        "--paths.train", str(corpus / "train.spacy"),
+        "--paths.dev", str(corpus / "dev.spacy"),
+        "--paths.curves", str(output / "curves.jsonl"),
+        "--gpu-id", str(gpu_id),
+    ]
+    start = time.perf_counter()
+    with (output / "train.log").open("w", encoding="utf8") as log:
+        proc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
+    minutes = (time.perf_counter() - start) / 60
+    if proc.returncode != 0:
+        tail = (output / "train.log").read_text(encoding="utf8")[-2000:]
+        raise SystemExit(f"Training {variant} seed {seed} failed ({output / 'train.log'}):\n{tail}")
+    if gpu_id >= 0:
+        spacy.require_gpu(gpu_id)
+    nlp = spacy.load(output / "model-best")
+    dev = seqeval_report(*predict_corpus(nlp, corpus / "dev.spacy"))
+    test = seqeval_report(*predict_corpus(nlp, corpus / "test.spacy"))
+    curves = read_curves(output / "curves.jsonl")
+    best = accuracy.best_evaluation(curves)
+    result = {
+        "variant": chosen.name,
+        "kind": chosen.kind,
+        "description": chosen.description,
+        "seed": seed,
+        "test_p": test["precision"],
+        "test_r": test["recall"],
+        "test_f": test["f1"],
+        "dev_f": dev["f1"],
+        "per_type_f": {t: s["f1-score"] for t, s in test["per_type"].items()},
+        # Epochs of training behind model-best (one evaluation per epoch in these configs).
+        "best_epoch": round(best.get("step", 0) / cfg["training"]["eval_frequency"], 2),
+        "best_step": best.get("step", 0),
+        "epochs": round(curves[-1]["step"] / cfg["training"]["eval_frequency"]) if curves else 0,
+        "steps": curves[-1]["step"] if curves else 0,
+        "train_minutes": minutes,
+        "test_report": test["report"],
+    }
+    _write_json(output / "result.json", result)
+    print(f"{chosen.name} seed {seed}: test F1 {test['f1']:.4f} dev F1 {dev['f1']:.4f} "
+          f"({minutes:.1f} min)")
+
+
+@app.command()
+def run(
+    output: Path = typer.Option(ROOT / "metrics/accuracy", help="Where runs and the table go"),
+    variants: str = typer.Option("", help="Comma-separated variants (empty: all)"),
+    seeds: str = typer.Option("", help="Override every variant's seeds, e.g. 0,1,2"),
+    config: Path = typer.Option(ROOT / "configs/minilm_cpu.cfg", help="Base config"),
+    corpus: Path = typer.Option(ROOT / "corpus", help="Directory with train/dev/test.spacy"),
+    epochs: int = typer.Option(0, min=0, help="Training budget in epochs (0: the config's)"),
+    jobs: int = typer.Option(1, min=1, help="Trainings at a time (one torch thread each)"),
+    gpu_id: int = typer.Option(-1, help="GPU id, -1 for CPU"),
+    redo: bool = typer.Option(False, help="Retrain runs that already have a result"),
+) -> None:
+    """Run every variant (resuming), then write accuracy.json and accuracy.md."""
+    chosen = accuracy.variants_by_name([v for v in variants.split(",") if v])
+    seed_override = [int(s) for s in seeds.split(",") if s]
+    runs = [(v, s) for v in chosen for s in (seed_override or v.seeds)]
+    output.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+    def train(item) -> Path:
+        variant, seed = item
+        run_dir = output / accuracy.run_name(variant, seed)
+        if (run_dir / "result.json").exists() and not redo:
+            print(f"{run_dir.name}: kept")
+            return run_dir
+        command = [
+            sys.executable, __file__, "one", variant.name, str(seed), str(run_dir),
+            "--config", str(config), "--corpus", str(corpus), "--epochs", str(epochs),
+            "--gpu-id", str(gpu_id),
+        ]
+        print(f"{run_dir.name}: training", flush=True)
+        subprocess.run(command, env=env, check=True)
+        return run_dir
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        run_dirs = list(pool.map(train, runs))
+    results: List[Dict[str, Any]] = [
+        json.loads((d / "result.json").read_text(encoding="utf8")) for d in run_dirs
+    ]
+    summary = accuracy.summarize(results)
+    table = accuracy.render_markdown(summary, [v.name for v in chosen])
+    _write_json(output / "accuracy.json", {"epochs": epochs, "runs": results, "summary": summary})
+    (output / "accuracy.md").write_text(table, encoding="utf8")
+    print(table)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,172 @@
+"""Accuracy harness: the headline config, the baselines and the ablations, one training each.
+
+Every variant is the base config (`configs/minilm_cpu.cfg`) with one change, trained by
+`spacy train` on the same corpus, encoder and budget, selected on dev, and scored once on test
+with seqeval. `scripts/bench_accuracy.py` drives it.
+"""
+import json
+import statistics
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from thinc.api import Config
+
+# spaCy's own transition-based NER on the same transformer, with the settings of spaCy's
+# quickstart for transformer pipelines (mean pooling, hidden width 64).
+SPACY_NER = {
+    "factory": "ner",
+    "incorrect_spans_key": None,
+    "moves": None,
+    "scorer": {"@scorers": "spacy.ner_scorer.v1"},
+    "update_with_oracle_cut_size": 100,
+    "model": {
+        "@architectures": "spacy.TransitionBasedParser.v2",
+        "state_type": "ner",
+        "extra_state_tokens": False,
+        "hidden_width": 64,
+        "maxout_pieces": 2,
+        "use_upper": False,
+        "nO": None,
+        "tok2vec": {
+            "@architectures": "spacy-transformers.TransformerListener.v1",
+            "grad_factor": 1.0,
+            "pooling": {"@layers": "reduce_mean.v1"},
+            "upstream": "*",
+        },
+    },
+}
+
+
+def _ner_model(config: Config) -> Dict[str, Any]:
+    return config["components"]["ner_crf"]["model"]
+
+
+def _spacy_ner(config: Config) -> None:
+    del config["components"]["ner_crf"]
+    config["components"]["ner"] = json.loads(json.dumps(SPACY_NER))
+    config["nlp"]["pipeline"] = ["transformer", "ner"]
+
+
+def _softmax(config: Config) -> None:
+    model = _ner_model(config)
+    config["components"]["ner_crf"]["model"] = {
+        "@architectures": "spacy-secner.TransformerSoftmax.v1",
+        "dropout": model["dropout"],
+        "tok2vec": model["tok2vec"],
+    }
+
+
+def _set(**values: Any) -> Callable[[Config], None]:
+    def change(config: Config) -> None:
+        _ner_model(config).update(values)
+
+    return change
+
+
+def _mean_pooling(config: Config) -> None:
+    _ner_model(config)["tok2vec"]["pooling"] = {"@layers": "reduce_mean.v1"}
+
+
+@dataclass
+class Variant:
+    name: str
+    kind: str  # "headline", "baseline" or "ablation"
+    description: str
+    change: Optional[Callable[[Config], None]] = None
+    seeds: Sequence[int] = field(default_factory=lambda: (0,))
+
+    def config(self, base: Config, seed: int, max_epochs: int) -> Config:
+        config = Config(base).copy()
+        if self.change is not None:
+            self.change(config)
+        config["system"]["seed"] = seed
+        if max_epochs:
+            config["training"]["max_epochs"] = max_epochs
+        return config
+
+
+VARIANTS: List[Variant] = [
+    Variant("headline", "headline", "BiLSTM 256 + constrained CRF, first-piece pooling, no dropout",
+            seeds=(0, 1, 2)),
+    Variant("spacy-ner", "baseline", "(a) spaCy's transition-based `ner` on the same transformer",
+            _spacy_ner),
+    Variant("softmax", "baseline", "(b) linear softmax token classifier: no BiLSTM, no CRF",
+            _softmax),
+    Variant("dropout-0.1", "ablation", "headline with dropout 0.1 before the linear layer",
+            _set(dropout=0.1)),
+    Variant("unconstrained", "ablation", "headline with an unconstrained CRF (training and decoding)",
+            _set(constrained=False)),
+    Variant("no-bilstm", "ablation", "headline without the BiLSTM (linear -> CRF)", _set(depth=0)),
+    Variant("mean-pooling", "ablation", "headline with mean instead of first-piece pooling",
+            _mean_pooling),
+]
+
+
+def variants_by_name(names: Sequence[str]) -> List[Variant]:
+    known = {v.name: v for v in VARIANTS}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"Unknown variants {unknown}; known: {sorted(known)}")
+    return [known[n] for n in names] if names else list(VARIANTS)
+
+
+def run_name(variant: Variant, seed: int) -> str:
+    return f"{variant.name}-s{seed}"
+
+
+def best_evaluation(curves: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """The evaluation spaCy kept as model-best (highest score, the first of equals)."""
+    best: Dict[str, Any] = {}
+    for record in curves:
+        if not best or record["score"] > best["score"]:
+            best = record
+    return best
+
+
+def summarize(results: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Group run results by variant: mean and sample std over seeds of each figure."""
+    by_variant: Dict[str, List[Dict[str, Any]]] = {}
+    for result in results:
+        by_variant.setdefault(result["variant"], []).append(result)
+    summary = {}
+    for name, runs in by_variant.items():
+        row: Dict[str, Any] = {"variant": name, "kind": runs[0]["kind"], "seeds": [r["seed"] for r in runs]}
+        for key in ("test_p", "test_r", "test_f", "dev_f", "train_minutes", "best_epoch", "epochs"):
+            values = [float(r[key]) for r in runs]
+            row[key] = statistics.mean(values)
+            row[key + "_std"] = statistics.stdev(values) if len(values) > 1 else None
+        types = sorted({t for r in runs for t in r["per_type_f"]})
+        row["per_type_f"] = {
+            t: statistics.mean(r["per_type_f"].get(t, 0.0) for r in runs) for t in types
+        }
+        summary[name] = row
+    return summary
+
+
+def _pm(row: Dict[str, Any], key: str, digits: int = 4) -> str:
+    std = row.get(key + "_std")
+    value = f"{row[key]:.{digits}f}"
+    return f"{value} ± {std:.{digits}f}" if std is not None else value
+
+
+def render_markdown(summary: Dict[str, Any], order: Sequence[str]) -> str:
+    """The table of issue 5: test P/R/F1, dev F1, epochs and minutes, then per-type test F1."""
+    rows = [summary[n] for n in order if n in summary]
+    lines = [
+        "| variant | kind | seeds | test P | test R | test F1 | dev F1 | best epoch / run | minutes |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['variant']} | {row['kind']} | {len(row['seeds'])} | {_pm(row, 'test_p')} "
+            f"| {_pm(row, 'test_r')} | **{_pm(row, 'test_f')}** | {_pm(row, 'dev_f')} "
+            f"| {row['best_epoch']:.1f} / {row['epochs']:.0f} | {_pm(row, 'train_minutes', 1)} |"
+        )
+    types = sorted({t for row in rows for t in row["per_type_f"]})
+    lines += ["", "Test F1 per type (mean over seeds):", ""]
+    lines.append("| type | " + " | ".join(row["variant"] for row in rows) + " |")
+    lines.append("| --- |" + " ---: |" * len(rows))
+    for t in types:
+        cells = " | ".join(f"{row['per_type_f'].get(t, 0.0):.3f}" for row in rows)
+        lines.append(f"| {t} | {cells} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,99 @@
+"""The accuracy harness (issue 5): its variants, its summary table and one tiny end-to-end run."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import spacy
+from spacy.tokens import DocBin
+from spacy.util import load_config
+
+from conftest import TRAIN_DATA, make_examples
+from spacy_secner.bench import accuracy
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = ROOT / "configs" / "minilm_cpu.cfg"
+
+
+def tiny_base(tiny_bert_dir):
+    config = load_config(BASE)
+    config["components"]["transformer"]["model"]["name"] = str(tiny_bert_dir)
+    config["training"]["eval_frequency"] = 2
+    return config
+
+
+@pytest.mark.parametrize("variant", accuracy.VARIANTS, ids=lambda v: v.name)
+def test_every_variant_builds_and_changes_one_thing(variant, tiny_bert_dir):
+    base = tiny_base(tiny_bert_dir)
+    config = variant.config(base, seed=7, max_epochs=3)
+    assert config["system"]["seed"] == 7 and config["training"]["max_epochs"] == 3
+    assert base["system"]["seed"] == 0  # the base is left alone
+    nlp = spacy.util.load_model_from_config(config, auto_fill=True, validate=True)
+    if variant.name == "spacy-ner":
+        assert "ner" in nlp.pipe_names and "ner_crf" not in nlp.pipe_names
+        return
+    model = nlp.get_pipe("ner_crf").model
+    ner_cfg = config["components"]["ner_crf"]["model"]
+    expected = {
+        "headline": ("crf", 1, True, 0.0, "spacy-secner.reduce_first.v1"),
+        "softmax": ("softmax", 0, False, 0.0, "spacy-secner.reduce_first.v1"),
+        "dropout-0.1": ("crf", 1, True, 0.1, "spacy-secner.reduce_first.v1"),
+        "unconstrained": ("crf", 1, False, 0.0, "spacy-secner.reduce_first.v1"),
+        "no-bilstm": ("crf", 0, True, 0.0, "spacy-secner.reduce_first.v1"),
+        "mean-pooling": ("crf", 1, True, 0.0, "reduce_mean.v1"),
+    }[variant.name]
+    attrs = model.attrs
+    got = (attrs["decoder"], attrs["depth"], attrs["constrained"], attrs["dropout"],
+           ner_cfg["tok2vec"]["pooling"]["@layers"])
+    assert got == expected
+
+
+def test_unknown_variant_is_refused():
+    with pytest.raises(ValueError, match="Unknown variants"):
+        accuracy.variants_by_name(["headline", "crf-xl"])
+
+
+def run_result(variant, seed, f, **extra):
+    return {"variant": variant, "kind": "headline", "seed": seed, "test_p": f, "test_r": f,
+            "test_f": f, "dev_f": f - 0.1, "train_minutes": 10.0, "best_epoch": 2, "epochs": 2,
+            "per_type_f": {"Tool": f}, **extra}
+
+
+def test_summary_mean_and_sample_std_over_seeds():
+    summary = accuracy.summarize([run_result("headline", s, f) for s, f in enumerate([0.8, 0.9, 0.7])])
+    row = summary["headline"]
+    assert row["test_f"] == pytest.approx(0.8)
+    assert row["test_f_std"] == pytest.approx(0.1)  # sample std of 0.7, 0.8, 0.9
+    assert row["seeds"] == [0, 1, 2] and row["per_type_f"]["Tool"] == pytest.approx(0.8)
+    single = accuracy.summarize([run_result("softmax", 0, 0.75)])["softmax"]
+    assert single["test_f_std"] is None
+    table = accuracy.render_markdown({**summary, "softmax": single}, ["headline", "softmax"])
+    assert "**0.8000 ± 0.1000**" in table and "**0.7500**" in table
+    assert "| Tool | 0.800 | 0.750 |" in table
+
+
+def test_harness_runs_end_to_end_and_resumes(tiny_bert_dir, tmp_path):
+    nlp = spacy.blank("en")
+    docs = [eg.reference for eg in make_examples(nlp, TRAIN_DATA)]
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for split in ("train", "dev", "test"):
+        DocBin(docs=docs).to_disk(corpus / f"{split}.spacy")
+    base = tmp_path / "base.cfg"
+    tiny_base(tiny_bert_dir).to_disk(base)
+    out = tmp_path / "bench"
+    command = [sys.executable, str(ROOT / "scripts" / "bench_accuracy.py"), "run", "--output",
+               str(out), "--config", str(base), "--corpus", str(corpus), "--epochs", "2",
+               "--variants", "headline,softmax", "--seeds", "0"]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads((out / "accuracy.json").read_text())
+    assert sorted(r["variant"] for r in report["runs"]) == ["headline", "softmax"]
+    for run in report["runs"]:
+        assert 0.0 <= run["test_f"] <= 1.0 and run["steps"] == 4 and run["epochs"] == 2
+        assert (out / f"{run['variant']}-s0" / "model-best").is_dir()
+    assert "| headline | headline | 1 |" in (out / "accuracy.md").read_text()
+    # A second run keeps the finished runs instead of training them again.
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and again.stdout.count(": kept") == 2

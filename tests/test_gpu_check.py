@@ -1,0 +1,54 @@
+"""scripts/gpu_check.py, the GPU check of issue 4, runs on CPU too: test it here."""
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from spacy_secner.bio import bio_tags, entity_bounds
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "gpu_check.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_entity_rows_match_the_pipe_entity_bounds():
+    gpu_check = load_script()
+    tags = ["O"] + [f"{p}-T{i}" for i in range(13) for p in "BI"]  # the script's tag order
+    paths = torch.tensor([[1, 2, 2, 0, 3, 0], [5, 6, 3, 4, 0, -1], [0, 0, 0, -1, -1, -1]])
+    mask = paths >= 0
+    rows = gpu_check._entity_rows(paths, mask).tolist()
+    expected = []
+    for seq, path in enumerate(paths.tolist()):
+        n = int(mask[seq].sum())
+        for start, end in entity_bounds([tags[t] for t in path[:n]]):
+            expected.append([seq, start, end, path[start] + 1])
+    assert rows == expected
+    assert bio_tags(["A"]) == ["O", "B-A", "I-A"]  # same B/I layout as the script assumes
+
+
+def test_core_timing_runs_on_cpu(tiny_bert_dir, tmp_path):
+    test_txt = tmp_path / "test.txt"
+    test_txt.write_text(
+        "APT28 B-HackOrg\nused O\nX-Agent B-Tool\n. O\n\nTurla B-HackOrg\nstruck O\n. O\n\n",
+        encoding="utf8",
+    )
+    out = tmp_path / "core.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "core", str(tiny_bert_dir), str(test_txt), str(out),
+         "--device", "cpu", "--train-steps", "3", "--repeats", "1", "--infer-batch", "1"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["device"] == "cpu" and report["training"]["steps"] == 3
+    assert report["inference"]["sentences"] == 2 and report["inference"]["words"] == 7
+    assert report["inference"]["pipe_core_s"] > 0
