@@ -15,7 +15,7 @@ SMOKE_PACKAGE ?= secner
 
 RUNTIME_VENV ?= .venv-runtime
 
-.PHONY: all test smoke venv runtime-venv data clean
+.PHONY: all test smoke venv runtime-venv bench-speed data clean
 
 venv: $(VENV)/.installed
 
@@ -42,6 +42,10 @@ $(RUNTIME_VENV)/.installed: constraints.txt setup.cfg $(wildcard packages/en_*/d
 	rm -rf build spacy_secner.egg-info
 	$(RUNTIME_VENV)/bin/python -m pip install -q --no-deps packages/en_*/dist/*.whl
 	touch $@
+
+# After `make all`: the speed benchmark, with spacy.load also timed in the runtime-only venv.
+bench-speed: venv runtime-venv
+	PATH="$(abspath $(VENV))/bin:$$PATH" python -m spacy project run bench-speed .
 
 data: venv
 	@if [ -z "$(DNRTI_DIR)" ]; then \

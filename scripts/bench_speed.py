@@ -70,6 +70,11 @@ def run(
     ),
 ) -> None:
     """Time the pipeline, HF token classification and the bare encoder; write JSON and Markdown."""
+    missing = [p for p in load_python if not Path(p).is_file()]
+    if missing:
+        raise typer.BadParameter(
+            f"--load-python {missing[0]} does not exist; build it with `make runtime-venv`"
+        )
     text_sets = _texts(dnrti_dir, limit, docs, _split(texts))
     n_sentences = len(_texts(dnrti_dir, limit, docs, ["sentences"])["sentences"])
     sizes = [int(size) for size in _split(batch_sizes)]
