@@ -42,7 +42,15 @@ def test_every_variant_builds_and_changes_one_thing(variant, tiny_bert_dir):
         "unconstrained": ("crf", 1, False, 0.0, "spacy-secner.reduce_first.v1"),
         "no-bilstm": ("crf", 0, True, 0.0, "spacy-secner.reduce_first.v1"),
         "mean-pooling": ("crf", 1, True, 0.0, "reduce_mean.v1"),
+        "mention-swap": ("crf", 1, True, 0.0, "spacy-secner.reduce_first.v1"),
     }[variant.name]
+    augmenter = config["corpora"]["train"]["augmenter"]
+    if variant.name == "mention-swap":
+        assert augmenter["@augmenters"] == "spacy-secner.mention_swap.v1"
+        corpus = spacy.util.registry.resolve(config.interpolate()["corpora"])["train"]
+        assert corpus.augmenter is not None and corpus.path.name == "train.spacy"
+    else:
+        assert augmenter is None
     attrs = model.attrs
     got = (attrs["decoder"], attrs["depth"], attrs["constrained"], attrs["dropout"],
            ner_cfg["tok2vec"]["pooling"]["@layers"])

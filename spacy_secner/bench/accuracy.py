@@ -67,10 +67,19 @@ def _mean_pooling(config: Config) -> None:
     _ner_model(config)["tok2vec"]["pooling"] = {"@layers": "reduce_mean.v1"}
 
 
+def _mention_swap(config: Config) -> None:
+    config["corpora"]["train"]["augmenter"] = {
+        "@augmenters": "spacy-secner.mention_swap.v1",
+        "path": "${paths.train}",
+        "level": 0.3,
+        "swap_prob": 0.5,
+    }
+
+
 @dataclass
 class Variant:
     name: str
-    kind: str  # "headline", "baseline" or "ablation"
+    kind: str  # "headline", "baseline", "ablation" or "lever"
     description: str
     change: Optional[Callable[[Config], None]] = None
     seeds: Sequence[int] = field(default_factory=lambda: (0,))
@@ -99,6 +108,8 @@ VARIANTS: List[Variant] = [
     Variant("no-bilstm", "ablation", "headline without the BiLSTM (linear -> CRF)", _set(depth=0)),
     Variant("mean-pooling", "ablation", "headline with mean instead of first-piece pooling",
             _mean_pooling),
+    Variant("mention-swap", "lever", "headline + mention-swap augmentation (a copy of 30% of "
+            "the sentences, each entity swapped with p 0.5)", _mention_swap),
 ]
 
 
