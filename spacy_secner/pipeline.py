@@ -58,6 +58,7 @@ if not Span.has_extension("confidence"):
         "overwrite": False,
         "head_learn_rate_factor": 1.0,
         "confidence": True,
+        "max_batch_tokens": 2048,
         "scorer": {"@scorers": "spacy.ner_scorer.v1"},
     },
     default_score_weights={
@@ -74,6 +75,7 @@ def make_ner_crf(
     overwrite: bool,
     head_learn_rate_factor: float,
     confidence: bool,
+    max_batch_tokens: int,
     scorer: Optional[Callable],
 ) -> "CRFEntityRecognizer":
     """Create a `ner_crf` pipe: BIO tags decoded by a CRF, written to `doc.ents`.
@@ -86,6 +88,9 @@ def make_ner_crf(
     head_learn_rate_factor (float): The BiLSTM, emission and CRF weights learn at the
         optimizer's rate times this factor, while the encoder keeps the optimizer's rate: a
         freshly initialized head can learn fast without shaking the pretrained encoder.
+    max_batch_tokens (int): At prediction, the docs of a batch are sorted by length and the head
+        runs on chunks of at most this many tokens: it bounds the memory the BiLSTM and CRF
+        take on long documents. Results do not depend on it.
     confidence (bool): Give each predicted entity `span._.confidence`, the CRF's marginal
         probability of exactly that span (one extra batched CRF pass).
     scorer (Optional[Callable]): Scorer for `nlp.evaluate`; spaCy's NER scorer by default.
@@ -97,6 +102,7 @@ def make_ner_crf(
         overwrite=overwrite,
         head_learn_rate_factor=head_learn_rate_factor,
         confidence=confidence,
+        max_batch_tokens=max_batch_tokens,
         scorer=scorer,
     )
 
@@ -113,13 +119,21 @@ class CRFEntityRecognizer(TrainablePipe):
         overwrite: bool = False,
         head_learn_rate_factor: float = 1.0,
         confidence: bool = True,
+        max_batch_tokens: int = 2048,
         scorer: Optional[Callable] = None,
     ) -> None:
         self.vocab = vocab
         self.model = model
         self.name = name
         self.scorer = scorer
-        self.cfg: Dict = {"labels": [], "overwrite": overwrite, "confidence": confidence}
+        if max_batch_tokens < 1:
+            raise ValueError(f"max_batch_tokens must be at least 1, got {max_batch_tokens}")
+        self.cfg: Dict = {
+            "labels": [],
+            "overwrite": overwrite,
+            "confidence": confidence,
+            "max_batch_tokens": max_batch_tokens,
+        }
         self.head_learn_rate_factor = head_learn_rate_factor
 
     @property
@@ -155,14 +169,24 @@ class CRFEntityRecognizer(TrainablePipe):
         """
         docs = list(docs)
         self._require_initialized()
-        if not any(len(doc) for doc in docs):
-            # Nothing to tag; a transformer listener cannot pool a batch of empty docs.
-            return [self.model.ops.alloc1i(0) for _ in docs], [[] for _ in docs]
-        scores = self.model.predict(docs)
-        tag_ids = crf_decode(self.model, scores)
-        if not self.cfg["confidence"]:
-            return tag_ids, [[] for _ in docs]
-        return tag_ids, crf_span_confidence(self.model, scores, tag_ids)
+        tag_ids: List[Ints1d] = [numpy.zeros((0,), dtype="int64") for _ in docs]
+        confidences: List[List[float]] = [[] for _ in docs]
+        # Docs sorted by length and cut into chunks of at most `max_batch_tokens` tokens: the
+        # head pads, pools and runs the BiLSTM per chunk, so a batch of long documents does not
+        # hold all of them padded in memory at once, and similar lengths pad little.
+        for chunk in _length_chunks(docs, self.cfg.get("max_batch_tokens", 2048)):
+            # Empty docs keep their empty tags; a listener cannot pool a batch of only those.
+            chunk = [i for i in chunk if len(docs[i])]
+            if not chunk:
+                continue
+            scores = self.model.predict([docs[i] for i in chunk])
+            ids = crf_decode(self.model, scores)
+            found = crf_span_confidence(self.model, scores, ids) if self.cfg["confidence"] else None
+            for j, i in enumerate(chunk):
+                tag_ids[i] = ids[j]
+                if found is not None:
+                    confidences[i] = found[j]
+        return tag_ids, confidences
 
     def set_annotations(
         self, docs: Iterable[Doc], predictions: Tuple[List[Ints1d], List[List[float]]]
@@ -337,6 +361,21 @@ class CRFEntityRecognizer(TrainablePipe):
                     f"'{self.name}' {self.labels}: {eg.reference.text[:80]!r}"
                 ) from None
         return gold
+
+
+def _length_chunks(docs: Sequence[Doc], max_tokens: int) -> List[List[int]]:
+    """Doc indices sorted by length, cut into chunks of at most `max_tokens` tokens (a longer
+    doc gets a chunk of its own)."""
+    chunks: List[List[int]] = []
+    size = 0
+    for i in sorted(range(len(docs)), key=lambda i: len(docs[i])):
+        if chunks and size + len(docs[i]) <= max_tokens:
+            chunks[-1].append(i)
+            size += len(docs[i])
+        else:
+            chunks.append([i])
+            size = len(docs[i])
+    return chunks
 
 
 def _merge_keeping_existing(existing: Sequence[Span], predicted: Sequence[Span]) -> List[Span]:

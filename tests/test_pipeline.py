@@ -374,3 +374,31 @@ def test_whitespace_tokens_have_no_wordpieces_and_do_not_crash(trained_trf_nlp):
     assert all(not ent.text.isspace() for ent in doc.ents)
     compact = trained_trf_nlp("APT28 used X-Agent .")
     assert ents_of(compact) == ents_of(trained_trf_nlp(compact.text + "\n"))
+
+
+def test_predictions_do_not_depend_on_max_batch_tokens(trained_nlp):
+    """The head runs on length-sorted chunks of at most max_batch_tokens tokens; every chunking
+    gives the same entities and confidences, in the input order, empty docs included."""
+    texts = NEW_TEXTS + ["", "APT28"] + TRAIN_TEXTS + ["", LONG_TEXT[:1500]]
+    pipe = trained_nlp.get_pipe("ner_crf")
+    saved = pipe.cfg["max_batch_tokens"]
+    results = []
+    try:
+        for size in (1, 7, 100_000):
+            pipe.cfg["max_batch_tokens"] = size
+            docs = list(trained_nlp.pipe(texts, batch_size=64))
+            results.append([[(e.start, e.end, e.label_, e._.confidence) for e in d.ents] for d in docs])
+    finally:
+        pipe.cfg["max_batch_tokens"] = saved
+    one, seven, whole = results
+    assert [[e[:3] for e in d] for d in one] == [[e[:3] for e in d] for d in whole]
+    assert [[e[:3] for e in d] for d in seven] == [[e[:3] for e in d] for d in whole]
+    flat = lambda r: [e[3] for d in r for e in d]  # noqa: E731
+    assert flat(one) == pytest.approx(flat(whole), abs=1e-5)
+    assert flat(seven) == pytest.approx(flat(whole), abs=1e-5)
+    assert any(results[2])
+
+
+def test_max_batch_tokens_must_be_positive():
+    with pytest.raises(ValueError, match="max_batch_tokens"):
+        make_cnn_nlp(max_batch_tokens=0)
