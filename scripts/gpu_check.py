@@ -8,7 +8,7 @@ machine; the commands also run on CPU, for testing.
 `core` times the pipe's torch core without spaCy: the encoder, first-wordpiece pooling, and the
 same `BiLSTMEmitter` and `BIOCRF` modules the `ner_crf` pipe wraps (training steps: loss,
 backward, Adam; inference: forward, Viterbi and the span confidences). It loads
-`pytorch_bilstm_crf.py` by path, so it works where spaCy does not import.
+`pytorch_bilstm_crf.py` and `bio.py` by path, so it works where spaCy does not import.
 """
 import importlib.util
 import json
@@ -31,9 +31,9 @@ SECBERT_SHAPE = {
 app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=False)
 
 
-def _torch_modules() -> Any:
-    path = ROOT / "spacy_secner" / "pytorch_bilstm_crf.py"
-    spec = importlib.util.spec_from_file_location("pytorch_bilstm_crf", path)
+def _load_module(name: str) -> Any:
+    """A module of the package by path: neither it nor `bio.py` imports spaCy."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "spacy_secner" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)  # type: ignore[union-attr]
     return module
@@ -86,12 +86,12 @@ def core(
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    mods = _torch_modules()
+    mods = _load_module("pytorch_bilstm_crf")
     sentences = _read_words(test_txt)
     tokenizer = AutoTokenizer.from_pretrained(str(encoder), use_fast=True)
     dev = torch.device(device)
     bert = AutoModel.from_pretrained(str(encoder)).to(dev)
-    tags = ["O"] + [f"{p}-{t}" for t in ["T%d" % i for i in range(13)] for p in "BI"]
+    tags = _load_module("bio").bio_tags([f"T{i}" for i in range(13)])
     width = bert.config.hidden_size
     emitter = mods.BiLSTMEmitter(width, len(tags), hidden_size=256, depth=1, dropout=0.0).to(dev)
     crf = mods.BIOCRF(tags, constrained=True).to(dev)
@@ -164,7 +164,7 @@ def core(
         for enc, index, lengths in infer:
             scores, mask = heads(enc, index, lengths)
             paths = crf(scores, mask)
-            spans = _entity_rows(paths, mask)
+            spans = _entity_rows(paths, mask, tags)
             if len(spans):
                 crf(scores, mask, paths, spans=spans.to(dev))
 
@@ -203,22 +203,16 @@ def core(
     typer.echo(json.dumps(report, indent=2))
 
 
-def _entity_rows(paths: Any, mask: Any) -> Any:
+def _entity_rows(paths: Any, mask: Any, tags: List[str]) -> Any:
     """(seq, start, end, barred) rows of the decoded entities, as the pipe builds them."""
     import torch
 
+    bounds = _load_module("bio").entity_bounds
     rows = []
     for seq, path in enumerate(paths.tolist()):
-        n = int(mask[seq].sum())
-        start = None
-        for i in range(n + 1):
-            tag = path[i] if i < n else 0
-            is_inside = i < n and tag > 0 and tag % 2 == 0 and start is not None
-            if start is not None and not is_inside:
-                rows.append((seq, start, i, path[start] + 1))
-                start = None
-            if i < n and tag > 0 and tag % 2 == 1:
-                start = i
+        path = path[: int(mask[seq].sum())]
+        for start, end in bounds([tags[t] for t in path]):
+            rows.append((seq, start, end, tags.index("I-" + tags[path[start]][2:])))
     return torch.tensor(rows, dtype=torch.long).reshape(-1, 4)
 
 

@@ -11,6 +11,7 @@ from spacy.language import Language
 from spacy.pipeline import TrainablePipe
 from spacy.tokens import Doc, Span
 from spacy.training import Example, biluo_tags_to_spans, iob_to_biluo, validate_examples
+from spacy.training.batchers import minibatch_by_padded_size
 from spacy.training import validate_get_examples
 from spacy.vocab import Vocab
 from thinc.api import Config, Model, Optimizer, set_dropout_rate
@@ -88,9 +89,10 @@ def make_ner_crf(
     head_learn_rate_factor (float): The BiLSTM, emission and CRF weights learn at the
         optimizer's rate times this factor, while the encoder keeps the optimizer's rate: a
         freshly initialized head can learn fast without shaking the pretrained encoder.
-    max_batch_tokens (int): At prediction, the docs of a batch are sorted by length and the head
-        runs on chunks of at most this many tokens: it bounds the memory the BiLSTM and CRF
-        take on long documents. Results do not depend on it.
+    max_batch_tokens (int): At prediction, the docs of a batch are grouped by length and the
+        head runs on chunks of at most this many padded tokens (longest doc x docs; a longer doc
+        goes alone): it bounds the memory the BiLSTM and CRF take on long documents. Results do
+        not depend on it.
     confidence (bool): Give each predicted entity `span._.confidence`, the CRF's marginal
         probability of exactly that span (one extra batched CRF pass).
     scorer (Optional[Callable]): Scorer for `nlp.evaluate`; spaCy's NER scorer by default.
@@ -171,21 +173,20 @@ class CRFEntityRecognizer(TrainablePipe):
         self._require_initialized()
         tag_ids: List[Ints1d] = [numpy.zeros((0,), dtype="int64") for _ in docs]
         confidences: List[List[float]] = [[] for _ in docs]
-        # Docs sorted by length and cut into chunks of at most `max_batch_tokens` tokens: the
-        # head pads, pools and runs the BiLSTM per chunk, so a batch of long documents does not
-        # hold all of them padded in memory at once, and similar lengths pad little.
-        for chunk in _length_chunks(docs, self.cfg.get("max_batch_tokens", 2048)):
-            # Empty docs keep their empty tags; a listener cannot pool a batch of only those.
-            chunk = [i for i in chunk if len(docs[i])]
-            if not chunk:
-                continue
-            scores = self.model.predict([docs[i] for i in chunk])
+        # The head pads, pools and runs the BiLSTM per chunk of similar lengths (spaCy's own
+        # length batcher), so a batch of long documents is never held padded all at once. Empty
+        # docs keep their empty tags: a listener cannot pool them.
+        positions = [_Position(i, len(doc)) for i, doc in enumerate(docs) if len(doc)]
+        for chunk in minibatch_by_padded_size(
+            positions, self.cfg["max_batch_tokens"], buffer=max(len(positions), 1)
+        ):
+            scores = self.model.predict([docs[p.index] for p in chunk])
             ids = crf_decode(self.model, scores)
             found = crf_span_confidence(self.model, scores, ids) if self.cfg["confidence"] else None
-            for j, i in enumerate(chunk):
-                tag_ids[i] = ids[j]
+            for j, p in enumerate(chunk):
+                tag_ids[p.index] = ids[j]
                 if found is not None:
-                    confidences[i] = found[j]
+                    confidences[p.index] = found[j]
         return tag_ids, confidences
 
     def set_annotations(
@@ -363,19 +364,16 @@ class CRFEntityRecognizer(TrainablePipe):
         return gold
 
 
-def _length_chunks(docs: Sequence[Doc], max_tokens: int) -> List[List[int]]:
-    """Doc indices sorted by length, cut into chunks of at most `max_tokens` tokens (a longer
-    doc gets a chunk of its own)."""
-    chunks: List[List[int]] = []
-    size = 0
-    for i in sorted(range(len(docs)), key=lambda i: len(docs[i])):
-        if chunks and size + len(docs[i]) <= max_tokens:
-            chunks[-1].append(i)
-            size += len(docs[i])
-        else:
-            chunks.append([i])
-            size = len(docs[i])
-    return chunks
+class _Position:
+    """A doc's place in its batch, sized like the doc, for spaCy's length batcher."""
+
+    __slots__ = ("index", "length")
+
+    def __init__(self, index: int, length: int) -> None:
+        self.index, self.length = index, length
+
+    def __len__(self) -> int:
+        return self.length
 
 
 def _merge_keeping_existing(existing: Sequence[Span], predicted: Sequence[Span]) -> List[Span]:

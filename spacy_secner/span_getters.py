@@ -1,8 +1,9 @@
 """Which windows of a doc the transformer reads: strided windows that never cross a sentence."""
 from functools import partial
-from typing import Callable, Iterable, Iterator, List, Tuple
+from typing import Callable, Iterable, List
 
 from spacy.tokens import Doc, Span
+from spacy_transformers.span_getters import get_strided_spans
 from spacy_transformers.util import registry
 
 
@@ -28,23 +29,6 @@ def get_sent_strided_spans(docs: Iterable[Doc], window: int, stride: int) -> Lis
     spans = []
     for doc in docs:
         sents = list(doc.sents) if doc.has_annotation("SENT_START") else [doc[:]]
-        spans.append(
-            [
-                doc[sent.start + start : sent.start + end]
-                for sent in sents
-                for start, end in strided_bounds(len(sent), window, stride)
-            ]
-        )
+        # spacy-transformers' own striding, applied to each sentence (a Span slices like a Doc).
+        spans.append([w for windows in get_strided_spans(sents, window, stride) for w in windows])
     return spans
-
-
-def strided_bounds(length: int, window: int, stride: int) -> Iterator[Tuple[int, int]]:
-    """The windows of `spacy-transformers.strided_spans.v1` over `length` tokens."""
-    start = 0
-    for _ in range(length // stride):
-        yield start, min(start + window, length)
-        if start + window >= length:
-            return
-        start += stride
-    if start < length:
-        yield start, length

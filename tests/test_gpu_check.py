@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from spacy_secner.bio import bio_tags, entity_bounds
+from spacy_secner.bio import bio_tags
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "gpu_check.py"
@@ -20,19 +20,13 @@ def load_script():
     return module
 
 
-def test_entity_rows_match_the_pipe_entity_bounds():
+def test_entity_rows_are_the_span_rows_the_pipe_builds():
     gpu_check = load_script()
-    tags = ["O"] + [f"{p}-T{i}" for i in range(13) for p in "BI"]  # the script's tag order
+    tags = bio_tags([f"T{i}" for i in range(13)])  # O, B-T0, I-T0, B-T1, I-T1, ...
     paths = torch.tensor([[1, 2, 2, 0, 3, 0], [5, 6, 3, 4, 0, -1], [0, 0, 0, -1, -1, -1]])
-    mask = paths >= 0
-    rows = gpu_check._entity_rows(paths, mask).tolist()
-    expected = []
-    for seq, path in enumerate(paths.tolist()):
-        n = int(mask[seq].sum())
-        for start, end in entity_bounds([tags[t] for t in path[:n]]):
-            expected.append([seq, start, end, path[start] + 1])
-    assert rows == expected
-    assert bio_tags(["A"]) == ["O", "B-A", "I-A"]  # same B/I layout as the script assumes
+    rows = gpu_check._entity_rows(paths, paths >= 0, tags).tolist()
+    # (sequence, start, end, the I- tag that would extend the entity)
+    assert rows == [[0, 0, 3, 2], [0, 4, 5, 4], [1, 0, 2, 6], [1, 2, 4, 4]]
 
 
 def test_core_timing_runs_on_cpu(tiny_bert_dir, tmp_path):
