@@ -33,7 +33,7 @@ $(VENV)/.installed: requirements.txt requirements-encoder.txt constraints.txt se
 # `make all`. Only used to time spacy.load as a user gets it (`bench-speed`).
 runtime-venv: $(RUNTIME_VENV)/.installed
 
-$(RUNTIME_VENV)/.installed: constraints.txt setup.cfg $(wildcard packages/en_*/dist/*.whl)
+$(RUNTIME_VENV)/.installed: constraints.txt setup.cfg $(wildcard spacy_secner/*.py spacy_secner/*/*.py) $(wildcard packages/en_*/dist/*.whl)
 	rm -rf $(RUNTIME_VENV) && $(PYTHON) -m venv $(RUNTIME_VENV)
 	$(RUNTIME_VENV)/bin/python -m pip install -q -c constraints.txt torch spacy \
 		spacy-transformers transformers pytorch-crf typer click tqdm

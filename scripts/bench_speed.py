@@ -4,6 +4,7 @@ multi-sentence documents. See spacy_secner/bench/ for what each system does.
 
     python scripts/bench_speed.py run --model en_secner --output metrics/bench_speed.json
     python scripts/bench_speed.py profile --model en_secner --texts documents --batch-size 64
+    python scripts/bench_speed.py grouping --model en_secner --settings 4096:512,512:0
 """
 
 import json
@@ -177,6 +178,53 @@ def profile(
     if tree:
         tree.parent.mkdir(parents=True, exist_ok=True)
         tree.write_text(result["text"], encoding="utf8")
+
+
+@app.command()
+def grouping(
+    model: str = typer.Option("en_secner", help="Pipeline package name or directory"),
+    settings: str = typer.Option(
+        "4096:512,512:0,4096:0,8192:512,4096:256,4096:1024",
+        help="max_batch_items:max_batch_wordpieces pairs; ratios are to the first",
+    ),
+    dnrti_dir: str = typer.Option(
+        "", help="DNRTI directory (empty: $DNRTI_DIR, else ../shared/dnrti)"
+    ),
+    texts: str = typer.Option("sentences,documents", help="Text sets to time"),
+    batch_size: int = typer.Option(64, min=1),
+    repeats: int = typer.Option(5, min=1, help="Timed passes per setting after one warm-up"),
+    threads: int = typer.Option(os.cpu_count() or 1, min=1, help="torch threads"),
+    gpu_id: int = typer.Option(-1, help="GPU to run on (-1: CPU)"),
+    limit: int = typer.Option(0, min=0, help="Use the first N test sentences (0: all)"),
+    docs: int = typer.Option(50, min=1, help="Number of multi-sentence documents"),
+    output: Optional[Path] = typer.Option(None, help="Also write the rows as JSON here"),
+) -> None:
+    """Words/s of one loaded pipeline under several transformer batching settings."""
+    import spacy
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        chosen = bench.parse_settings(settings)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+    sync = torch.cuda.synchronize if gpu_id >= 0 else (lambda: None)
+    if gpu_id >= 0:
+        spacy.require_gpu(gpu_id)
+    nlp = spacy.load(model)
+    text_sets = _texts(dnrti_dir, limit, docs, _split(texts))
+    rows = bench.time_settings(
+        nlp, text_sets, chosen, batch_size=batch_size, repeats=repeats, sync=sync
+    )
+    device = torch.cuda.get_device_name(gpu_id) if gpu_id >= 0 else f"CPU, {threads} threads"
+    typer.echo(
+        f"`{model}`, batch {batch_size}, {device}; median of {repeats} after a warm-up, "
+        f"settings interleaved; command: `{shlex.join(['python', *sys.argv])}`\n"
+    )
+    typer.echo(bench.render_settings(rows))
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps({"device": device, "rows": rows}, indent=2), encoding="utf8")
 
 
 if __name__ == "__main__":

@@ -10,12 +10,17 @@
 #   1. the pipe's torch core (encoder, BiLSTM, CRF) without spaCy: training steps and inference
 #   2. `spacy train` on the GPU for 400 steps of 8 sentences, SecBERT-shaped encoder
 #   3. scripts/bench_speed.py on the GPU with the model from stage 2
+#   4. the GPU tests (pytest tests/test_gpu.py tests/test_transformer_model.py; the tarball
+#      carries pytest 8.3.3, pluggy, iniconfig and packaging too)
+#   5. `bench_speed.py grouping`: the transformer's batching settings side by side, stage 2's model
 # Results go to $OUT (default /tmp/gpu-check). Settings (environment variables, with defaults):
-#   STAGES="1 2 3"  TRAIN_STEPS=400  EVAL_FREQ=200  BATCHES=1,8,64  LOAD_RUNS=3
-#   LIMIT_CORE=90  LIMIT_TRAIN=180  LIMIT_BENCH=290  (seconds per stage)
+#   STAGES="1 2 3 4 5"  TRAIN_STEPS=400  EVAL_FREQ=200  BATCHES=1,8,64  LOAD_RUNS=3
+#   GROUPING=4096:0,4096:8192,4096:2048,16384:8192,16384:32768,16384:0
+#   LIMIT_CORE=90  LIMIT_TRAIN=180  LIMIT_BENCH=290  LIMIT_TESTS=120  LIMIT_GROUPING=120
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-check}
-STAGES=${STAGES:-1 2 3}
+STAGES=${STAGES:-1 2 3 4 5}
+GROUPING=${GROUPING:-4096:0,4096:8192,4096:2048,16384:8192,16384:32768,16384:0}
 TRAIN_STEPS=${TRAIN_STEPS:-400}
 EVAL_FREQ=${EVAL_FREQ:-200}
 BATCHES=${BATCHES:-1,8,64}
@@ -53,4 +58,20 @@ if [[ " $STAGES " == *" 3 "* ]] && [ -d /tmp/gpu-train/model-last ]; then
     --curves "$OUT/curves_gpu.jsonl" --spacy-benchmark --corpus corpus/test.spacy --load-runs $LOAD_RUNS --batch-sizes $BATCHES \
     > "$OUT/bench.md" 2> >(tee "$OUT/bench.log" >&2) || echo "stage 3 failed: $(tail -20 "$OUT/bench.log")"
   cat "$OUT/bench.md"
+fi
+
+if [[ " $STAGES " == *" 4 "* ]]; then
+  echo "== 4. GPU tests"
+  timeout ${LIMIT_TESTS:-120} python3 -m pytest -q -p no:cacheprovider -rs tests/test_gpu.py \
+    tests/test_transformer_model.py > "$OUT/pytest_gpu.log" 2>&1 || echo "stage 4 failed"
+  tail -15 "$OUT/pytest_gpu.log"
+fi
+
+if [[ " $STAGES " == *" 5 "* ]] && [ -d /tmp/gpu-train/model-last ]; then
+  echo "== 5. transformer batching settings on the GPU"
+  timeout ${LIMIT_GROUPING:-120} python3 scripts/bench_speed.py grouping --model /tmp/gpu-train/model-last \
+    --gpu-id 0 --threads 4 --dnrti-dir .gpu/dnrti --settings "$GROUPING" \
+    --output "$OUT/grouping_gpu.json" > "$OUT/grouping.md" 2> "$OUT/grouping.log" \
+    || echo "stage 5 failed: $(tail -20 "$OUT/grouping.log")"
+  cat "$OUT/grouping.md"
 fi

@@ -2,6 +2,14 @@
 from .architectures import build_bilstm_crf_model
 from .encoders import embedded_encoder
 from .pipeline import CRFEntityRecognizer, make_ner_crf
+from .transformer_model import create_transformer_model
 
 __version__ = "0.1.0"
-__all__ = ["CRFEntityRecognizer", "build_bilstm_crf_model", "embedded_encoder", "make_ner_crf", "__version__"]
+__all__ = [
+    "CRFEntityRecognizer",
+    "build_bilstm_crf_model",
+    "create_transformer_model",
+    "embedded_encoder",
+    "make_ner_crf",
+    "__version__",
+]

@@ -11,7 +11,6 @@ from spacy.language import Language
 from spacy.pipeline import TrainablePipe
 from spacy.tokens import Doc, Span
 from spacy.training import Example, biluo_tags_to_spans, iob_to_biluo, validate_examples
-from spacy.training.batchers import minibatch_by_padded_size
 from spacy.training import validate_get_examples
 from spacy.vocab import Vocab
 from thinc.api import Config, Model, Optimizer, set_dropout_rate
@@ -26,6 +25,7 @@ from .architectures import (
     has_heads,
     set_tags,
 )
+from .batching import padded_batches
 from .bio import bio_tags, biluo_to_bio, repair_bio
 
 DEFAULT_NER_CRF_MODEL = """
@@ -176,17 +176,16 @@ class CRFEntityRecognizer(TrainablePipe):
         # The head pads, pools and runs the BiLSTM per chunk of similar lengths (spaCy's own
         # length batcher), so a batch of long documents is never held padded all at once. Empty
         # docs keep their empty tags: a listener cannot pool them.
-        positions = [_Position(i, len(doc)) for i, doc in enumerate(docs) if len(doc)]
-        for chunk in minibatch_by_padded_size(
-            positions, self.cfg["max_batch_tokens"], buffer=max(len(positions), 1)
-        ):
-            scores = self.model.predict([docs[p.index] for p in chunk])
+        nonempty = [i for i, doc in enumerate(docs) if len(doc)]
+        for group in padded_batches([len(docs[i]) for i in nonempty], self.cfg["max_batch_tokens"]):
+            chunk = [nonempty[j] for j in group]
+            scores = self.model.predict([docs[i] for i in chunk])
             ids = crf_decode(self.model, scores)
             found = crf_span_confidence(self.model, scores, ids) if self.cfg["confidence"] else None
-            for j, p in enumerate(chunk):
-                tag_ids[p.index] = ids[j]
+            for j, i in enumerate(chunk):
+                tag_ids[i] = ids[j]
                 if found is not None:
-                    confidences[p.index] = found[j]
+                    confidences[i] = found[j]
         return tag_ids, confidences
 
     def set_annotations(
@@ -362,18 +361,6 @@ class CRFEntityRecognizer(TrainablePipe):
                     f"'{self.name}' {self.labels}: {eg.reference.text[:80]!r}"
                 ) from None
         return gold
-
-
-class _Position:
-    """A doc's place in its batch, sized like the doc, for spaCy's length batcher."""
-
-    __slots__ = ("index", "length")
-
-    def __init__(self, index: int, length: int) -> None:
-        self.index, self.length = index, length
-
-    def __len__(self) -> int:
-        return self.length
 
 
 def _merge_keeping_existing(existing: Sequence[Span], predicted: Sequence[Span]) -> List[Span]:

@@ -181,6 +181,35 @@ def make_trf_nlp(
     return spacy.util.load_model_from_config(config, auto_fill=True, validate=True)
 
 
+def make_grouped_trf_nlp(
+    model_dir: Path,
+    max_batch_wordpieces: int,
+    *,
+    transformer_config: Optional[Dict] = None,
+    sentencizer: bool = True,
+) -> Language:
+    """The tiny `transformer` + `ner_crf` on `spacy-secner.TransformerModel.v1`, with sentence
+    windows (and a sentencizer first, unless `sentencizer` is False), initialized."""
+    fix_random_seed(0)
+    config = spacy.util.load_config_from_str(trf_config_str(model_dir))
+    model = config["components"]["transformer"]["model"]
+    model["@architectures"] = "spacy-secner.TransformerModel.v1"
+    model["max_batch_wordpieces"] = max_batch_wordpieces
+    model["get_spans"] = {
+        "@span_getters": "spacy-secner.sent_strided_spans.v1",
+        "window": 128,
+        "stride": 96,
+    }
+    if transformer_config:
+        model["transformer_config"] = transformer_config
+    if sentencizer:
+        config["nlp"]["pipeline"] = ["sentencizer", "transformer", "ner_crf"]
+        config["components"]["sentencizer"] = {"factory": "sentencizer"}
+    nlp = spacy.util.load_model_from_config(config, auto_fill=True, validate=True)
+    nlp.initialize(lambda: make_examples(nlp))
+    return nlp
+
+
 LOAD_IN_FRESH_PROCESS = """
 import json, sys
 if "spacy_secner" in sys.modules:

@@ -1,6 +1,5 @@
 """The plateau schedule, the curve logger and seqeval-vs-spaCy agreement, on a tiny CNN model."""
 import json
-from pathlib import Path
 
 import pytest
 import spacy

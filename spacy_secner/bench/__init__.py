@@ -17,7 +17,8 @@ repeats (A B C, B C A, C A B, ...) to spread machine noise over all systems. The
 
 Modules: `texts` (benchmark texts), `workers` (the per-system worker processes), `runner`
 (driving the workers, `spacy.load` timing), `context` (training speed, `spacy benchmark speed`,
-machine), `report` (targets and Markdown) and `profile` (the pyinstrument profile).
+machine), `report` (targets and Markdown), `profile` (the pyinstrument profile) and
+`grouping` (the transformer's batching settings side by side, in one process).
 """
 
 from .context import (
@@ -27,6 +28,7 @@ from .context import (
     spacy_benchmark_command,
     training_speed,
 )
+from .grouping import parse_settings, render_settings, time_settings
 from .profile import PROFILE_PARTS, profile_pipeline
 from .report import (
     MEMORY_COLUMNS,
@@ -67,12 +69,14 @@ __all__ = [
     "machine_info",
     "make_documents",
     "measure_load",
+    "parse_settings",
     "parse_spacy_benchmark",
     "peak_rss_mb",
     "profile_pipeline",
     "ratios",
     "read_test_sentences",
     "render_markdown",
+    "render_settings",
     "reset_peak_rss",
     "rotate",
     "rss_mb",
@@ -81,5 +85,6 @@ __all__ = [
     "spacy_benchmark_command",
     "summarize",
     "thread_env",
+    "time_settings",
     "training_speed",
 ]

@@ -1,7 +1,7 @@
 """The benchmark's texts: DNRTI test sentences as raw text, joined into documents, and counted."""
 
 from pathlib import Path
-from typing import Any, List, Sequence
+from typing import List, Sequence
 
 
 def read_test_sentences(path: Path, *, limit: int = 0) -> List[str]:

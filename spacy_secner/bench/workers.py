@@ -81,6 +81,11 @@ class _Pipeline:
             name: {k: v for k, v in getattr(pipe, "cfg", {}).items() if k != "labels"}
             for name, pipe in self.nlp.pipeline
         }
+        for name, pipe in self.nlp.pipeline:
+            # spacy-secner.TransformerModel.v1 keeps its grouping setting on the encoder layer.
+            layers = getattr(getattr(pipe, "model", None), "layers", None) or []
+            if layers and "max_batch_wordpieces" in layers[0].attrs:
+                cfgs[name]["max_batch_wordpieces"] = layers[0].attrs["max_batch_wordpieces"]
         return {"pipe_names": self.nlp.pipe_names, "pipe_cfg": cfgs}
 
     def prepare(self, texts: List[str], batch_size: int) -> Any:

@@ -1,0 +1,116 @@
+"""The transformer's batching settings side by side: words/s of one loaded pipeline per setting.
+
+`max_batch_items` (the `transformer` pipe: padded spaCy tokens per sub-batch of docs) and
+`max_batch_wordpieces` (`spacy-secner.TransformerModel.v1`: padded wordpieces per group of
+windows, 0 for one encoder call per sub-batch) trade padding against call size, and the best
+pair depends on the hardware. Every setting runs in the same process on the same texts, with
+the repeats interleaved (setting A B C, then A B C, ...) so that machine noise spreads evenly.
+"""
+
+import statistics
+import time
+from typing import Any, Dict, List, Sequence, Tuple
+
+from .texts import count_words
+
+Setting = Tuple[int, int]
+
+
+def parse_settings(value: str) -> List[Setting]:
+    """"4096:512,512:0" -> [(4096, 512), (512, 0)]: max_batch_items:max_batch_wordpieces pairs."""
+    settings = []
+    for item in value.split(","):
+        if not item.strip():
+            continue
+        try:
+            items, wordpieces = (int(part) for part in item.split(":"))
+        except ValueError:
+            raise ValueError(
+                f"Bad setting {item!r}: want max_batch_items:max_batch_wordpieces, e.g. 4096:512"
+            ) from None
+        if items < 1 or wordpieces < 0:
+            raise ValueError(f"Bad setting {item!r}: need max_batch_items >= 1, wordpieces >= 0")
+        settings.append((items, wordpieces))
+    if not settings:
+        raise ValueError("No settings given")
+    return settings
+
+
+def apply_setting(nlp: Any, setting: Setting) -> None:
+    """Set both values on the loaded pipeline's `transformer` (read by it at each call)."""
+    trf = nlp.get_pipe("transformer")
+    encoder = trf.model.layers[0]
+    if "max_batch_wordpieces" not in encoder.attrs:
+        raise ValueError(
+            "The pipeline's transformer is not spacy-secner.TransformerModel.v1: it has no "
+            "max_batch_wordpieces setting"
+        )
+    trf.cfg["max_batch_items"], encoder.attrs["max_batch_wordpieces"] = setting
+
+
+def current_setting(nlp: Any) -> Setting:
+    trf = nlp.get_pipe("transformer")
+    return trf.cfg["max_batch_items"], trf.model.layers[0].attrs.get("max_batch_wordpieces", 0)
+
+
+def time_settings(
+    nlp: Any,
+    texts: Dict[str, Sequence[str]],
+    settings: Sequence[Setting],
+    *,
+    batch_size: int,
+    repeats: int,
+    sync=lambda: None,
+) -> List[Dict[str, Any]]:
+    """Median words/s of `nlp.pipe` per text set and setting, after one warm-up pass each.
+
+    sync (Callable): Waits for the device (e.g. torch.cuda.synchronize) before a clock read.
+    RETURNS (List[Dict]): One row per text set and setting, with "wps_median", "wps_best" and
+        "vs_first" (median ratio to the first setting).
+    """
+    original = current_setting(nlp)
+    rows = []
+    try:
+        for name, chosen in texts.items():
+            words = count_words(chosen)
+            seconds: Dict[Setting, List[float]] = {s: [] for s in settings}
+            for setting in settings:
+                apply_setting(nlp, setting)
+                list(nlp.pipe(chosen, batch_size=batch_size))
+            for _ in range(repeats):
+                for setting in settings:
+                    apply_setting(nlp, setting)
+                    sync()
+                    start = time.perf_counter()
+                    list(nlp.pipe(chosen, batch_size=batch_size))
+                    sync()
+                    seconds[setting].append(time.perf_counter() - start)
+            first = words / statistics.median(seconds[settings[0]])
+            for setting in settings:
+                median = words / statistics.median(seconds[setting])
+                rows.append(
+                    {
+                        "texts": name,
+                        "max_batch_items": setting[0],
+                        "max_batch_wordpieces": setting[1],
+                        "wps_median": median,
+                        "wps_best": words / min(seconds[setting]),
+                        "vs_first": median / first,
+                    }
+                )
+    finally:
+        apply_setting(nlp, original)
+    return rows
+
+
+def render_settings(rows: Sequence[Dict[str, Any]]) -> str:
+    lines = [
+        "| texts | max_batch_items | max_batch_wordpieces | words/s (median) | best | vs first |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['texts']} | {r['max_batch_items']} | {r['max_batch_wordpieces']} | "
+            f"{r['wps_median']:,.0f} | {r['wps_best']:,.0f} | {r['vs_first']:.2f} |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,133 @@
+"""`spacy-secner.TransformerModel.v1`: v3's model, predicting on length-sorted groups of windows."""
+from functools import partial
+
+import numpy
+import pytest
+import spacy
+from spacy_transformers.data_classes import WordpieceBatch
+from spacy_transformers.layers.transformer_model import huggingface_tokenize
+
+from spacy_secner.batching import padded_batches
+from spacy_secner.transformer_model import length_sorted_forward
+
+from conftest import TRAIN_TEXTS, make_examples, make_grouped_trf_nlp, offsets_of
+
+# Sentences of very different lengths, so that groups and padding differ from one call.
+TEXTS = [
+    "APT28 struck .",
+    TRAIN_TEXTS[0] + " " + TRAIN_TEXTS[1],
+    "Turla used Snake . It spread .",
+    " ".join(TRAIN_TEXTS),
+    "Lazarus .",
+]
+
+
+def encoder_calls(nlp):
+    """Record the shape of every call of the HF encoder itself (inside the grouping)."""
+    layer = nlp.get_pipe("transformer").model.layers[0]
+    assert layer._func.func is length_sorted_forward
+    inner = layer._func.args[0]
+    calls = []
+
+    def record(model, wordpieces, is_train):
+        calls.append(wordpieces.input_ids.shape)
+        return inner(model, wordpieces, is_train)
+
+    layer._func = partial(length_sorted_forward, record)
+    return calls
+
+
+def hidden_and_pooled(doc):
+    data = doc._.trf_data
+    mask = data.wordpieces.attention_mask.astype(bool)
+    return data.model_output.last_hidden_state[mask], data.model_output.pooler_output
+
+
+def test_grouped_predictions_equal_one_call(tiny_bert_dir):
+    nlp = make_grouped_trf_nlp(tiny_bert_dir, 0)
+    calls = encoder_calls(nlp)
+    whole = list(nlp.pipe(TEXTS, batch_size=8))
+    assert len(calls) == 1
+    layer = nlp.get_pipe("transformer").model.layers[0]
+    layer.attrs["max_batch_wordpieces"] = 16  # read at each call: a few windows per group
+    calls.clear()
+    grouped = list(nlp.pipe(TEXTS, batch_size=8))
+    assert len(calls) > 2, calls
+    assert sum(n for n, _ in calls) == len([s for d in grouped for s in d.sents])
+    # The groups are padded to their own longest window, not the batch's.
+    assert max(width for _, width in calls) > min(width for _, width in calls)
+    for a, b in zip(whole, grouped):
+        assert offsets_of(a) == offsets_of(b)
+        assert [e._.confidence for e in a.ents] == pytest.approx([e._.confidence for e in b.ents], abs=1e-5)
+        # Same wordpieces, alignment and padded shape as v3's single call.
+        assert numpy.array_equal(a._.trf_data.wordpieces.input_ids, b._.trf_data.wordpieces.input_ids)
+        assert numpy.array_equal(a._.trf_data.align.data, b._.trf_data.align.data)
+        (ha, pa), (hb, pb) = hidden_and_pooled(a), hidden_and_pooled(b)
+        assert a._.trf_data.model_output.last_hidden_state.shape == b._.trf_data.model_output.last_hidden_state.shape
+        numpy.testing.assert_allclose(ha, hb, atol=1e-5)
+        numpy.testing.assert_allclose(pa, pb, atol=1e-5)
+
+
+def test_per_layer_hidden_states_are_regrouped_too(tiny_bert_dir):
+    nlp = make_grouped_trf_nlp(tiny_bert_dir, 16, transformer_config={"output_hidden_states": True})
+    grouped = list(nlp.pipe(TEXTS))
+    nlp.get_pipe("transformer").model.layers[0].attrs["max_batch_wordpieces"] = 0
+    whole = list(nlp.pipe(TEXTS))
+    for a, b in zip(whole, grouped):
+        layers_a = a._.trf_data.model_output.hidden_states
+        layers_b = b._.trf_data.model_output.hidden_states
+        assert len(layers_a) == len(layers_b) > 1
+        mask = a._.trf_data.wordpieces.attention_mask.astype(bool)
+        for la, lb in zip(layers_a, layers_b):
+            numpy.testing.assert_allclose(la[mask], lb[mask], atol=1e-5)
+
+
+def test_attention_outputs_fall_back_to_one_call(tiny_bert_dir):
+    nlp = make_grouped_trf_nlp(tiny_bert_dir, 16, transformer_config={"output_attentions": True})
+    calls = encoder_calls(nlp)
+    docs = list(nlp.pipe(TEXTS))
+    # One group is tried, sees an output it cannot regroup, and the batch goes as one call.
+    assert calls[-1][0] == sum(len(list(d.sents)) for d in docs)
+    assert docs[3]._.trf_data.model_output.attentions
+
+
+def test_training_is_one_call(tiny_bert_dir):
+    nlp = make_grouped_trf_nlp(tiny_bert_dir, 16, sentencizer=False)
+    calls = encoder_calls(nlp)
+    nlp.update(make_examples(nlp), sgd=nlp.create_optimizer())
+    assert len(calls) == 1
+
+
+def test_setting_survives_disk_round_trip(tiny_bert_dir, tmp_path):
+    nlp = make_grouped_trf_nlp(tiny_bert_dir, 16)
+    expected = [offsets_of(doc) for doc in nlp.pipe(TEXTS)]
+    nlp.to_disk(tmp_path / "model")
+    loaded = spacy.load(tmp_path / "model")
+    layer = loaded.get_pipe("transformer").model.layers[0]
+    assert layer.attrs["max_batch_wordpieces"] == 16
+    calls = encoder_calls(loaded)
+    assert [offsets_of(doc) for doc in loaded.pipe(TEXTS)] == expected
+    assert len(calls) > 1
+
+
+def test_grouped_forward_refuses_backprop(tiny_bert_dir):
+    nlp = make_grouped_trf_nlp(tiny_bert_dir, 16)
+    model = nlp.get_pipe("transformer").model
+    wordpieces = WordpieceBatch.from_batch_encoding(huggingface_tokenize(model.tokenizer, TEXTS))
+    layer = model.layers[0]
+    inner = layer._func.args[0]
+    output, backprop = length_sorted_forward(inner, layer, wordpieces, False)
+    assert output.last_hidden_state.shape[:2] == wordpieces.input_ids.shape
+    with pytest.raises(ValueError, match="only to predict"):
+        backprop(output)
+
+
+@pytest.mark.parametrize("max_padded", [1, 10, 25, 1000])
+def test_padded_batches(max_padded):
+    lengths = [5, 1, 9, 3, 3, 12, 7, 0, 4]
+    groups = padded_batches(lengths, max_padded)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    for group in groups:
+        padded = max(lengths[i] for i in group) * len(group)
+        assert len(group) == 1 or padded <= max_padded
+    assert padded_batches([], 10) == []
