@@ -184,7 +184,7 @@ def profile(
 def grouping(
     model: str = typer.Option("en_secner", help="Pipeline package name or directory"),
     settings: str = typer.Option(
-        "4096:512,512:0,4096:0,8192:512,4096:256,4096:1024",
+        "4096:512,512:0,4096:0,8192:512,4096:256,4096:1024,16384:512",
         help="max_batch_items:max_batch_wordpieces pairs; ratios are to the first",
     ),
     dnrti_dir: str = typer.Option(
