@@ -179,13 +179,11 @@ class CRFEntityRecognizer(TrainablePipe):
         nonempty = [i for i, doc in enumerate(docs) if len(doc)]
         for group in padded_batches([len(docs[i]) for i in nonempty], self.cfg["max_batch_tokens"]):
             chunk = [nonempty[j] for j in group]
-            scores = self.model.predict([docs[i] for i in chunk])
-            ids = crf_decode(self.model, scores)
-            found = crf_span_confidence(self.model, scores, ids) if self.cfg["confidence"] else None
+            chunk_docs = [docs[i] for i in chunk]
+            scores = self.model.predict(chunk_docs)
+            ids, found = decode_by_sentence(self.model, chunk_docs, scores, self.cfg["confidence"])
             for j, i in enumerate(chunk):
-                tag_ids[i] = ids[j]
-                if found is not None:
-                    confidences[i] = found[j]
+                tag_ids[i], confidences[i] = ids[j], found[j]
         return tag_ids, confidences
 
     def set_annotations(
@@ -361,6 +359,40 @@ class CRFEntityRecognizer(TrainablePipe):
                     f"'{self.name}' {self.labels}: {eg.reference.text[:80]!r}"
                 ) from None
         return gold
+
+
+def decode_by_sentence(
+    model: Model, docs: Sequence[Doc], scores: List[Floats2d], confidence: bool
+) -> Tuple[List[Ints1d], List[List[float]]]:
+    """Viterbi tags (host arrays) and, if `confidence`, entity confidences per doc, with each
+    sentence decoded as its own sequence where the doc has sentence boundaries.
+
+    The CRF learned on single sentences, so it gets its learned start and end transitions at
+    sentence edges, and no entity runs across a sentence boundary. pytorch-crf steps through
+    time in Python: a batch of sentences also decodes in far fewer steps than whole reports.
+    """
+    bounds = [_sentence_bounds(doc) for doc in docs]
+    segments = [
+        scores[i][start:end] for i, doc_bounds in enumerate(bounds) for start, end in doc_bounds
+    ]
+    seg_ids = crf_decode(model, segments)
+    seg_found = crf_span_confidence(model, segments, seg_ids) if confidence else None
+    ids: List[Ints1d] = []
+    found: List[List[float]] = []
+    k = 0
+    for doc_bounds in bounds:
+        n = len(doc_bounds)
+        ids.append(seg_ids[k] if n == 1 else numpy.concatenate(seg_ids[k : k + n]))
+        found.append([c for seg in seg_found[k : k + n] for c in seg] if seg_found else [])
+        k += n
+    return ids, found
+
+
+def _sentence_bounds(doc: Doc) -> List[Tuple[int, int]]:
+    """(start, end) token offsets of a doc's sentences, or the whole doc if it has none."""
+    if len(doc) and doc.has_annotation("SENT_START"):
+        return [(sent.start, sent.end) for sent in doc.sents]
+    return [(0, len(doc))]
 
 
 def _merge_keeping_existing(existing: Sequence[Span], predicted: Sequence[Span]) -> List[Span]:

@@ -23,6 +23,8 @@ from spacy.training import Example
 from thinc.api import ConfigValidationError
 
 from spacy_secner import CRFEntityRecognizer
+from spacy_secner.architectures import crf_decode, crf_span_confidence
+from spacy_secner.pipeline import decode_by_sentence
 
 # Sentences the pipelines were not trained on.
 NEW_TEXTS = [
@@ -397,6 +399,44 @@ def test_predictions_do_not_depend_on_max_batch_tokens(trained_nlp):
     assert flat(one) == pytest.approx(flat(whole), abs=1e-5)
     assert flat(seven) == pytest.approx(flat(whole), abs=1e-5)
     assert any(results[2])
+
+
+def test_each_sentence_decodes_as_its_own_sequence(trained_cnn_nlp):
+    """With sentence boundaries the CRF decodes each sentence alone: no entity runs across a
+    boundary, and tags and confidences are those of each sentence's emissions by themselves."""
+    nlp = trained_cnn_nlp
+    ner = nlp.get_pipe("ner_crf")
+    text = "APT28 used X-Agent . Lazarus Group deployed WannaCry ."
+    whole, split = nlp.make_doc(text), nlp.make_doc(text)
+    for i, token in enumerate(split):
+        token.is_sent_start = i in (0, 4)
+    # Emissions that want one HackOrg entity over "." and "Lazarus", across the boundary.
+    scores = numpy.zeros((len(whole), len(ner.tags)), dtype="float32")
+    scores[:, ner.tags.index("O")] = 10.0
+    scores[3, ner.tags.index("B-HackOrg")] = 30.0
+    scores[4, ner.tags.index("I-HackOrg")] = 30.0
+    ids, found = decode_by_sentence(ner.model, [whole, split], [scores, scores], True)
+    tags_at = lambda path: [ner.tags[t] for t in path[3:5].tolist()]  # noqa: E731
+    assert tags_at(ids[0]) == ["B-HackOrg", "I-HackOrg"]
+    # A sentence cannot start inside an entity: "Lazarus" falls back to its next best, O.
+    assert tags_at(ids[1]) == ["B-HackOrg", "O"]
+    assert len(ids[0]) == len(ids[1]) == len(whole)
+    by_sentence = crf_decode(ner.model, [scores[:4], scores[4:]])
+    assert ids[1].tolist() == numpy.concatenate(by_sentence).tolist()
+    alone = crf_span_confidence(ner.model, [scores[:4], scores[4:]], by_sentence)
+    assert len(found[0]) == len(found[1]) == 1
+    assert found[1] == pytest.approx(alone[0] + alone[1], abs=1e-6)
+    assert all(0.0 < c <= 1.0 for c in found[0] + found[1])
+    assert decode_by_sentence(ner.model, [split], [scores], False)[1] == [[]]
+    # End to end: the pipe's entities on a doc with sentences stay inside them.
+    doc = nlp.make_doc(TRAIN_TEXTS[0] + " " + TRAIN_TEXTS[3])
+    for token in doc:
+        token.is_sent_start = token.i == 0 or doc[token.i - 1].text == "."
+    for _, proc in nlp.pipeline:
+        doc = proc(doc)
+    sentences = [(s.start, s.end) for s in doc.sents]
+    assert len(sentences) == 2 and doc.ents
+    assert all(any(a <= e.start and e.end <= b for a, b in sentences) for e in doc.ents)
 
 
 def test_max_batch_tokens_must_be_positive():

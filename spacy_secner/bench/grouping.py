@@ -9,7 +9,7 @@ the repeats interleaved (setting A B C, then A B C, ...) so that machine noise s
 
 import statistics
 import time
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 from .texts import count_words
 
@@ -49,6 +49,7 @@ def apply_setting(nlp: Any, setting: Setting) -> None:
 
 
 def current_setting(nlp: Any) -> Setting:
+    """The pipeline's (max_batch_items, max_batch_wordpieces); 0 wordpieces for v3's model."""
     trf = nlp.get_pipe("transformer")
     return trf.cfg["max_batch_items"], trf.model.layers[0].attrs.get("max_batch_wordpieces", 0)
 
@@ -60,7 +61,7 @@ def time_settings(
     *,
     batch_size: int,
     repeats: int,
-    sync=lambda: None,
+    sync: Callable[[], None] = lambda: None,
 ) -> List[Dict[str, Any]]:
     """Median words/s of `nlp.pipe` per text set and setting, after one warm-up pass each.
 
