@@ -351,7 +351,7 @@ class CRFEntityRecognizer(TrainablePipe):
             # path is always one the constrained CRF allows.
             tags = repair_bio(biluo_to_bio(eg.get_aligned_ner()))
             try:
-                # Host arrays: the CRF's input conversion copies a whole batch to the device at once.
+                # Host arrays: the CRF's input conversion copies the batch to the device at once.
                 gold.append(numpy.asarray([index[t] for t in tags], dtype="int64"))
             except KeyError as err:
                 raise ValueError(
@@ -383,7 +383,10 @@ def decode_by_sentence(
     for doc_bounds in bounds:
         n = len(doc_bounds)
         ids.append(seg_ids[k] if n == 1 else numpy.concatenate(seg_ids[k : k + n]))
-        found.append([c for seg in seg_found[k : k + n] for c in seg] if seg_found else [])
+        if seg_found is None:
+            found.append([])
+        else:
+            found.append([c for seg in seg_found[k : k + n] for c in seg])
         k += n
     return ids, found
 
