@@ -1,17 +1,13 @@
 """Score a trained pipeline on a DocBin with seqeval and draw the per-type and BIO heatmaps."""
-import json
 from pathlib import Path
 
 import spacy
 import typer
 
+from spacy_secner.atomic import write_json, write_text
 from spacy_secner.bio import bio_tags
-from spacy_secner.evaluation import (
-    plot_tag_confusion,
-    plot_type_heatmap,
-    predict_corpus,
-    seqeval_report,
-)
+from spacy_secner.evaluation import predict_corpus, seqeval_report
+from spacy_secner.plots import plot_tag_confusion, plot_type_heatmap
 
 
 def main(
@@ -26,9 +22,8 @@ def main(
     nlp = spacy.load(model)
     gold, pred = predict_corpus(nlp, corpus)
     report = seqeval_report(gold, pred)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / f"seqeval_{name}.txt").write_text(report["report"])
-    (output_dir / f"seqeval_{name}.json").write_text(json.dumps(report, indent=2))
+    write_text(output_dir / f"seqeval_{name}.txt", report["report"])
+    write_json(output_dir / f"seqeval_{name}.json", report)
     labels = nlp.get_pipe("ner_crf").labels
     plot_type_heatmap(report, output_dir / "heatmap.png")
     plot_tag_confusion(gold, pred, bio_tags(labels), output_dir / "confusion.png")

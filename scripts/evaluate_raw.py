@@ -1,5 +1,5 @@
 """Score a pipeline on raw text (its own tokenizer) and the calibration of its confidences."""
-import json
+
 from pathlib import Path
 
 import spacy
@@ -7,6 +7,7 @@ import typer
 
 from spacy.tokens import DocBin
 
+from spacy_secner.atomic import write_json
 from spacy_secner.evaluation import bio_of, calibration, raw_text_scores
 
 
@@ -31,9 +32,9 @@ def main(
         **raw_text_scores(nlp, sentences, sentences_per_doc=sentences_per_doc),
     }
     calib = calibration(nlp, dev)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "raw_text_test.json").write_text(json.dumps(raw, indent=2))
-    (output_dir / "calibration_dev.json").write_text(json.dumps(calib, indent=2))
+
+    write_json(output_dir / "raw_text_test.json", raw)
+    write_json(output_dir / "calibration_dev.json", calib)
     docs = raw["documents"]
     print(f"raw text test: P {raw['precision']:.4f} R {raw['recall']:.4f} F1 {raw['f1']:.4f}")
     print(f"raw text test as {sentences_per_doc}-sentence documents: P {docs['precision']:.4f} "

@@ -3,7 +3,8 @@ from pathlib import Path
 
 import typer
 
-from spacy_secner.evaluation import plot_curves, read_curves
+from spacy_secner.evaluation import read_curves
+from spacy_secner.plots import plot_curves
 
 
 def main(curves: Path, output: Path = typer.Argument(Path("metrics/curves.png"))) -> None:

@@ -5,30 +5,28 @@ tokenized again; see `spacy_secner.tokenizer.tokenization_fidelity` for the two 
 """
 
 import json
-import os
 from pathlib import Path
 from typing import Optional
 
 import spacy
 import typer
 
-from spacy_secner.data import read_sentences
+from spacy_secner.data import dnrti_dir, read_sentences
 from spacy_secner.tokenizer import build_cti_tokenizer, tokenization_fidelity
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 def main(
     path: Optional[Path] = typer.Argument(
         None,
-        help="DNRTI file; default: $DNRTI_DIR/test.txt, DNRTI_DIR defaulting to ../shared/dnrti",
+        help="DNRTI file; default: test.txt of $DNRTI_DIR, else of assets/dnrti",
     ),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the JSON here"),
     n_examples: int = typer.Option(20, help="Most frequent mismatches to list per tokenizer"),
 ) -> None:
     """Print (and write) token and entity-boundary fidelity for both tokenizers."""
     if path is None:
-        path = Path(os.environ.get("DNRTI_DIR", REPO.parent / "shared" / "dnrti")) / "test.txt"
+        path = dnrti_dir() / "test.txt"
     sentences = list(read_sentences(path))
     default_nlp = spacy.blank("en")
     ours_nlp = spacy.blank("en")

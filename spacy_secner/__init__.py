@@ -1,8 +1,7 @@
 """spacy-secner: named-entity recognition for cyber-threat-intelligence text in spaCy."""
-from .architectures import build_bilstm_crf_model
+from .architectures import build_bilstm_crf_model, create_transformer_model
 from .encoders import embedded_encoder
 from .pipeline import CRFEntityRecognizer, make_ner_crf
-from .transformer_model import create_transformer_model
 
 __version__ = "0.1.0"
 __all__ = [

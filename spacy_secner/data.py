@@ -17,6 +17,7 @@ sentences, and a few irregular lines. What happens to each kind, counted in `Rea
 - Anything else (an unknown tag, a token without a tag, undecodable bytes) stops the read with
   a `DNRTIFormatError` naming the file and line.
 """
+import os
 import re
 import unicodedata
 from collections import Counter
@@ -46,6 +47,14 @@ DNRTI_LABELS = (
     "Way",
 )
 _WHITESPACE = re.compile(r"\s+")
+# The project asset, extracted by `spacy project run extract`.
+ASSET_DIR = Path("assets/dnrti")
+
+
+def dnrti_dir(path: Optional[Union[str, Path]] = None) -> Path:
+    """Where DNRTI's train.txt, valid.txt and test.txt are: `path` if given, else the
+    directory in $DNRTI_DIR, else the project asset `assets/dnrti`."""
+    return Path(path or os.environ.get("DNRTI_DIR") or ASSET_DIR)
 
 
 class DNRTIFormatError(ValueError):

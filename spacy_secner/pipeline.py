@@ -16,17 +16,10 @@ from spacy.vocab import Vocab
 from thinc.api import Config, Model, Optimizer, set_dropout_rate
 from thinc.types import Floats2d, Ints1d
 
-from .architectures import (
-    build_heads,
-    crf_decode,
-    crf_loss,
-    crf_nll,
-    crf_span_confidence,
-    has_heads,
-    set_tags,
-)
 from .batching import padded_batches
 from .bio import bio_tags, biluo_to_bio, repair_bio
+from .layers import build_heads, crf_loss, crf_nll, decode_by_sentence, has_heads, head_layers
+from .layers import set_tags
 
 DEFAULT_NER_CRF_MODEL = """
 [model]
@@ -81,8 +74,8 @@ def make_ner_crf(
 ) -> "CRFEntityRecognizer":
     """Create a `ner_crf` pipe: BIO tags decoded by a CRF, written to `doc.ents`.
 
-    model (Model[List[Doc], List[Floats2d]]): Emission scores per token, with its CRF under
-        the ref "crf", such as `spacy-secner.TransformerBiLSTMCRF.v1`.
+    model (Model[List[Doc], List[Floats2d]]): Emission scores per token with their decoder,
+        such as `spacy-secner.TransformerBiLSTMCRF.v1`.
     overwrite (bool): Replace entities already on the doc (from an `entity_ruler` earlier in
         the pipeline, say). By default they are kept and only the predicted entities that do
         not overlap them are added.
@@ -192,8 +185,8 @@ class CRFEntityRecognizer(TrainablePipe):
         """Write the predicted entities to `doc.ents`, with `span._.confidence` on each."""
         tags = self.tags
         for doc, ids, confidences in zip(docs, *predictions):
-            bio = repair_bio([tags[i] for i in ids.tolist()])  # a no-op for the constrained CRF
-            spans = biluo_tags_to_spans(doc, iob_to_biluo(bio))
+            # spaCy reads an orphan `I-X` (possible without the BIO constraint) as a start.
+            spans = biluo_tags_to_spans(doc, iob_to_biluo([tags[i] for i in ids.tolist()]))
             for span, confidence in zip(spans, confidences):
                 span._.confidence = confidence
             if self.cfg["overwrite"]:
@@ -233,17 +226,17 @@ class CRFEntityRecognizer(TrainablePipe):
         base_rate = sgd.learn_rate
         sgd.learn_rate = base_rate * self.head_learn_rate_factor
         try:
-            for name in ("emitter", "crf"):
-                self.model.get_ref(name).finish_update(sgd)
+            for layer in head_layers(self.model):
+                layer.finish_update(sgd)
         finally:
             sgd.learn_rate = base_rate
 
     def get_loss(self, examples: Iterable[Example], scores: List[Floats2d]):
         """CRF negative log-likelihood and its gradient for the scores.
 
-        The CRF's transition gradients are accumulated as a side effect (the CRF *is* the
-        loss); the next `finish_update` applies them. For a loss without gradients, use
-        `nll`.
+        The CRF's transitions are weights of the loss itself, so their gradients are
+        accumulated here too, and applied by the next `finish_update`. For a loss without
+        gradients, use `nll`.
         """
         examples = list(examples)
         validate_examples(examples, "CRFEntityRecognizer.get_loss")
@@ -359,43 +352,6 @@ class CRFEntityRecognizer(TrainablePipe):
                     f"'{self.name}' {self.labels}: {eg.reference.text[:80]!r}"
                 ) from None
         return gold
-
-
-def decode_by_sentence(
-    model: Model, docs: Sequence[Doc], scores: List[Floats2d], confidence: bool
-) -> Tuple[List[Ints1d], List[List[float]]]:
-    """Viterbi tags (host arrays) and, if `confidence`, entity confidences per doc, with each
-    sentence decoded as its own sequence where the doc has sentence boundaries.
-
-    The CRF learned on single sentences, so it gets its learned start and end transitions at
-    sentence edges, and no entity runs across a sentence boundary. pytorch-crf steps through
-    time in Python: a batch of sentences also decodes in far fewer steps than whole reports.
-    """
-    bounds = [_sentence_bounds(doc) for doc in docs]
-    segments = [
-        scores[i][start:end] for i, doc_bounds in enumerate(bounds) for start, end in doc_bounds
-    ]
-    seg_ids = crf_decode(model, segments)
-    seg_found = crf_span_confidence(model, segments, seg_ids) if confidence else None
-    ids: List[Ints1d] = []
-    found: List[List[float]] = []
-    k = 0
-    for doc_bounds in bounds:
-        n = len(doc_bounds)
-        ids.append(seg_ids[k] if n == 1 else numpy.concatenate(seg_ids[k : k + n]))
-        if seg_found is None:
-            found.append([])
-        else:
-            found.append([c for seg in seg_found[k : k + n] for c in seg])
-        k += n
-    return ids, found
-
-
-def _sentence_bounds(doc: Doc) -> List[Tuple[int, int]]:
-    """(start, end) token offsets of a doc's sentences, or the whole doc if it has none."""
-    if len(doc) and doc.has_annotation("SENT_START"):
-        return [(sent.start, sent.end) for sent in doc.sents]
-    return [(0, len(doc))]
 
 
 def _merge_keeping_existing(existing: Sequence[Span], predicted: Sequence[Span]) -> List[Span]:

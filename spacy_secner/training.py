@@ -13,19 +13,25 @@ from .pipeline import CRFEntityRecognizer
 
 
 class DevScores:
-    """The dev scores of the current training run, shared by the logger and the schedule.
+    """The dev scores of a training run, and the learning rate the schedule last gave.
 
-    spaCy's loop hands no score to optimizer schedules, so `spacy-secner.curve_logger.v1`
-    records each evaluation here and `spacy-secner.plateau.v1` reads it (same process).
+    spaCy's loop hands no score to optimizer schedules, and a logger and a schedule are built
+    separately from the config, so they share this record: `spacy-secner.curve_logger.v1` owns
+    it (resets it when training starts, appends each evaluation's score) and
+    `spacy-secner.plateau.v1` only reads the scores and writes back its rate.
     """
 
-    scores: List[float] = []
-    learn_rate: Optional[float] = None
+    def __init__(self) -> None:
+        self.scores: List[float] = []
+        self.learn_rate: Optional[float] = None
 
-    @classmethod
-    def reset(cls) -> None:
-        cls.scores = []
-        cls.learn_rate = None
+    def reset(self) -> None:
+        self.scores = []
+        self.learn_rate = None
+
+
+# The one record of the training run in this process (spaCy trains one pipeline at a time).
+dev_scores = DevScores()
 
 
 @registry.schedules("spacy-secner.plateau.v1")
@@ -39,7 +45,7 @@ def plateau(
     """
     rate, best, since_best, seen = base_rate, -math.inf, 0, 0
     while True:
-        for score in DevScores.scores[seen:]:
+        for score in dev_scores.scores[seen:]:
             seen += 1
             if score > best:
                 best, since_best = score, 0
@@ -47,7 +53,7 @@ def plateau(
                 since_best += 1
                 if since_best >= patience:
                     rate, since_best = max(rate * factor, min_rate), 0
-        DevScores.learn_rate = rate
+        dev_scores.learn_rate = rate
         yield rate
 
 
@@ -73,7 +79,7 @@ def curve_logger(
         nlp: Language, stdout: IO = sys.stdout, stderr: IO = sys.stderr
     ) -> Tuple[Callable, Callable]:
         log_console, finalize_console = console(nlp, stdout, stderr)
-        DevScores.reset()
+        dev_scores.reset()
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
         file = out.open("w", encoding="utf8")
@@ -84,7 +90,7 @@ def curve_logger(
             log_console(info)
             if info is None or info.get("score") is None:
                 return
-            DevScores.scores.append(info["score"])
+            dev_scores.scores.append(info["score"])
             steps = info["step"] - last_step
             last_step = info["step"]
             other = info.get("other_scores") or {}
@@ -93,7 +99,7 @@ def curve_logger(
                 "step": info["step"],
                 "seconds": info["seconds"],
                 "words": info["words"],
-                "learn_rate": DevScores.learn_rate,
+                "learn_rate": dev_scores.learn_rate,
                 "score": info["score"],
                 "ents_p": other.get("ents_p"),
                 "ents_r": other.get("ents_r"),

@@ -18,7 +18,7 @@ from spacy.language import Language
 from spacy.tokens import Doc
 from typer.testing import CliRunner
 
-from spacy_secner import io as secner_io
+from spacy_secner.cli import readers, writers
 from spacy_secner.cli import app
 
 runner = CliRunner()
@@ -220,7 +220,7 @@ def test_html_report(model_dir, tmp_path):
         tuple(text.split()) for text, _ in expected
     ]
     assert [mark.split()[-1] for mark in parsed.marks] == [label for _, label in expected]
-    assert f"background: {secner_io.DNRTI_COLORS['HackOrg']}" in markup
+    assert f"background: {writers.DNRTI_COLORS['HackOrg']}" in markup
     check_in_browser(report, [text for text, _ in expected], tmp_path)
 
 
@@ -349,7 +349,7 @@ def test_output_is_replaced_only_when_the_run_completes(model_dir, tmp_path, mon
     out = tmp_path / "out" / "ents.jsonl"
     out.parent.mkdir()
     out.write_text("previous run\n")
-    write = secner_io.JsonlWriter.write
+    write = writers.JsonlWriter.write
     written = []
 
     def crash_on_third(self, doc_id, doc):
@@ -358,7 +358,7 @@ def test_output_is_replaced_only_when_the_run_completes(model_dir, tmp_path, mon
         written.append(doc_id)
         write(self, doc_id, doc)
 
-    monkeypatch.setattr(secner_io.JsonlWriter, "write", crash_on_third)
+    monkeypatch.setattr(writers.JsonlWriter, "write", crash_on_third)
     result = run(model_dir, str(tmp_path / "in"), "-o", str(out))
     assert isinstance(result.exception, RuntimeError)
     assert written == list(texts)[:2]
@@ -368,14 +368,14 @@ def test_output_is_replaced_only_when_the_run_completes(model_dir, tmp_path, mon
     def interrupt(self, doc_id, doc):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(secner_io.JsonlWriter, "write", interrupt)
+    monkeypatch.setattr(writers.JsonlWriter, "write", interrupt)
     result = run(model_dir, str(tmp_path / "in"), "-o", str(out))
     assert result.exit_code == 130
     assert f"interrupted, {out} not written" in result.stderr
     assert out.read_text() == "previous run\n"
     assert os.listdir(out.parent) == ["ents.jsonl"]
 
-    monkeypatch.setattr(secner_io.JsonlWriter, "write", write)
+    monkeypatch.setattr(writers.JsonlWriter, "write", write)
     new = tmp_path / "out" / "new.jsonl"
     assert run(model_dir, str(tmp_path / "in"), "-o", str(new)).exit_code == 0
     assert len(read_jsonl(new.read_text())) == len(TRAIN_TEXTS)
@@ -388,10 +388,10 @@ def test_an_error_reading_the_inputs_ends_the_run(model_dir, tmp_path, monkeypat
     """Unlike a pipeline error, it cannot be retried: no later document may go missing quietly."""
 
     def broken_reader(*args, **kwargs):
-        yield secner_io.Document("a", TRAIN_TEXTS[0])
+        yield readers.Document("a", TRAIN_TEXTS[0])
         raise OSError("disk on fire")
 
-    monkeypatch.setattr("spacy_secner.cli.read_inputs", broken_reader)
+    monkeypatch.setattr("spacy_secner.cli.annotate.read_inputs", broken_reader)
     out = tmp_path / "out.jsonl"
     result = run(model_dir, "-", "-o", str(out), input="")
     assert "disk on fire" in str(result.exception)

@@ -255,7 +255,7 @@ def test_span_confidence_is_the_exact_marginal(trained_cnn_nlp):
     """Z'/Z from the clamped forward pass equals brute-force enumeration of every sequence."""
     import itertools
 
-    from spacy_secner.architectures import crf_decode, crf_span_confidence
+    from spacy_secner.layers import crf_decode, crf_span_confidence
     from spacy_secner.bio import entity_bounds
 
     nlp = trained_cnn_nlp
@@ -271,7 +271,7 @@ def test_span_confidence_is_the_exact_marginal(trained_cnn_nlp):
     assert len(confidences) == len(bounds) >= 1
     n = len(doc)
     sequences = [list(seq) for seq in itertools.product(range(len(tags)), repeat=n)]
-    crf = model.get_ref("crf")
+    crf = model.get_ref("decoder")
     nll = crf.predict(([scores[0]] * len(sequences), [numpy.asarray(s) for s in sequences], True))
     probs = numpy.exp(-numpy.asarray(nll, dtype="float64"))
     assert abs(probs.sum() - 1.0) < 1e-3

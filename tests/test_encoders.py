@@ -1,5 +1,4 @@
 """The embedded MiniLM encoder: found offline, trains with `ner_crf`, saves and loads."""
-import json
 from pathlib import Path
 
 import pytest
@@ -19,9 +18,11 @@ from spacy_secner.encoders import embedded_encoder
 def test_embedded_encoder_is_a_local_model_directory():
     path = Path(embedded_encoder())
     assert path.is_dir()
-    config = json.loads((path / "config.json").read_text())
-    assert config["model_type"] == "bert"
-    assert config["hidden_size"] == 384
+    # A transformers model directory that loads offline (weights and tokenizer included).
+    from transformers import AutoConfig, AutoTokenizer
+
+    assert AutoConfig.from_pretrained(path).model_type == "bert"
+    assert AutoTokenizer.from_pretrained(path)("APT28")["input_ids"]
     assert spacy.registry.misc.get("spacy-secner.embedded_encoder.v1")() == str(path)
 
 

@@ -23,8 +23,7 @@ from spacy.training import Example
 from thinc.api import ConfigValidationError
 
 from spacy_secner import CRFEntityRecognizer
-from spacy_secner.architectures import crf_decode, crf_span_confidence
-from spacy_secner.pipeline import decode_by_sentence
+from spacy_secner.layers import crf_decode, crf_span_confidence, decode_by_sentence
 
 # Sentences the pipelines were not trained on.
 NEW_TEXTS = [
@@ -33,12 +32,6 @@ NEW_TEXTS = [
     "Nothing to see here .",
 ]
 LONG_TEXT = " ".join(TRAIN_TEXTS * 20)  # ~1000 tokens, ~1300 wordpieces
-
-
-@pytest.fixture(params=["cnn", "tiny_bert"])
-def trained_nlp(request) -> Language:
-    """Each of the two shared trained pipelines (read only)."""
-    return request.getfixturevalue(f"trained_{'cnn' if request.param == 'cnn' else 'trf'}_nlp")
 
 
 def emissions(nlp: Language, docs):
@@ -360,12 +353,12 @@ def test_head_learn_rate_factor_scales_only_the_head():
     nlp = make_cnn_nlp(head_learn_rate_factor=0.0)
     ner = nlp.get_pipe("ner_crf")
     optimizer = nlp.initialize(lambda: make_examples(nlp))
-    before = {name: ner.model.get_ref(name).to_bytes() for name in ("tok2vec", "emitter", "crf")}
+    before = {name: ner.model.get_ref(name).to_bytes() for name in ("tok2vec", "emitter", "decoder")}
     nlp.update(make_examples(nlp), sgd=optimizer)
     assert optimizer.learn_rate == 0.001  # restored after the head's update
     assert ner.model.get_ref("tok2vec").to_bytes() != before["tok2vec"]
     assert ner.model.get_ref("emitter").to_bytes() == before["emitter"]
-    assert ner.model.get_ref("crf").to_bytes() == before["crf"]
+    assert ner.model.get_ref("decoder").to_bytes() == before["decoder"]
 
 
 def test_whitespace_tokens_have_no_wordpieces_and_do_not_crash(trained_trf_nlp):

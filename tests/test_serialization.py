@@ -12,6 +12,7 @@ from conftest import (
     TRAIN_TEXTS,
     ents_of,
     load_in_fresh_process,
+    run_isolated,
     make_cnn_nlp,
     make_examples,
     offsets_of,
@@ -20,11 +21,6 @@ from conftest import (
 from spacy.language import Language
 
 TEXTS = TRAIN_TEXTS + ["Turla used Snake against the Foreign Office in 2019 .", "", "APT28"]
-
-
-@pytest.fixture(params=["cnn", "tiny_bert"])
-def trained_nlp(request) -> Language:
-    return request.getfixturevalue(f"trained_{'cnn' if request.param == 'cnn' else 'trf'}_nlp")
 
 
 @pytest.fixture(scope="module")
@@ -173,3 +169,25 @@ def test_fresh_training_run_is_reproducible():
         nlp = make_cnn_nlp(seed=7)
         runs.append(train_until_gold(nlp, make_examples(nlp), max_steps=10, check_every=10))
     assert runs[0]["losses"] == pytest.approx(runs[1]["losses"], rel=1e-5)
+
+
+def test_pipeline_saved_by_0_1_0_loads_with_the_same_output(tmp_path):
+    """A pipeline of en_secner's shape saved by spacy-secner 0.1.0 (tests/fixtures) loads in a
+    fresh process through the entry points and gives the entities and confidences it gave then."""
+    fixtures = Path(__file__).parent / "fixtures"
+    recorded = srsly.read_json(fixtures / "saved-0.1.0.json")
+    script = """
+import json, sys
+import spacy
+nlp = spacy.load(sys.argv[1])
+texts = json.loads(sys.argv[2])
+ents = [[[e.start_char, e.end_char, e.label_, e._.confidence] for e in doc.ents] for doc in nlp.pipe(texts)]
+print(json.dumps({"ents": ents, "pipe_names": nlp.pipe_names}))
+"""
+    proc = run_isolated([script, str(fixtures / "saved-0.1.0"), srsly.json_dumps(recorded["texts"])], tmp_path)
+    result = srsly.json_loads(proc.stdout.strip().splitlines()[-1])
+    assert result["pipe_names"] == ["sentencizer", "transformer", "ner_crf"]
+    assert any(result["ents"]), "the recorded pipeline finds entities"
+    for got, expected in zip(result["ents"], recorded["ents"], strict=True):
+        assert [e[:3] for e in got] == [e[:3] for e in expected]
+        assert [e[3] for e in got] == pytest.approx([e[3] for e in expected], abs=1e-6)

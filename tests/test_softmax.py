@@ -38,7 +38,7 @@ def test_softmax_model_has_no_lstm_and_no_crf_weights(trained_softmax_nlp):
     model = trained_softmax_nlp.get_pipe("ner_crf").model
     emitter = model.get_ref("emitter").shims[0]._model
     assert emitter.lstm is None
-    tagger = model.get_ref("crf").shims[0]._model
+    tagger = model.get_ref("decoder").shims[0]._model
     assert isinstance(tagger, SoftmaxTagger)
     assert list(tagger.parameters()) == []
 

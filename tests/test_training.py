@@ -8,7 +8,7 @@ from spacy.tokens import Doc, DocBin
 from spacy.training import Corpus
 
 from spacy_secner.evaluation import predict_corpus, read_curves, seqeval_report
-from spacy_secner.training import DevScores, plateau
+from spacy_secner.training import dev_scores, plateau
 
 SENTENCES = [
     (["APT28", "used", "X-Agent", "against", "NATO", "in", "2016", "."],
@@ -91,23 +91,23 @@ patience = 1
 
 
 def test_plateau_halves_after_patience_without_improvement():
-    DevScores.reset()
+    dev_scores.reset()
     rates = plateau(1.0, factor=0.5, patience=2)
     assert next(rates) == 1.0
     for score, expected in [(0.5, 1.0), (0.6, 1.0), (0.6, 1.0), (0.59, 0.5), (0.7, 0.5),
                             (0.1, 0.5), (0.1, 0.25), (0.1, 0.25), (0.1, 0.125)]:
-        DevScores.scores.append(score)
-        assert next(rates) == expected, (score, DevScores.scores)
-    DevScores.reset()
+        dev_scores.scores.append(score)
+        assert next(rates) == expected, (score, dev_scores.scores)
+    dev_scores.reset()
 
 
 def test_plateau_respects_min_rate():
-    DevScores.reset()
+    dev_scores.reset()
     rates = plateau(1.0, factor=0.1, patience=1, min_rate=0.05)
     next(rates)
-    DevScores.scores.extend([0.5, 0.4, 0.3, 0.2])
+    dev_scores.scores.extend([0.5, 0.4, 0.3, 0.2])
     assert next(rates) == 0.05
-    DevScores.reset()
+    dev_scores.reset()
 
 
 @pytest.fixture(scope="module")

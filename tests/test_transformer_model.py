@@ -1,6 +1,4 @@
 """`spacy-secner.TransformerModel.v1`: v3's model, predicting on length-sorted groups of windows."""
-from functools import partial
-
 import numpy
 import pytest
 import spacy
@@ -8,7 +6,8 @@ from spacy_transformers.data_classes import WordpieceBatch
 from spacy_transformers.layers.transformer_model import huggingface_tokenize
 
 from spacy_secner.batching import padded_batches
-from spacy_secner.transformer_model import length_sorted_forward
+from spacy_secner.layers import grouped_encoder
+from spacy_secner.layers.grouped_encoder import length_sorted_forward
 
 from conftest import TRAIN_TEXTS, make_examples, make_grouped_trf_nlp, offsets_of
 
@@ -22,18 +21,16 @@ TEXTS = [
 ]
 
 
-def encoder_calls(nlp):
+def encoder_calls(monkeypatch):
     """Record the shape of every call of the HF encoder itself (inside the grouping)."""
-    layer = nlp.get_pipe("transformer").model.layers[0]
-    assert layer._func.func is length_sorted_forward
-    inner = layer._func.args[0]
+    inner = grouped_encoder.pytorch_forward
     calls = []
 
     def record(model, wordpieces, is_train):
         calls.append(wordpieces.input_ids.shape)
         return inner(model, wordpieces, is_train)
 
-    layer._func = partial(length_sorted_forward, record)
+    monkeypatch.setattr(grouped_encoder, "pytorch_forward", record)
     return calls
 
 
@@ -43,9 +40,9 @@ def hidden_and_pooled(doc):
     return data.model_output.last_hidden_state[mask], data.model_output.pooler_output
 
 
-def test_grouped_predictions_equal_one_call(tiny_bert_dir):
+def test_grouped_predictions_equal_one_call(tiny_bert_dir, monkeypatch):
     nlp = make_grouped_trf_nlp(tiny_bert_dir, 0)
-    calls = encoder_calls(nlp)
+    calls = encoder_calls(monkeypatch)
     whole = list(nlp.pipe(TEXTS, batch_size=8))
     assert len(calls) == 1
     layer = nlp.get_pipe("transformer").model.layers[0]
@@ -82,30 +79,30 @@ def test_per_layer_hidden_states_are_regrouped_too(tiny_bert_dir):
             numpy.testing.assert_allclose(la[mask], lb[mask], atol=1e-5)
 
 
-def test_attention_outputs_fall_back_to_one_call(tiny_bert_dir):
+def test_attention_outputs_fall_back_to_one_call(tiny_bert_dir, monkeypatch):
     nlp = make_grouped_trf_nlp(tiny_bert_dir, 16, transformer_config={"output_attentions": True})
-    calls = encoder_calls(nlp)
+    calls = encoder_calls(monkeypatch)
     docs = list(nlp.pipe(TEXTS))
     # One group is tried, sees an output it cannot regroup, and the batch goes as one call.
     assert calls[-1][0] == sum(len(list(d.sents)) for d in docs)
     assert docs[3]._.trf_data.model_output.attentions
 
 
-def test_training_is_one_call(tiny_bert_dir):
+def test_training_is_one_call(tiny_bert_dir, monkeypatch):
     nlp = make_grouped_trf_nlp(tiny_bert_dir, 16, sentencizer=False)
-    calls = encoder_calls(nlp)
+    calls = encoder_calls(monkeypatch)
     nlp.update(make_examples(nlp), sgd=nlp.create_optimizer())
     assert len(calls) == 1
 
 
-def test_setting_survives_disk_round_trip(tiny_bert_dir, tmp_path):
+def test_setting_survives_disk_round_trip(tiny_bert_dir, tmp_path, monkeypatch):
     nlp = make_grouped_trf_nlp(tiny_bert_dir, 16)
     expected = [offsets_of(doc) for doc in nlp.pipe(TEXTS)]
     nlp.to_disk(tmp_path / "model")
     loaded = spacy.load(tmp_path / "model")
     layer = loaded.get_pipe("transformer").model.layers[0]
     assert layer.attrs["max_batch_wordpieces"] == 16
-    calls = encoder_calls(loaded)
+    calls = encoder_calls(monkeypatch)
     assert [offsets_of(doc) for doc in loaded.pipe(TEXTS)] == expected
     assert len(calls) > 1
 
@@ -114,12 +111,21 @@ def test_grouped_forward_refuses_backprop(tiny_bert_dir):
     nlp = make_grouped_trf_nlp(tiny_bert_dir, 16)
     model = nlp.get_pipe("transformer").model
     wordpieces = WordpieceBatch.from_batch_encoding(huggingface_tokenize(model.tokenizer, TEXTS))
-    layer = model.layers[0]
-    inner = layer._func.args[0]
-    output, backprop = length_sorted_forward(inner, layer, wordpieces, False)
+    output, backprop = length_sorted_forward(model.layers[0], wordpieces, False)
     assert output.last_hidden_state.shape[:2] == wordpieces.input_ids.shape
     with pytest.raises(ValueError, match="only to predict"):
         backprop(output)
+
+
+def test_grouped_layer_serializes_as_spacy_transformers_own(tiny_bert_dir):
+    """The grouped layer has the same name, structure and weights as v3's, so a pipeline saved
+    with either architecture loads with the other."""
+    grouped = make_grouped_trf_nlp(tiny_bert_dir, 16).get_pipe("transformer").model
+    config = {"@architectures": "spacy-transformers.TransformerModel.v3", "name": str(tiny_bert_dir),
+              "get_spans": {"@span_getters": "spacy-transformers.strided_spans.v1", "window": 128, "stride": 96}}
+    v3 = spacy.util.registry.resolve({"model": config})["model"]
+    assert [n.name for n in grouped.walk()] == [n.name for n in v3.walk()]
+    assert len(grouped.layers[0].shims) == len(v3.layers[0].shims) == 1
 
 
 @pytest.mark.parametrize("max_padded", [1, 10, 25, 1000])

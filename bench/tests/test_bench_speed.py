@@ -10,8 +10,8 @@ import pytest
 from conftest import TRAIN_TEXTS, make_examples, make_trf_nlp
 from spacy.cli import benchmark_speed
 
-from spacy_secner import bench
-from spacy_secner.bench import (
+import harness
+from harness import (
     check_targets,
     count_words,
     make_documents,
@@ -41,8 +41,8 @@ def test_words_are_whitespace_words():
 def test_read_test_sentences_detokenizes(tmp_path):
     path = tmp_path / "test.txt"
     path.write_text("APT28 B-HackOrg\nused O\nX-Agent B-Tool\n. O\n\nHello O\n, O\nworld O\n")
-    assert bench.read_test_sentences(path) == ["APT28 used X-Agent.", "Hello, world"]
-    assert bench.read_test_sentences(path, limit=1) == ["APT28 used X-Agent."]
+    assert harness.read_test_sentences(path) == ["APT28 used X-Agent.", "Hello, world"]
+    assert harness.read_test_sentences(path, limit=1) == ["APT28 used X-Agent."]
 
 
 def test_summarize_rotate_and_ratios():
@@ -56,15 +56,15 @@ def test_summarize_rotate_and_ratios():
         "hf": summarize([1.0], 100),
         "floor": summarize([4.0], 100),
     }
-    ratios = bench.ratios(by_system)
+    ratios = harness.ratios(by_system)
     assert ratios["pipeline/hf"] == 0.5 and ratios["pipeline/floor"] == 2.0
 
 
 def test_memory_helpers():
-    assert bench.peak_rss_mb() > 0
-    assert isinstance(bench.reset_peak_rss(), bool)
-    current = bench.rss_mb()
-    assert current is None or current <= bench.peak_rss_mb() + 1
+    assert harness.peak_rss_mb() > 0
+    assert isinstance(harness.reset_peak_rss(), bool)
+    current = harness.rss_mb()
+    assert current is None or current <= harness.peak_rss_mb() + 1
 
 
 def test_training_speed_from_curves(tmp_path):
@@ -82,7 +82,7 @@ def test_training_speed_from_curves(tmp_path):
 
 
 def test_spacy_benchmark_command_matches_spacys_cli():
-    command = bench.spacy_benchmark_command(
+    command = harness.spacy_benchmark_command(
         "en_secner", "corpus/test.spacy", batch_size=64, n_batches=30
     )
     assert command[:5] == ["python", "-m", "spacy", "benchmark", "speed"]
@@ -105,21 +105,21 @@ def _fake_report():
 
     row = {"texts": "sentences", "batch_size": 64, "words": 1000}
     row["systems"] = {"pipeline": system(900), "hf": system(1000), "floor": system(1000)}
-    row["ratios"] = bench.ratios(row["systems"])
+    row["ratios"] = harness.ratios(row["systems"])
     systems = {
         s: {
-            "label": bench.LABELS[s],
+            "label": harness.LABELS[s],
             "load_s": 1.0,
             "torch_threads": 2,
             "rss_after_load_mb": 400.0,
             "peak_rss_annotating_mb": 600.0,
             "peak_rss_mb": 800.0,
         }
-        for s in bench.SYSTEMS
+        for s in harness.SYSTEMS
     }
     return {
-        "command": "python scripts/bench_speed.py run",
-        "machine": bench.machine_info(2),
+        "command": "python bench/bench_speed.py run",
+        "machine": harness.machine_info(2),
         "settings": {
             "model": "en_secner",
             "encoder": "minilm",
@@ -152,12 +152,12 @@ def test_targets_and_markdown():
     assert (
         "| sentences | 64 | 900 (900) | 1,000 (1,000) | 1,000 (1,000) | 0.90 (0.90) |" in markdown
     )
-    assert "python scripts/bench_speed.py run" in markdown and "**no**" in markdown
+    assert "python bench/bench_speed.py run" in markdown and "**no**" in markdown
 
 
 def test_profile_parts_add_up(trained_cnn_nlp):
     pytest.importorskip("pyinstrument")
-    result = bench.profile_pipeline(trained_cnn_nlp, TRAIN_TEXTS * 40, batch_size=8)
+    result = harness.profile_pipeline(trained_cnn_nlp, TRAIN_TEXTS * 40, batch_size=8)
     assert result["parts"] and result["text"]
     assert sum(result["parts"].values()) == pytest.approx(result["seconds"], rel=0.2)
 
@@ -165,7 +165,7 @@ def test_profile_parts_add_up(trained_cnn_nlp):
 def test_one_worker_round_trip(tiny_bert_dir):
     """The worker protocol with the cheapest system: load, warm-up with details, timed runs."""
     texts = {"sentences": TRAIN_TEXTS}
-    result = bench.run_benchmark(
+    result = harness.run_benchmark(
         model="unused",
         encoder=str(tiny_bert_dir),
         texts=texts,
@@ -192,7 +192,7 @@ def test_end_to_end_on_a_tiny_pipeline(tiny_bert_dir, tmp_path):
     nlp.to_disk(tmp_path / "pipeline")
     texts = {"sentences": TRAIN_TEXTS[:3], "documents": make_documents(TRAIN_TEXTS, 2)}
     lines = []
-    result = bench.run_benchmark(
+    result = harness.run_benchmark(
         model=str(tmp_path / "pipeline"),
         encoder=str(tiny_bert_dir),
         texts=texts,
@@ -209,7 +209,7 @@ def test_end_to_end_on_a_tiny_pipeline(tiny_bert_dir, tmp_path):
     ]
     for row in result["throughput"]:
         assert row["words"] == count_words(texts[row["texts"]])
-        assert set(row["systems"]) == set(bench.SYSTEMS)
+        assert set(row["systems"]) == set(harness.SYSTEMS)
         assert all(v["wps_median"] > 0 for v in row["systems"].values())
         assert set(row["ratios"]) >= {"pipeline/hf", "pipeline/floor"}
         # The same texts reach every encoder: sentences need no windows or truncation.
@@ -219,5 +219,5 @@ def test_end_to_end_on_a_tiny_pipeline(tiny_bert_dir, tmp_path):
     for info in result["systems"].values():
         assert info["torch_threads"] == 1 and info["peak_rss_mb"] > 0
     assert len(lines) == 1 + 1 + 1 + 4  # three loads, four rows
-    load = bench.measure_load(str(tmp_path / "pipeline"), runs=1, threads=1)
+    load = harness.measure_load(str(tmp_path / "pipeline"), runs=1, threads=1)
     assert load["median_load_s"] > 0

@@ -1,5 +1,4 @@
-"""scripts/gpu_check.py, the GPU check of issue 4, runs on CPU too: test it here."""
-import importlib.util
+"""bench/gpu_check.py, the GPU check, runs on CPU too: test it here."""
 import json
 import subprocess
 import sys
@@ -9,19 +8,12 @@ import torch
 
 from spacy_secner.bio import bio_tags
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "scripts" / "gpu_check.py"
+import gpu_check
 
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+SCRIPT = Path(gpu_check.__file__)
 
 
 def test_entity_rows_are_the_span_rows_the_pipe_builds():
-    gpu_check = load_script()
     tags = bio_tags([f"T{i}" for i in range(13)])  # O, B-T0, I-T0, B-T1, I-T1, ...
     paths = torch.tensor([[1, 2, 2, 0, 3, 0], [5, 6, 3, 4, 0, -1], [0, 0, 0, -1, -1, -1]])
     rows = gpu_check._entity_rows(paths, paths >= 0, tags).tolist()

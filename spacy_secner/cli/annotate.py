@@ -1,5 +1,5 @@
-"""The `secner` console script. `secner annotate` writes the entities a trained pipeline finds
-in text files, directories, JSONL or stdin as JSONL, CSV or a displaCy HTML report."""
+"""`secner annotate`: the entities a trained pipeline finds in text files, directories, JSONL or
+stdin, written as JSONL, CSV or a displaCy HTML report."""
 
 import codecs
 import sys
@@ -16,31 +16,9 @@ from spacy.language import Language
 from spacy.tokens import Doc
 from tqdm import tqdm
 
-from .io import (
-    STDIN,
-    WRITERS,
-    Document,
-    Failure,
-    Item,
-    atomic_output,
-    find_files,
-    is_jsonl,
-    read_inputs,
-    write_failures,
-)
-
-app = typer.Typer(
-    help="Named-entity recognition for cyber-threat-intelligence text.",
-    add_completion=False,
-    no_args_is_help=True,
-)
-
-
-@app.callback()
-def main() -> None:
-    """Named-entity recognition for cyber-threat-intelligence text."""
-    # A callback makes `annotate` a subcommand (`secner annotate`), listed by `secner --help`.
-
+from ..atomic import atomic_output
+from .readers import STDIN, Document, Failure, Item, find_files, is_jsonl, read_inputs
+from .writers import WRITERS, write_failures
 
 class OutputFormat(str, Enum):
     jsonl = "jsonl"
@@ -164,7 +142,6 @@ def annotate_items(
             yield document.id, doc
 
 
-@app.command()
 def annotate(
     inputs: List[Path] = typer.Argument(
         ...,
@@ -317,7 +294,3 @@ def format_for(output: Optional[Path]) -> OutputFormat:
     if suffix in (".html", ".htm"):
         return OutputFormat.html
     return OutputFormat.jsonl
-
-
-if __name__ == "__main__":
-    app()

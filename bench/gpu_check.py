@@ -1,16 +1,15 @@
-"""Issue 4's GPU check with a SecBERT-shaped encoder (6 layers, hidden 768, 52,000 wordpieces,
-random weights from a config: nothing is downloaded). `scripts/gpu_check.sh` runs it on a GPU
+"""The GPU check with a SecBERT-shaped encoder (6 layers, hidden 768, 52,000 wordpieces,
+random weights from a config: nothing is downloaded). `bench/gpu_check.sh` runs it on a GPU
 machine; the commands also run on CPU, for testing.
 
-    python scripts/gpu_check.py make-encoder VOCAB OUTPUT_DIR
-    python scripts/gpu_check.py core ENCODER_DIR TEST_TXT OUTPUT_JSON --device cuda
+    python bench/gpu_check.py make-encoder VOCAB OUTPUT_DIR
+    python bench/gpu_check.py core ENCODER_DIR TEST_TXT OUTPUT_JSON --device cuda
 
 `core` times the pipe's torch core without spaCy: the encoder, first-wordpiece pooling, and the
 same `BiLSTMEmitter` and `BIOCRF` modules the `ner_crf` pipe wraps (training steps: loss,
 backward, Adam; inference: forward, Viterbi and the span confidences). It loads
-`pytorch_bilstm_crf.py` and `bio.py` by path, so it works where spaCy does not import.
+nothing of spaCy's pipeline machinery, so it shows what the torch core costs on its own.
 """
-import importlib.util
 import json
 import statistics
 import time
@@ -19,7 +18,10 @@ from typing import Any, Callable, Dict, List
 
 import typer
 
-ROOT = Path(__file__).resolve().parents[1]
+from spacy_secner.bio import bio_tags, entity_bounds
+from spacy_secner.data import read_sentences
+from spacy_secner.pytorch_bilstm_crf import BIOCRF, BiLSTMEmitter, lengths_to_mask
+
 SECBERT_SHAPE = {
     "vocab_size": 52000,
     "hidden_size": 768,
@@ -29,14 +31,6 @@ SECBERT_SHAPE = {
     "max_position_embeddings": 512,
 }
 app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=False)
-
-
-def _load_module(name: str) -> Any:
-    """A module of the package by path: neither it nor `bio.py` imports spaCy."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "spacy_secner" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
 
 
 @app.command("make-encoder")
@@ -86,15 +80,14 @@ def core(
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    mods = _load_module("pytorch_bilstm_crf")
-    sentences = _read_words(test_txt)
+    sentences = [words for words, _ in read_sentences(test_txt)]
     tokenizer = AutoTokenizer.from_pretrained(str(encoder), use_fast=True)
     dev = torch.device(device)
     bert = AutoModel.from_pretrained(str(encoder)).to(dev)
-    tags = _load_module("bio").bio_tags([f"T{i}" for i in range(13)])
+    tags = bio_tags([f"T{i}" for i in range(13)])
     width = bert.config.hidden_size
-    emitter = mods.BiLSTMEmitter(width, len(tags), hidden_size=256, depth=1, dropout=0.0).to(dev)
-    crf = mods.BIOCRF(tags, constrained=True).to(dev)
+    emitter = BiLSTMEmitter(width, len(tags), hidden_size=256, depth=1, dropout=0.0).to(dev)
+    crf = BIOCRF(tags, constrained=True).to(dev)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
     def encode(batch: List[List[str]]) -> Any:
@@ -116,7 +109,7 @@ def core(
     def heads(enc: Any, index: Any, lengths: Any) -> Any:
         hidden = bert(**enc).last_hidden_state
         vectors = hidden.gather(1, index.unsqueeze(2).expand(-1, -1, hidden.shape[2]))
-        return emitter(vectors, lengths), mods.lengths_to_mask(lengths, vectors.shape[1])
+        return emitter(vectors, lengths), lengths_to_mask(lengths, vectors.shape[1])
 
     # Training: random gold tags (the encoder is random too: only the speed counts).
     gen = torch.Generator().manual_seed(0)
@@ -207,29 +200,12 @@ def _entity_rows(paths: Any, mask: Any, tags: List[str]) -> Any:
     """(seq, start, end, barred) rows of the decoded entities, as the pipe builds them."""
     import torch
 
-    bounds = _load_module("bio").entity_bounds
     rows = []
     for seq, path in enumerate(paths.tolist()):
         path = path[: int(mask[seq].sum())]
-        for start, end in bounds([tags[t] for t in path]):
+        for start, end in entity_bounds([tags[t] for t in path]):
             rows.append((seq, start, end, tags.index("I-" + tags[path[start]][2:])))
     return torch.tensor(rows, dtype=torch.long).reshape(-1, 4)
-
-
-def _read_words(path: Path) -> List[List[str]]:
-    """Sentences of a DNRTI file as token lists (the reader's quirks do not matter for timing)."""
-    sentences, words = [], []
-    for line in path.read_text(encoding="utf8", errors="replace").splitlines():
-        parts = line.split()
-        if not parts:
-            if words:
-                sentences.append(words)
-            words = []
-        elif len(parts) >= 2:
-            words.append(" ".join(parts[:-1]))
-    if words:
-        sentences.append(words)
-    return sentences
 
 
 if __name__ == "__main__":

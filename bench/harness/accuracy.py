@@ -2,7 +2,7 @@
 
 Every variant is the base config (`configs/minilm_cpu.cfg`) with one change, trained by
 `spacy train` on the same corpus, encoder and budget, selected on dev, and scored once on test
-with seqeval. `scripts/bench_accuracy.py` drives it.
+with seqeval. `bench/bench_accuracy.py` drives it.
 """
 import json
 import statistics
@@ -161,7 +161,7 @@ def _pm(row: Dict[str, Any], key: str, digits: int = 4) -> str:
 
 
 def render_markdown(summary: Dict[str, Any], order: Sequence[str]) -> str:
-    """The table of issue 5: test P/R/F1, dev F1, epochs and minutes, then per-type test F1."""
+    """The side-by-side table: test P/R/F1, dev F1, epochs and minutes, then per-type test F1."""
     rows = [summary[n] for n in order if n in summary]
     lines = [
         "| variant | kind | seeds | test P | test R | test F1 | dev F1 | best epoch / run | minutes |",

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 4's GPU check, as one script for a GPU machine that has PyTorch but no spaCy and no
+# The GPU check, as one script for a GPU machine that has PyTorch but no spaCy and no
 # network. It needs, in the working tree (never committed):
 #   .gpu/site312.tar.xz  spaCy, thinc, spacy-transformers, transformers 4.53.2 ... installed for
 #                        CPython 3.12 with `pip install --target`, then tarred (see BENCHMARKS.md)
@@ -9,7 +9,7 @@
 # Stages, each with its own time limit; a failed stage is reported and the next one still runs:
 #   1. the pipe's torch core (encoder, BiLSTM, CRF) without spaCy: training steps and inference
 #   2. `spacy train` on the GPU for 400 steps of 8 sentences, SecBERT-shaped encoder
-#   3. scripts/bench_speed.py on the GPU with the model from stage 2
+#   3. bench/bench_speed.py on the GPU with the model from stage 2
 #   4. the GPU tests (pytest tests/test_gpu.py tests/test_transformer_model.py; the tarball
 #      carries pytest 8.3.3, pluggy, iniconfig and packaging too)
 #   5. `bench_speed.py grouping`: the transformer's batching settings side by side, stage 2's model
@@ -33,11 +33,11 @@ tar xJf .gpu/site312.tar.xz -C /tmp/site || exit 1
 export PYTHONPATH="$PWD:/tmp/site"
 python3 -c "import torch, spacy, thinc, transformers, cupy; print('torch', torch.__version__, 'spacy', spacy.__version__, 'thinc', thinc.__version__, 'transformers', transformers.__version__, 'cupy', cupy.__version__)" 2>&1 | tail -3 | tee -a "$OUT/gpu.txt"
 ENCODER=/tmp/secbert-shaped
-python3 scripts/gpu_check.py make-encoder .gpu/vocab.txt $ENCODER || exit 1
+python3 bench/gpu_check.py make-encoder .gpu/vocab.txt $ENCODER || exit 1
 
 if [[ " $STAGES " == *" 1 "* ]]; then
 echo "== 1. torch core"
-timeout ${LIMIT_CORE:-90} python3 scripts/gpu_check.py core $ENCODER .gpu/dnrti/test.txt "$OUT/core_gpu.json" \
+timeout ${LIMIT_CORE:-90} python3 bench/gpu_check.py core $ENCODER .gpu/dnrti/test.txt "$OUT/core_gpu.json" \
   --device cuda --train-steps 300 > "$OUT/core.log" 2>&1 || echo "stage 1 failed: $(tail -5 "$OUT/core.log")"
 tail -25 "$OUT/core.log"
 fi
@@ -53,7 +53,7 @@ fi
 
 if [[ " $STAGES " == *" 3 "* ]] && [ -d /tmp/gpu-train/model-last ]; then
   echo "== 3. bench_speed on the GPU"
-  timeout ${LIMIT_BENCH:-290} python3 scripts/bench_speed.py run --model /tmp/gpu-train/model-last --encoder $ENCODER \
+  timeout ${LIMIT_BENCH:-290} python3 bench/bench_speed.py run --model /tmp/gpu-train/model-last --encoder $ENCODER \
     --gpu-id 0 --threads 4 --dnrti-dir .gpu/dnrti --output "$OUT/bench_speed_gpu.json" \
     --curves "$OUT/curves_gpu.jsonl" --spacy-benchmark --corpus corpus/test.spacy --load-runs $LOAD_RUNS --batch-sizes $BATCHES \
     > "$OUT/bench.md" 2> >(tee "$OUT/bench.log" >&2) || echo "stage 3 failed: $(tail -20 "$OUT/bench.log")"
@@ -69,7 +69,7 @@ fi
 
 if [[ " $STAGES " == *" 5 "* ]] && [ -d /tmp/gpu-train/model-last ]; then
   echo "== 5. transformer batching settings on the GPU"
-  timeout ${LIMIT_GROUPING:-120} python3 scripts/bench_speed.py grouping --model /tmp/gpu-train/model-last \
+  timeout ${LIMIT_GROUPING:-120} python3 bench/bench_speed.py grouping --model /tmp/gpu-train/model-last \
     --gpu-id 0 --threads 4 --dnrti-dir .gpu/dnrti --settings "$GROUPING" \
     --output "$OUT/grouping_gpu.json" > "$OUT/grouping.md" 2> "$OUT/grouping.log" \
     || echo "stage 5 failed: $(tail -20 "$OUT/grouping.log")"

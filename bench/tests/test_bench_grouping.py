@@ -2,7 +2,7 @@
 import pytest
 from conftest import TRAIN_TEXTS, make_grouped_trf_nlp, make_trf_nlp
 
-from spacy_secner.bench.grouping import (
+from harness.grouping import (
     apply_setting,
     current_setting,
     parse_settings,

@@ -11,6 +11,8 @@ import statistics
 import time
 from typing import Any, Callable, Dict, List, Sequence, Tuple
 
+from spacy_secner.layers import grouping_layer
+
 from .texts import count_words
 
 Setting = Tuple[int, int]
@@ -39,8 +41,8 @@ def parse_settings(value: str) -> List[Setting]:
 def apply_setting(nlp: Any, setting: Setting) -> None:
     """Set both values on the loaded pipeline's `transformer` (read by it at each call)."""
     trf = nlp.get_pipe("transformer")
-    encoder = trf.model.layers[0]
-    if "max_batch_wordpieces" not in encoder.attrs:
+    encoder = grouping_layer(trf.model)
+    if encoder is None:
         raise ValueError(
             "The pipeline's transformer is not spacy-secner.TransformerModel.v1: it has no "
             "max_batch_wordpieces setting"
@@ -51,7 +53,8 @@ def apply_setting(nlp: Any, setting: Setting) -> None:
 def current_setting(nlp: Any) -> Setting:
     """The pipeline's (max_batch_items, max_batch_wordpieces); 0 wordpieces for v3's model."""
     trf = nlp.get_pipe("transformer")
-    return trf.cfg["max_batch_items"], trf.model.layers[0].attrs.get("max_batch_wordpieces", 0)
+    encoder = grouping_layer(trf.model)
+    return trf.cfg["max_batch_items"], 0 if encoder is None else encoder.attrs["max_batch_wordpieces"]
 
 
 def time_settings(

@@ -13,15 +13,15 @@ Each system lives in its own interpreter, so its peak memory is its own and it i
 what its user would. `run_benchmark` drives the workers over JSON lines and interleaves the
 repeats (A B C, B C A, C A B, ...) to spread machine noise over all systems. The workers run
 `workers.py` as a file (`python workers.py --worker SPEC SYSTEM`), started by path, not as
-`spacy_secner.bench.workers`, so that the Hugging Face workers never import spaCy.
+a module of a package, so that the Hugging Face workers never import spaCy.
 
 Modules: `texts` (benchmark texts), `workers` (the per-system worker processes), `runner`
-(driving the workers, `spacy.load` timing), `context` (training speed, `spacy benchmark speed`,
-machine), `report` (targets and Markdown), `profile` (the pyinstrument profile) and
+(driving the workers, `spacy.load` timing), `side_figures` (training speed, `spacy benchmark speed`,
+machine), `report` (targets and Markdown), `profiling` (the pyinstrument profile) and
 `grouping` (the transformer's batching settings side by side, in one process).
 """
 
-from .context import (
+from .side_figures import (
     machine_info,
     parse_spacy_benchmark,
     run_spacy_benchmark,
@@ -29,7 +29,7 @@ from .context import (
     training_speed,
 )
 from .grouping import parse_settings, render_settings, time_settings
-from .profile import PROFILE_PARTS, profile_pipeline
+from .profiling import PROFILE_PARTS, profile_pipeline
 from .report import (
     MEMORY_COLUMNS,
     TARGET_FLOOR_RATIO,

@@ -1,16 +1,22 @@
-"""The transformer model: spacy-transformers' own, reading its windows in length-sorted groups."""
-from functools import partial
+"""The Hugging Face encoder layer of spacy-transformers, predicting on length-sorted groups.
+
+spacy-transformers pads all the windows of an encoder call to the longest one. Sentence windows
+of whole reports vary a lot in length: padding to the longest made the encoder read 1.6
+wordpieces for every real one on the benchmark's documents. This layer runs the encoder on the
+windows of a batch sorted by wordpiece length, in groups of at most `max_batch_wordpieces`
+padded wordpieces, and puts the outputs back in the original order and padded shape, so
+everything downstream sees what one call gives; only padded positions hold zeros instead of the
+encoder's values for padding. Training (`is_train`) is one call, as in spacy-transformers.
+"""
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
-from spacy.tokens import Doc
-from spacy.util import registry
-from spacy_transformers.data_classes import FullTransformerBatch, WordpieceBatch
-from spacy_transformers.layers import TransformerModel
+from spacy_transformers.data_classes import WordpieceBatch
 from thinc.api import Model
+from thinc.layers.pytorchwrapper import forward as pytorch_forward
 from transformers.file_utils import ModelOutput
 
-from .batching import padded_batches
+from ..batching import padded_batches
 
 # The encoder outputs this knows how to put back in place: per wordpiece (batch, length, ...),
 # a tuple of those (one per layer), or one vector per window (batch, width).
@@ -19,56 +25,45 @@ _PER_WORDPIECE_TUPLES = {"hidden_states"}
 _PER_WINDOW = {"pooler_output"}
 
 
-@registry.architectures("spacy-secner.TransformerModel.v1")
-def create_transformer_model(
-    name: str,
-    get_spans: Callable,
-    tokenizer_config: dict = {},
-    transformer_config: dict = {},
-    mixed_precision: bool = False,
-    grad_scaler_config: dict = {},
-    max_batch_wordpieces: int = 1024,
-) -> Model[List[Doc], FullTransformerBatch]:
-    """`spacy-transformers.TransformerModel.v3` (same settings, weights and serialization), whose
-    prediction runs the encoder on the windows of a batch sorted by wordpiece length, in groups
-    of at most `max_batch_wordpieces` padded wordpieces.
+def with_length_groups(hf_layer: Model, max_batch_wordpieces: int) -> Model:
+    """The HF wrapper layer `hf_layer` (spacy-transformers' `HFWrapper`) with a forward that
+    groups windows by length when predicting (0 turns the grouping off).
 
-    spacy-transformers pads all the windows of a call to the longest one. Sentence windows of
-    whole reports vary a lot in length: padding to the longest made the encoder read 1.6
-    wordpieces for every real one on the benchmark's documents. The outputs are put back in
-    the original order and padded shape, so everything downstream sees what v3 gives; only
-    the padded positions hold zeros instead of the encoder's values for padding. Training
-    (`is_train`) is unchanged: one call, as in v3. 0 turns the grouping off.
-    The setting is read at each call, from `model.layers[0].attrs["max_batch_wordpieces"]`.
+    The layer is rebuilt around the same shim (the same torch model, tokenizer and weights),
+    with the same name, dims and attrs: it serializes exactly as the original, so pipelines
+    saved with either load with either. The setting is read at each call, from
+    `attrs["max_batch_wordpieces"]`.
     """
-    model = TransformerModel(
-        name, get_spans, tokenizer_config, transformer_config, mixed_precision, grad_scaler_config
+    attrs = {**hf_layer.attrs, "max_batch_wordpieces": max_batch_wordpieces}
+    dims = {name: hf_layer.maybe_get_dim(name) for name in hf_layer.dim_names}
+    return Model(
+        hf_layer.name,
+        length_sorted_forward,
+        init=hf_layer.init,
+        dims=dims,
+        attrs=attrs,
+        shims=hf_layer.shims,
+        ops=hf_layer.ops,
     )
-    encoder = model.layers[0]
-    encoder.attrs["max_batch_wordpieces"] = max_batch_wordpieces
-    # v3's forward calls this layer once with every window; the layer's serialization, shim and
-    # weights stay v3's, only its forward gets the grouping around it.
-    encoder._func = partial(length_sorted_forward, encoder._func)
-    return model
 
 
 def length_sorted_forward(
-    encode: Callable, model: Model, wordpieces: WordpieceBatch, is_train: bool
+    model: Model, wordpieces: WordpieceBatch, is_train: bool
 ) -> Tuple[ModelOutput, Callable]:
-    """Run `encode` (the HF wrapper's forward) on length-sorted groups of `wordpieces` when
-    predicting, and return its outputs as one call over all of them would."""
+    """The HF wrapper's forward on length-sorted groups of `wordpieces` when predicting,
+    returning its outputs as one call over all of them would."""
     max_padded = model.attrs.get("max_batch_wordpieces", 0)
     if is_train or max_padded <= 0 or len(wordpieces) < 2:
-        return encode(model, wordpieces, is_train)
+        return pytorch_forward(model, wordpieces, is_train)
     groups = padded_batches(wordpieces.lengths, max_padded)
     if len(groups) == 1:
-        return encode(model, wordpieces, is_train)
+        return pytorch_forward(model, wordpieces, is_train)
     parts = []
     for rows in groups:
-        output, _ = encode(model, _take_rows(wordpieces, rows), False)
+        output, _ = pytorch_forward(model, _take_rows(wordpieces, rows), False)
         if not set(output.keys()) <= _PER_WORDPIECE | _PER_WORDPIECE_TUPLES | _PER_WINDOW:
             # e.g. attentions (batch, heads, length, length): not worth regrouping here.
-            return encode(model, wordpieces, is_train)
+            return pytorch_forward(model, wordpieces, is_train)
         parts.append((rows, output))
     return _scatter(parts, wordpieces.input_ids.shape), _predict_only
 
@@ -127,3 +122,10 @@ def _fill(
 
 def _predict_only(d_output: Any) -> Any:
     raise ValueError("The length-sorted encoder forward is used only to predict (is_train=False)")
+
+
+def grouping_layer(model: Model) -> Optional[Model]:
+    """The layer of a transformer model that holds its `max_batch_wordpieces` setting (set it
+    there to change the grouping of a loaded pipeline), or None for a model without one, such
+    as spacy-transformers' own."""
+    return next((node for node in model.walk() if "max_batch_wordpieces" in node.attrs), None)

@@ -1,4 +1,4 @@
-"""The accuracy harness (issue 5): its variants, its summary table and one tiny end-to-end run."""
+"""The accuracy harness: its variants, its summary table and one tiny end-to-end run."""
 import json
 import subprocess
 import sys
@@ -10,9 +10,9 @@ from spacy.tokens import DocBin
 from spacy.util import load_config
 
 from conftest import TRAIN_DATA, make_examples
-from spacy_secner.bench import accuracy
+from harness import accuracy
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BASE = ROOT / "configs" / "minilm_cpu.cfg"
 
 
@@ -91,7 +91,7 @@ def test_harness_runs_end_to_end_and_resumes(tiny_bert_dir, tmp_path):
     base = tmp_path / "base.cfg"
     tiny_base(tiny_bert_dir).to_disk(base)
     out = tmp_path / "bench"
-    command = [sys.executable, str(ROOT / "scripts" / "bench_accuracy.py"), "run", "--output",
+    command = [sys.executable, str(ROOT / "bench" / "bench_accuracy.py"), "run", "--output",
                str(out), "--config", str(base), "--corpus", str(corpus), "--epochs", "2",
                "--variants", "headline,softmax", "--seeds", "0"]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=600)

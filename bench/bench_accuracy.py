@@ -1,10 +1,10 @@
-"""Train and score the headline config, the baselines and the ablations side by side (issue 5).
+"""Train and score the headline config, the baselines and the ablations side by side.
 
 Each run is `spacy train` on a variant of the base config (same corpus, encoder and budget),
 model selection on dev, then one seqeval pass over test. Runs that already have a result.json
 are kept, so an interrupted benchmark resumes where it stopped.
 
-    python scripts/bench_accuracy.py run --epochs 2 --jobs 2 --output metrics/accuracy
+    python bench/bench_accuracy.py run --epochs 2 --jobs 2 --output metrics/accuracy
 """
 import json
 import os
@@ -19,17 +19,12 @@ from typing import Any, Dict, List
 import typer
 from spacy.util import load_config
 
-from spacy_secner.bench import accuracy
+from harness import accuracy
+
+from spacy_secner.atomic import write_json, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=False)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically: a crash leaves the old file or none, never half of one."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2), encoding="utf8")
-    tmp.replace(path)
 
 
 @app.command()
@@ -99,7 +94,7 @@ def one(
         "train_minutes": minutes,
         "test_report": test["report"],
     }
-    _write_json(output / "result.json", result)
+    write_json(output / "result.json", result)
     print(f"{chosen.name} seed {seed}: test F1 {test['f1']:.4f} dev F1 {dev['f1']:.4f} "
           f"({minutes:.1f} min)")
 
@@ -145,8 +140,8 @@ def run(
     ]
     summary = accuracy.summarize(results)
     table = accuracy.render_markdown(summary, [v.name for v in chosen])
-    _write_json(output / "accuracy.json", {"epochs": epochs, "runs": results, "summary": summary})
-    (output / "accuracy.md").write_text(table, encoding="utf8")
+    write_json(output / "accuracy.json", {"epochs": epochs, "runs": results, "summary": summary})
+    write_text(output / "accuracy.md", table)
     print(table)
 
 

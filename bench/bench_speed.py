@@ -1,10 +1,10 @@
 """Throughput and memory of the pipeline beside the same encoder used directly (Hugging Face token
 classification, and the bare encoder forward pass), on DNRTI's test set as sentences and as
-multi-sentence documents. See spacy_secner/bench/ for what each system does.
+multi-sentence documents. See bench/harness/ for what each system does.
 
-    python scripts/bench_speed.py run --model en_secner --output metrics/bench_speed.json
-    python scripts/bench_speed.py profile --model en_secner --texts documents --batch-size 64
-    python scripts/bench_speed.py grouping --model en_secner --settings 4096:512,512:0
+    python bench/bench_speed.py run --model en_secner --output metrics/bench_speed.json
+    python bench/bench_speed.py profile --model en_secner --texts documents --batch-size 64
+    python bench/bench_speed.py grouping --model en_secner --settings 4096:512,512:0
 """
 
 import json
@@ -16,21 +16,21 @@ from typing import Dict, List, Optional
 
 import typer
 
-from spacy_secner import bench
+import harness
+from spacy_secner import data
 from spacy_secner.encoders import embedded_encoder
 
-ROOT = Path(__file__).resolve().parents[1]
 app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=False)
 
 
 def _texts(dnrti_dir: str, limit: int, docs: int, sets: List[str]) -> Dict[str, List[str]]:
     """The chosen text sets: test sentences as raw text, and documents made of them."""
-    source = Path(dnrti_dir or os.environ.get("DNRTI_DIR") or ROOT.parent / "shared" / "dnrti")
+    source = data.dnrti_dir(dnrti_dir)
     test = source / "test.txt"
     if not test.is_file():
         raise typer.BadParameter(f"{test} not found: set DNRTI_DIR or pass --dnrti-dir")
-    sentences = bench.read_test_sentences(test, limit=limit)
-    available = {"sentences": sentences, "documents": bench.make_documents(sentences, docs)}
+    sentences = harness.read_test_sentences(test, limit=limit)
+    available = {"sentences": sentences, "documents": harness.make_documents(sentences, docs)}
     unknown = set(sets) - set(available)
     if unknown:
         raise typer.BadParameter(f"unknown text sets {sorted(unknown)}; use sentences,documents")
@@ -46,7 +46,7 @@ def run(
     model: str = typer.Option("en_secner", help="Pipeline package name or directory"),
     output: Path = typer.Option(Path("metrics/bench_speed.json"), help="JSON report"),
     dnrti_dir: str = typer.Option(
-        "", help="DNRTI directory (empty: $DNRTI_DIR, else ../shared/dnrti)"
+        "", help="DNRTI directory (empty: $DNRTI_DIR, else assets/dnrti)"
     ),
     encoder: str = typer.Option("", help="HF encoder directory (empty: the embedded MiniLM)"),
     batch_sizes: str = typer.Option("1,8,64", help="Comma-separated batch sizes"),
@@ -80,12 +80,12 @@ def run(
     n_sentences = len(_texts(dnrti_dir, limit, docs, ["sentences"])["sentences"])
     sizes = [int(size) for size in _split(batch_sizes)]
     chosen = _split(systems)
-    if set(chosen) - set(bench.SYSTEMS):
-        raise typer.BadParameter(f"systems must be among {bench.SYSTEMS}")
+    if set(chosen) - set(harness.SYSTEMS):
+        raise typer.BadParameter(f"systems must be among {harness.SYSTEMS}")
     encoder = encoder or embedded_encoder()
     report = {
         "command": shlex.join(["python", *sys.argv]),
-        "machine": bench.machine_info(threads, gpu_id=gpu_id),
+        "machine": harness.machine_info(threads, gpu_id=gpu_id),
         "settings": {
             "model": model,
             "encoder": encoder,
@@ -97,7 +97,7 @@ def run(
             "texts": {
                 name: {
                     "texts": len(t),
-                    "words": bench.count_words(t),
+                    "words": harness.count_words(t),
                     **(
                         {"sentences_per_doc": n_sentences / max(len(t), 1)}
                         if name == "documents"
@@ -110,15 +110,15 @@ def run(
     }
     if load_runs and "pipeline" in chosen:
         typer.echo(f"timing spacy.load({model!r}) in {load_runs} fresh processes ...", err=True)
-        report["spacy_load"] = bench.measure_load(
+        report["spacy_load"] = harness.measure_load(
             model, runs=load_runs, threads=threads, gpu_id=gpu_id
         )
         report["spacy_load_other"] = [
-            bench.measure_load(model, runs=load_runs, threads=threads, gpu_id=gpu_id, python=p)
+            harness.measure_load(model, runs=load_runs, threads=threads, gpu_id=gpu_id, python=p)
             for p in load_python
         ]
     report.update(
-        bench.run_benchmark(
+        harness.run_benchmark(
             model=model,
             encoder=encoder,
             texts=text_sets,
@@ -130,18 +130,18 @@ def run(
             log=lambda line: typer.echo(line, err=True),
         )
     )
-    report["training"] = bench.training_speed(curves)
+    report["training"] = harness.training_speed(curves)
     if spacy_benchmark:
-        command = bench.spacy_benchmark_command(
+        command = harness.spacy_benchmark_command(
             model, corpus, batch_size=max(sizes), n_batches=spacy_benchmark_batches, gpu_id=gpu_id
         )
         typer.echo(f"running {' '.join(command)} ...", err=True)
-        report["spacy_benchmark"] = bench.run_spacy_benchmark(command, threads=threads)
+        report["spacy_benchmark"] = harness.run_spacy_benchmark(command, threads=threads)
     report["machine"]["load_average_end"] = list(os.getloadavg())
-    report["targets"] = bench.check_targets(report)
+    report["targets"] = harness.check_targets(report)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2), encoding="utf8")
-    typer.echo(bench.render_markdown(report))
+    typer.echo(harness.render_markdown(report))
     typer.echo(f"Wrote {output}", err=True)
 
 
@@ -149,7 +149,7 @@ def run(
 def profile(
     model: str = typer.Option("en_secner", help="Pipeline package name or directory"),
     dnrti_dir: str = typer.Option(
-        "", help="DNRTI directory (empty: $DNRTI_DIR, else ../shared/dnrti)"
+        "", help="DNRTI directory (empty: $DNRTI_DIR, else assets/dnrti)"
     ),
     texts: str = typer.Option("documents", help="sentences or documents"),
     batch_size: int = typer.Option(64, min=1),
@@ -165,8 +165,8 @@ def profile(
     torch.set_num_threads(threads)
     chosen = _texts(dnrti_dir, limit, docs, [texts])[texts]
     nlp = spacy.load(model)
-    result = bench.profile_pipeline(nlp, chosen, batch_size=batch_size)
-    words = bench.count_words(chosen)
+    result = harness.profile_pipeline(nlp, chosen, batch_size=batch_size)
+    words = harness.count_words(chosen)
     typer.echo(
         f"{model} on {len(chosen)} {texts} ({words:,} words), batch {batch_size}, {threads} "
         f"threads: {result['seconds']:.2f} s profiled ({words / result['seconds']:,.0f} words/s "
@@ -188,7 +188,7 @@ def grouping(
         help="max_batch_items:max_batch_wordpieces pairs; ratios are to the first",
     ),
     dnrti_dir: str = typer.Option(
-        "", help="DNRTI directory (empty: $DNRTI_DIR, else ../shared/dnrti)"
+        "", help="DNRTI directory (empty: $DNRTI_DIR, else assets/dnrti)"
     ),
     texts: str = typer.Option("sentences,documents", help="Text sets to time"),
     batch_size: int = typer.Option(64, min=1),
@@ -205,7 +205,7 @@ def grouping(
 
     torch.set_num_threads(threads)
     try:
-        chosen = bench.parse_settings(settings)
+        chosen = harness.parse_settings(settings)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
     sync = torch.cuda.synchronize if gpu_id >= 0 else (lambda: None)
@@ -213,7 +213,7 @@ def grouping(
         spacy.require_gpu(gpu_id)
     nlp = spacy.load(model)
     text_sets = _texts(dnrti_dir, limit, docs, _split(texts))
-    rows = bench.time_settings(
+    rows = harness.time_settings(
         nlp, text_sets, chosen, batch_size=batch_size, repeats=repeats, sync=sync
     )
     device = torch.cuda.get_device_name(gpu_id) if gpu_id >= 0 else f"CPU, {threads} threads"
@@ -221,7 +221,7 @@ def grouping(
         f"`{model}`, batch {batch_size}, {device}; median of {repeats} after a warm-up, "
         f"settings interleaved; command: `{shlex.join(['python', *sys.argv])}`\n"
     )
-    typer.echo(bench.render_settings(rows))
+    typer.echo(harness.render_settings(rows))
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps({"device": device, "rows": rows}, indent=2), encoding="utf8")

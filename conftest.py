@@ -1,4 +1,5 @@
-"""Shared fixtures: five annotated CTI sentences, a tiny random BERT and tiny `ner_crf` pipelines."""
+"""Shared test fixtures (tests/ and bench/tests/): five annotated CTI sentences, a tiny random BERT
+and tiny `ner_crf` pipelines."""
 import json
 import os
 import subprocess
@@ -319,3 +320,9 @@ def trained_trf_nlp(tiny_bert_dir) -> Language:
     result = train_until_gold(nlp, make_examples(nlp))
     assert result["predicted"] == result["gold"], "the shared tiny-BERT pipeline did not overfit"
     return nlp
+
+
+@pytest.fixture(params=["cnn", "tiny_bert"])
+def trained_nlp(request) -> Language:
+    """Each of the two shared trained pipelines in turn (read only)."""
+    return request.getfixturevalue(f"trained_{'cnn' if request.param == 'cnn' else 'trf'}_nlp")

@@ -1,11 +1,11 @@
-"""The benchmark report: the issue's targets, checked, and the report as Markdown."""
+"""The benchmark report: the speed and memory targets, checked, and the report as Markdown."""
 
 import json
 from typing import Any, Dict, List, Sequence
 
 from .runner import LABELS
 
-# The issue's targets (embedded MiniLM, CPU): ratios at batch 64, memory in MiB (1 GiB), seconds.
+# The targets (embedded MiniLM, CPU): ratios at batch 64, memory in MiB (1 GiB), seconds.
 TARGET_FLOOR_RATIO = 0.85
 TARGET_HF_RATIO = 1.0
 TARGET_PEAK_RSS_MB = 1024.0
@@ -13,7 +13,7 @@ TARGET_LOAD_S = 3.0
 
 
 def check_targets(report: Dict[str, Any], *, batch_size: int = 64) -> List[Dict[str, Any]]:
-    """Each target of the issue with the measured value and whether it is met."""
+    """Each target with the measured value and whether it is met."""
     wanted = []  # (target, value, limit, higher is better)
     for row in report.get("throughput", []):
         where = f"{row['texts']}, batch {batch_size}"

@@ -2,7 +2,7 @@
 its own interpreter, answering timing requests over JSON lines.
 
 This file is started by path (`python workers.py --worker SPEC SYSTEM`, or `--load MODEL` for the
-`spacy.load` probe), not as `spacy_secner.bench.workers`, so that the Hugging Face workers never
+`spacy.load` probe), not as a module of a package, so that the Hugging Face workers never
 import spaCy (the `spacy_secner` package imports it). Keep it free of spaCy and of imports from
 this package at the top level: only the standard library.
 """
@@ -81,11 +81,13 @@ class _Pipeline:
             name: {k: v for k, v in getattr(pipe, "cfg", {}).items() if k != "labels"}
             for name, pipe in self.nlp.pipeline
         }
+        from spacy_secner.layers import grouping_layer
+
         for name, pipe in self.nlp.pipeline:
             # spacy-secner.TransformerModel.v1 keeps its grouping setting on the encoder layer.
-            layers = getattr(getattr(pipe, "model", None), "layers", None) or []
-            if layers and "max_batch_wordpieces" in layers[0].attrs:
-                cfgs[name]["max_batch_wordpieces"] = layers[0].attrs["max_batch_wordpieces"]
+            encoder = grouping_layer(pipe.model) if hasattr(pipe, "model") else None
+            if encoder is not None:
+                cfgs[name]["max_batch_wordpieces"] = encoder.attrs["max_batch_wordpieces"]
         return {"pipe_names": self.nlp.pipe_names, "pipe_cfg": cfgs}
 
     def prepare(self, texts: List[str], batch_size: int) -> Any:
@@ -256,10 +258,6 @@ def _load_probe(model: str, gpu_id: int = -1) -> None:
 
 
 if __name__ == "__main__":
-    # Started by path: drop this directory from the import path, or its modules (`profile`,
-    # `report`, ...) would shadow top-level ones.
-    here = str(Path(__file__).resolve().parent)
-    sys.path[:] = [p for p in sys.path if p and str(Path(p).resolve()) != here]
     if sys.argv[1:2] == ["--worker"]:
         _worker(sys.argv[2], sys.argv[3])
     elif sys.argv[1:2] == ["--load"]:
