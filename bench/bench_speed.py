@@ -5,6 +5,7 @@ multi-sentence documents. See bench/harness/ for what each system does.
     python bench/bench_speed.py run --model en_secner --output metrics/bench_speed.json
     python bench/bench_speed.py profile --model en_secner --texts documents --batch-size 64
     python bench/bench_speed.py grouping --model en_secner --settings 4096:512,512:0
+    python bench/bench_speed.py tiny --output metrics/bench_tiny.json
 """
 
 import json
@@ -35,6 +36,16 @@ def _texts(dnrti_dir: str, limit: int, docs: int, sets: List[str]) -> Dict[str, 
     if unknown:
         raise typer.BadParameter(f"unknown text sets {sorted(unknown)}; use sentences,documents")
     return {name: available[name] for name in sets}
+
+
+def _describe_texts(text_sets: Dict[str, List[str]], n_sentences: int) -> Dict[str, Dict]:
+    """Texts and words per text set, and sentences per document."""
+    described = {}
+    for name, t in text_sets.items():
+        described[name] = {"texts": len(t), "words": harness.count_words(t)}
+        if name == "documents":
+            described[name]["sentences_per_doc"] = n_sentences / max(len(t), 1)
+    return described
 
 
 def _split(value: str) -> List[str]:
@@ -69,6 +80,9 @@ def run(
     load_python: List[str] = typer.Option(
         [], help="Also time spacy.load with this interpreter (e.g. .venv-runtime/bin/python)"
     ),
+    interleave: bool = typer.Option(
+        False, help="Systems take turns at every batch (a shared machine's load changes fast)"
+    ),
 ) -> None:
     """Time the pipeline, HF token classification and the bare encoder; write JSON and Markdown."""
     missing = [p for p in load_python if not Path(p).is_file()]
@@ -92,20 +106,10 @@ def run(
             "repeats": repeats,
             "batch_sizes": sizes,
             "max_length": 512,
+            "interleave": interleave,
             "num_labels": 27,
             "gpu_id": gpu_id,
-            "texts": {
-                name: {
-                    "texts": len(t),
-                    "words": harness.count_words(t),
-                    **(
-                        {"sentences_per_doc": n_sentences / max(len(t), 1)}
-                        if name == "documents"
-                        else {}
-                    ),
-                }
-                for name, t in text_sets.items()
-            },
+            "texts": _describe_texts(text_sets, n_sentences),
         },
     }
     if load_runs and "pipeline" in chosen:
@@ -127,6 +131,7 @@ def run(
             threads=threads,
             systems=chosen,
             gpu_id=gpu_id,
+            interleave=interleave,
             log=lambda line: typer.echo(line, err=True),
         )
     )
@@ -137,6 +142,79 @@ def run(
         )
         typer.echo(f"running {' '.join(command)} ...", err=True)
         report["spacy_benchmark"] = harness.run_spacy_benchmark(command, threads=threads)
+    report["machine"]["load_average_end"] = list(os.getloadavg())
+    report["targets"] = harness.check_targets(report)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2), encoding="utf8")
+    typer.echo(harness.render_markdown(report))
+    typer.echo(f"Wrote {output}", err=True)
+
+
+@app.command()
+def tiny(
+    output: Path = typer.Option(Path("metrics/bench_tiny.json"), help="JSON report"),
+    dnrti_dir: str = typer.Option(
+        "", help="DNRTI directory (empty: $DNRTI_DIR, else assets/dnrti)"
+    ),
+    config: Path = typer.Option(Path("configs/minilm_cpu.cfg"), help="The pipeline's config"),
+    workdir: Optional[Path] = typer.Option(
+        None, help="Where to build the tiny encoder and pipeline (default: a temporary directory)"
+    ),
+    batch_sizes: str = typer.Option("64", help="Comma-separated batch sizes"),
+    repeats: int = typer.Option(7, min=1, help="Timed runs per system after one warm-up"),
+    threads: int = typer.Option(1, min=1, help="torch/OpenMP threads, all systems"),
+    texts: str = typer.Option("sentences,documents", help="Text sets to time"),
+    limit: int = typer.Option(0, min=0, help="Use the first N test sentences (0: all)"),
+    docs: int = typer.Option(50, min=1, help="Number of multi-sentence documents"),
+    gpu_id: int = typer.Option(-1, help="GPU for every system (-1: CPU)"),
+    interleave: bool = typer.Option(
+        True, help="Systems take turns at every batch (a shared machine's load changes fast)"
+    ),
+) -> None:
+    """The pipeline's own overhead: the shipped config on a tiny random encoder, beside the same
+    model in plain PyTorch and an HF token classifier on that encoder."""
+    import tempfile
+
+    from harness.tiny import make_tiny_encoder, make_tiny_pipeline
+
+    text_sets = _texts(dnrti_dir, limit, docs, _split(texts))
+    n_sentences = len(_texts(dnrti_dir, limit, docs, ["sentences"])["sentences"])
+    sizes = [int(size) for size in _split(batch_sizes)]
+    with tempfile.TemporaryDirectory(prefix="secner-tiny-") as tmp:
+        root = workdir or Path(tmp)
+        encoder = make_tiny_encoder(root / "encoder")
+        sample = next(iter(text_sets.values()))[:16]
+        model = make_tiny_pipeline(config, encoder, root / "pipeline", sample, data.DNRTI_LABELS)
+        report = {
+            "command": shlex.join(["python", *sys.argv]),
+            "machine": harness.machine_info(threads, gpu_id=gpu_id),
+            "settings": {
+                "model": f"{config} with a random encoder {harness.TINY_ENCODER_SHAPE}",
+                "encoder": "tiny random BERT, the embedded MiniLM's tokenizer",
+                "repeats": repeats,
+                "batch_sizes": sizes,
+                "max_length": 512,
+                "interleave": interleave,
+                "num_labels": 2 * len(data.DNRTI_LABELS) + 1,
+                "gpu_id": gpu_id,
+                "texts": _describe_texts(text_sets, n_sentences),
+            },
+        }
+        report.update(
+            harness.run_benchmark(
+                model=str(model),
+                encoder=str(encoder),
+                texts=text_sets,
+                batch_sizes=sizes,
+                repeats=repeats,
+                threads=threads,
+                systems=harness.TINY_SYSTEMS,
+                num_labels=report["settings"]["num_labels"],
+                gpu_id=gpu_id,
+                interleave=interleave,
+                log=lambda line: typer.echo(line, err=True),
+            )
+        )
     report["machine"]["load_average_end"] = list(os.getloadavg())
     report["targets"] = harness.check_targets(report)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -32,8 +32,7 @@ from .grouping import parse_settings, render_settings, time_settings
 from .profiling import PROFILE_PARTS, profile_pipeline
 from .report import (
     MEMORY_COLUMNS,
-    TARGET_FLOOR_RATIO,
-    TARGET_HF_RATIO,
+    RATIO_TARGETS,
     TARGET_LOAD_S,
     TARGET_PEAK_RSS_MB,
     check_targets,
@@ -41,7 +40,9 @@ from .report import (
 )
 from .runner import (
     LABELS,
+    SHORT_LABELS,
     SYSTEMS,
+    TINY_SYSTEMS,
     THREAD_VARS,
     measure_load,
     ratios,
@@ -50,16 +51,19 @@ from .runner import (
     summarize,
     thread_env,
 )
+from .tiny import TINY_ENCODER_SHAPE
 from .texts import count_words, make_documents, read_test_sentences
 from .workers import batches, peak_rss_mb, reset_peak_rss, rss_mb
 
 __all__ = [
     "LABELS",
+    "SHORT_LABELS",
+    "TINY_ENCODER_SHAPE",
+    "TINY_SYSTEMS",
     "MEMORY_COLUMNS",
     "PROFILE_PARTS",
     "SYSTEMS",
-    "TARGET_FLOOR_RATIO",
-    "TARGET_HF_RATIO",
+    "RATIO_TARGETS",
     "TARGET_LOAD_S",
     "TARGET_PEAK_RSS_MB",
     "THREAD_VARS",

@@ -18,10 +18,22 @@ from . import workers
 from .texts import count_words
 
 SYSTEMS = ("pipeline", "hf", "floor")
+# The tiny-encoder check: the pipeline beside the same model in plain PyTorch and beside an HF
+# token classifier that also turns its tags into entities.
+TINY_SYSTEMS = ("pipeline", "plain", "hf_spans")
 LABELS = {
     "pipeline": "pipeline (nlp.pipe)",
     "hf": "HF token classification",
     "floor": "bare encoder forward",
+    "plain": "plain PyTorch BiLSTM-CRF",
+    "hf_spans": "HF token classification + spans",
+}
+# Column names of the ratios `pipeline / X`.
+SHORT_LABELS = {
+    "hf": "HF",
+    "floor": "encoder",
+    "plain": "plain PyTorch",
+    "hf_spans": "HF + spans",
 }
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS")
 
@@ -112,11 +124,15 @@ def run_benchmark(
     num_labels: int = 27,
     max_length: int = 512,
     gpu_id: int = -1,
+    interleave: bool = False,
     log: Callable[[str], None] = print,
 ) -> Dict[str, Any]:
     """Time every system on every text set and batch size: one warm-up, then `repeats` runs.
 
     texts (Dict[str, List[str]]): Named text sets, e.g. "sentences" and "documents".
+    interleave (bool): Time each run batch by batch, the systems taking turns at every batch,
+        and add the batches up: on a shared machine whose load changes within seconds, every
+        system then sees the same load. Each system still gets the same batches as one run.
     RETURNS (Dict[str, Any]): "systems" (load time and memory per system) and "throughput"
         (per text set and batch size: words, timings, words/s and ratios to the pipeline).
     """
@@ -152,14 +168,21 @@ def run_benchmark(
                     seconds: Dict[str, List[float]] = {s: [] for s in systems}
                     run_peaks: Dict[str, List[float]] = {s: [] for s in systems}
                     gpu_peaks: Dict[str, List[float]] = {s: [] for s in systems}
+                    parts = [None]
+                    if interleave:
+                        bounds = range(0, len(set_texts), batch_size)
+                        parts = [[i, min(i + batch_size, len(set_texts))] for i in bounds]
                     for repeat in range(repeats):
-                        for system in rotate(systems, repeat):
-                            reply = workers[system].ask(**request)
-                            seconds[system].append(reply["seconds"])
-                            run_peaks[system].append(reply["peak_rss_mb"])
-                            if "peak_gpu_mb" in reply:
-                                gpu_peaks[system].append(reply["peak_gpu_mb"])
-                            per_run = per_run and reply["peak_is_per_run"]
+                        for system in systems:
+                            seconds[system].append(0.0)
+                        for k, part in enumerate(parts):
+                            for system in rotate(systems, repeat + k):
+                                reply = workers[system].ask(**request, part=part)
+                                seconds[system][-1] += reply["seconds"]
+                                run_peaks[system].append(reply["peak_rss_mb"])
+                                if "peak_gpu_mb" in reply:
+                                    gpu_peaks[system].append(reply["peak_gpu_mb"])
+                                per_run = per_run and reply["peak_is_per_run"]
                     row["systems"] = {
                         s: {
                             **summarize(seconds[s], words),
@@ -200,8 +223,8 @@ def ratios(by_system: Dict[str, Dict[str, Any]]) -> Dict[str, Optional[float]]:
     if "pipeline" not in by_system:
         return out
     pipe = by_system["pipeline"]
-    for other in ("hf", "floor"):
-        if other in by_system:
+    for other in by_system:
+        if other != "pipeline":
             for stat, suffix in (("wps_median", ""), ("wps_best", "_best")):
                 den = by_system[other][stat]
                 out[f"pipeline/{other}{suffix}"] = pipe[stat] / den if den else None

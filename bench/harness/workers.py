@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 
 def batches(items: Sequence[Any], size: int) -> List[Sequence[Any]]:
@@ -182,10 +182,153 @@ class _EncoderFloor(_HFTokenClassifier):
         return outputs
 
 
+def _bio_spans(
+    tags: Sequence[str], offsets: Sequence[Sequence[int]]
+) -> List[Tuple[int, int, str]]:
+    """(start_char, end_char, label) of the entities in BIO `tags`, one tag per unit (word or
+    wordpiece) whose character offsets are `offsets`: what a user's code does with the tags.
+    An `I-` that does not continue its type starts an entity, as spaCy reads it."""
+    spans: List[Tuple[int, int, str]] = []
+    start = end = -1
+    label = ""
+    for tag, (first, last) in zip(tags, offsets):
+        if tag != "O" and tag[0] == "I" and tag[2:] == label:
+            end = last
+            continue
+        if label:
+            spans.append((start, end, label))
+        label = tag[2:] if tag != "O" else ""
+        start, end = first, last
+    if label:
+        spans.append((start, end, label))
+    return spans
+
+
+def _tag_names(n_tags: int) -> List[str]:
+    """`O` and B-/I- tags of (n_tags - 1) / 2 made-up types: the models are random anyway."""
+    return ["O"] + [f"{p}-T{i}" for i in range((n_tags - 1) // 2) for p in ("B", "I")]
+
+
+class _HFTokenSpans(_HFTokenClassifier):
+    """HF token classification as a user would run it end to end: the fast tokenizer with
+    offsets, the forward pass, an argmax per wordpiece, and entities as character spans."""
+
+    def __init__(self, spec: Dict[str, Any]) -> None:
+        super().__init__(spec)
+        self.tags = _tag_names(spec["num_labels"])
+
+    def run(self, prepared: Any) -> Any:
+        entities = []
+        with self.torch.inference_mode():
+            for texts in prepared[1]:
+                encoding = self.tokenizer(
+                    list(texts),
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_offsets_mapping=True,
+                    return_tensors="pt",
+                )
+                offsets = encoding.pop("offset_mapping").tolist()
+                lengths = encoding["attention_mask"].sum(1).tolist()
+                ids = self.model(**encoding.to(self.device)).logits.argmax(-1).cpu().tolist()
+                for row, n, spans in zip(ids, lengths, offsets):
+                    # Without [CLS] and [SEP], whose offsets are (0, 0).
+                    tags = [self.tags[i] for i in row[1 : n - 1]]
+                    entities.append(_bio_spans(tags, spans[1 : n - 1]))
+        return entities
+
+    def describe(self, prepared: Any, output: Any) -> Dict[str, Any]:
+        return {**super().describe(prepared, output), "entities": sum(map(len, output))}
+
+
+class _PlainBiLSTMCRF(_HFTokenClassifier):
+    """The pipeline's model written in plain PyTorch, as a user would: the fast tokenizer with
+    offsets and word ids, the encoder, the first wordpiece of each word, a BiLSTM, a linear
+    layer, pytorch-crf's Viterbi decoding, and entities as character spans (random weights).
+    A text longer than `max_length` wordpieces is cut there."""
+
+    def __init__(self, spec: Dict[str, Any]) -> None:
+        import torch
+
+        super().__init__(spec)
+        from torchcrf import CRF
+
+        torch.manual_seed(0)
+        width = self.model.config.hidden_size
+        hidden = spec.get("lstm_hidden", 256)
+        self.tags = _tag_names(spec["num_labels"])
+        self.lstm = torch.nn.LSTM(width, hidden, bidirectional=True, batch_first=True)
+        self.linear = torch.nn.Linear(2 * hidden, len(self.tags))
+        self.crf = CRF(len(self.tags), batch_first=True)
+        for module in (self.lstm, self.linear, self.crf):
+            module.to(self.device).eval()
+
+    def _load_model(self, spec: Dict[str, Any]) -> Any:
+        from transformers import AutoModel
+
+        return AutoModel.from_pretrained(spec["encoder"])
+
+    def run(self, prepared: Any) -> Any:
+        import numpy
+        from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+        torch = self.torch
+
+        entities = []
+        with torch.inference_mode():
+            for texts in prepared[1]:
+                encoding = self.tokenizer(
+                    list(texts),
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_offsets_mapping=True,
+                    return_tensors="pt",
+                )
+                offsets = encoding.pop("offset_mapping").tolist()
+                firsts, words = [], []
+                for i in range(len(texts)):
+                    first: List[int] = []
+                    bounds: List[List[int]] = []
+                    previous = None
+                    for position, word in enumerate(encoding.word_ids(i)):
+                        if word is None:
+                            continue
+                        if word != previous:
+                            first.append(position)
+                            bounds.append(list(offsets[i][position]))
+                        else:
+                            bounds[-1][1] = offsets[i][position][1]
+                        previous = word
+                    firsts.append(first)
+                    words.append(bounds)
+                lengths = torch.tensor([max(len(f), 1) for f in firsts])
+                index = numpy.zeros((len(texts), int(lengths.max())), dtype="int64")
+                for i, first in enumerate(firsts):
+                    index[i, : len(first)] = first
+                hidden = self.model(**encoding.to(self.device)).last_hidden_state
+                index = torch.from_numpy(index).to(self.device)
+                vectors = hidden.gather(1, index.unsqueeze(2).expand(-1, -1, hidden.shape[2]))
+                packed = pack_padded_sequence(vectors, lengths, batch_first=True, enforce_sorted=False)
+                output, _ = self.lstm(packed)
+                output, _ = pad_packed_sequence(output, batch_first=True, total_length=index.shape[1])
+                mask = torch.arange(index.shape[1])[None, :] < lengths[:, None]
+                paths = self.crf.decode(self.linear(output), mask.to(self.device))
+                for path, bounds in zip(paths, words):
+                    entities.append(_bio_spans([self.tags[t] for t in path], bounds))
+        return entities
+
+    def describe(self, prepared: Any, output: Any) -> Dict[str, Any]:
+        return {**super().describe(prepared, output), "entities": sum(map(len, output))}
+
+
 _WORKER_SYSTEMS: Dict[str, Callable[[Dict[str, Any]], Any]] = {
     "pipeline": _Pipeline,
     "hf": _HFTokenClassifier,
     "floor": _EncoderFloor,
+    "hf_spans": _HFTokenSpans,
+    "plain": _PlainBiLSTMCRF,
 }
 
 
@@ -223,9 +366,10 @@ def _worker(spec_path: str, system: str) -> None:
         if request["cmd"] == "quit":
             send({"peak_rss_mb": peak_rss_mb()})
             return
-        key = (request["texts"], request["batch_size"])
+        start, end = request.get("part") or (0, len(spec["texts"][request["texts"]]))
+        key = (request["texts"], request["batch_size"], start, end)
         if key not in prepared:
-            prepared[key] = impl.prepare(spec["texts"][key[0]], key[1])
+            prepared[key] = impl.prepare(spec["texts"][key[0]][start:end], key[1])
         gc.collect()
         was_reset = reset_peak_rss()
         if on_gpu:

@@ -144,8 +144,8 @@ def test_targets_and_markdown():
     report = _fake_report()
     report["targets"] = check_targets(report)
     met = {t["target"].split(" (")[0]: t["met"] for t in report["targets"]}
-    assert met["pipeline / bare encoder >= 0.85"] is True
-    assert met["pipeline / HF >= 1.0"] is False
+    assert met["pipeline / encoder >= 0.85"] is True
+    assert met["pipeline / HF >= 1.3"] is False
     assert met["peak RSS while annotating <= 1024 MiB"] is True
     assert met["spacy.load < 3.0 s"] is True
     markdown = render_markdown(report)
@@ -221,3 +221,61 @@ def test_end_to_end_on_a_tiny_pipeline(tiny_bert_dir, tmp_path):
     assert len(lines) == 1 + 1 + 1 + 4  # three loads, four rows
     load = harness.measure_load(str(tmp_path / "pipeline"), runs=1, threads=1)
     assert load["median_load_s"] > 0
+
+
+def test_targets_of_the_tiny_check_and_of_batch_one():
+    report = _fake_report()
+    (row,) = report["throughput"]
+    row["systems"] = {"pipeline": summarize([1.0], 1000), "plain": summarize([0.8], 1000),
+                      "hf_spans": summarize([3.0], 1000)}
+    row["ratios"] = harness.ratios(row["systems"])
+    one = {**row, "batch_size": 1, "systems": {"pipeline": summarize([1.0], 1000), "hf": summarize([0.7], 1000)}}
+    one["ratios"] = harness.ratios(one["systems"])
+    report["throughput"] = [row, one]
+    met = {t["target"]: t["met"] for t in check_targets(report)}
+    assert met["pipeline / plain PyTorch >= 0.8 (sentences, batch 64)"] is True
+    assert met["pipeline / HF + spans >= 0.4 (sentences, batch 64)"] is True
+    assert met["pipeline / HF >= 0.8 (sentences, batch 1)"] is False
+
+
+def test_bio_spans_read_tags_as_spacy_does():
+    from harness.workers import _bio_spans
+
+    tags = ["B-A", "I-A", "O", "I-B", "I-B", "B-B", "I-A", "O"]
+    offsets = [[0, 2], [3, 5], [6, 7], [8, 9], [10, 12], [13, 14], [15, 16], [17, 18]]
+    assert _bio_spans(tags, offsets) == [(0, 5, "A"), (8, 12, "B"), (13, 14, "B"), (15, 16, "A")]
+    assert _bio_spans([], []) == [] and _bio_spans(["I-A"], [[0, 3]]) == [(0, 3, "A")]
+
+
+@pytest.mark.slow
+def test_tiny_check_end_to_end(tmp_path):
+    """The `tiny` command: the shipped config on a tiny random encoder beside the plain
+    PyTorch model and the HF token classifier, on a few DNRTI-like texts."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    dnrti = tmp_path / "dnrti"
+    dnrti.mkdir()
+    sentence = "APT28 B-HackOrg\nused O\nX-Agent B-Tool\nagainst O\nNATO B-Org\n. O\n\n"
+    (dnrti / "test.txt").write_text(sentence * 6, encoding="utf8")
+    out = tmp_path / "tiny.json"
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(
+        [sys.executable, "bench/bench_speed.py", "tiny", "--dnrti-dir", str(dnrti), "--docs", "2",
+         "--batch-sizes", "4", "--repeats", "1", "--output", str(out)],
+        cwd=root, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    rows = {(r["texts"], r["batch_size"]): r for r in report["throughput"]}
+    assert set(rows) == {("sentences", 4), ("documents", 4)}
+    for row in rows.values():
+        assert set(row["systems"]) == {"pipeline", "plain", "hf_spans"}
+        assert {"pipeline/plain", "pipeline/hf_spans"} <= set(row["ratios"])
+        for info in row["systems"].values():
+            assert len(info["seconds"]) == 1 and info["wps_median"] > 0 and info["entities"] > 0
+    # Each run was timed batch by batch (3 batches of sentences), the systems taking turns.
+    assert report["settings"]["interleave"] is True
+    assert rows[("sentences", 4)]["words"] == rows[("documents", 4)]["words"] == 30
+    assert "pipeline / plain PyTorch" in proc.stdout and "take turns at every batch" in proc.stdout
