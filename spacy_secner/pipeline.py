@@ -1,7 +1,7 @@
 """The `ner_crf` pipe: named entities from a BiLSTM-CRF over any token-vector layer."""
 from itertools import islice
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy
 import srsly
@@ -10,16 +10,16 @@ from spacy.errors import Errors
 from spacy.language import Language
 from spacy.pipeline import TrainablePipe
 from spacy.tokens import Doc, Span
-from spacy.training import Example, biluo_tags_to_spans, iob_to_biluo, validate_examples
+from spacy.training import Example, validate_examples
 from spacy.training import validate_get_examples
 from spacy.vocab import Vocab
 from thinc.api import Config, Model, Optimizer, set_dropout_rate
-from thinc.types import Floats2d, Ints1d
+from thinc.types import Floats2d, Ints1d, Ints2d
 
 from .batching import padded_batches
 from .bio import bio_tags, biluo_to_bio, repair_bio
-from .layers import build_heads, crf_loss, crf_nll, decode_by_sentence, has_heads, head_layers
-from .layers import set_tags
+from .layers import DocEntities, build_heads, crf_loss, crf_nll, decode_entities, has_heads
+from .layers import head_layers, set_tags
 
 DEFAULT_NER_CRF_MODEL = """
 [model]
@@ -52,7 +52,7 @@ if not Span.has_extension("confidence"):
         "overwrite": False,
         "head_learn_rate_factor": 1.0,
         "confidence": True,
-        "max_batch_tokens": 2048,
+        "max_batch_tokens": 8192,
         "scorer": {"@scorers": "spacy.ner_scorer.v1"},
     },
     default_score_weights={
@@ -114,7 +114,7 @@ class CRFEntityRecognizer(TrainablePipe):
         overwrite: bool = False,
         head_learn_rate_factor: float = 1.0,
         confidence: bool = True,
-        max_batch_tokens: int = 2048,
+        max_batch_tokens: int = 8192,
         scorer: Optional[Callable] = None,
     ) -> None:
         self.vocab = vocab
@@ -158,41 +158,49 @@ class CRFEntityRecognizer(TrainablePipe):
         self.vocab.strings.add(label)
         return 1
 
-    def predict(self, docs: Iterable[Doc]) -> Tuple[List[Ints1d], List[List[float]]]:
-        """Best BIO tag indices per doc and, if `confidence` is on, each entity's marginal
-        probability under the CRF. Does not modify the docs.
+    def predict(self, docs: Iterable[Doc]) -> DocEntities:
+        """Best BIO tag indices per doc, the entities they hold (start, end, label index) and,
+        if `confidence` is on, each entity's marginal probability under the CRF. Does not
+        modify the docs.
         """
         docs = list(docs)
         self._require_initialized()
-        tag_ids: List[Ints1d] = [numpy.zeros((0,), dtype="int64") for _ in docs]
-        confidences: List[List[float]] = [[] for _ in docs]
         # The head pads, pools and runs the BiLSTM per chunk of similar lengths (spaCy's own
         # length batcher), so a batch of long documents is never held padded all at once. Empty
-        # docs keep their empty tags: a listener cannot pool them.
+        # docs keep their empty tags: a listener cannot pool them. The decoder then reads the
+        # sentences of all docs at once (`decode_entities`).
         nonempty = [i for i, doc in enumerate(docs) if len(doc)]
+        scores: List[Floats2d] = [None] * len(nonempty)  # type: ignore[list-item]
         for group in padded_batches([len(docs[i]) for i in nonempty], self.cfg["max_batch_tokens"]):
-            chunk = [nonempty[j] for j in group]
-            chunk_docs = [docs[i] for i in chunk]
-            scores = self.model.predict(chunk_docs)
-            ids, found = decode_by_sentence(self.model, chunk_docs, scores, self.cfg["confidence"])
-            for j, i in enumerate(chunk):
-                tag_ids[i], confidences[i] = ids[j], found[j]
-        return tag_ids, confidences
+            for j, doc_scores in zip(group, self.model.predict([docs[nonempty[j]] for j in group])):
+                scores[j] = doc_scores
+        found = decode_entities(
+            self.model, [docs[i] for i in nonempty], scores, self.cfg["confidence"]
+        )
+        result = DocEntities(
+            [numpy.zeros((0,), dtype="int64") for _ in docs],
+            [numpy.zeros((0, 3), dtype="int64") for _ in docs],
+            [[] for _ in docs],
+        )
+        for j, i in enumerate(nonempty):
+            result.tag_ids[i] = found.tag_ids[j]
+            result.entities[i] = found.entities[j]
+            result.confidences[i] = found.confidences[j]
+        return result
 
-    def set_annotations(
-        self, docs: Iterable[Doc], predictions: Tuple[List[Ints1d], List[List[float]]]
-    ) -> None:
+    def set_annotations(self, docs: Iterable[Doc], predictions: DocEntities) -> None:
         """Write the predicted entities to `doc.ents`, with `span._.confidence` on each."""
-        tags = self.tags
-        for doc, ids, confidences in zip(docs, *predictions):
-            # spaCy reads an orphan `I-X` (possible without the BIO constraint) as a start.
-            spans = biluo_tags_to_spans(doc, iob_to_biluo([tags[i] for i in ids.tolist()]))
+        labels = [self.vocab.strings.add(label) for label in self.labels]
+        for doc, found, confidences in zip(docs, predictions.entities, predictions.confidences):
+            # The decoder read the entities off the tags as spaCy does (an orphan `I-X`,
+            # possible without the BIO constraint, starts an entity).
+            spans = [Span(doc, start, end, label=labels[label]) for start, end, label in found.tolist()]
             for span, confidence in zip(spans, confidences):
                 span._.confidence = confidence
-            if self.cfg["overwrite"]:
-                doc.ents = spans
-            else:
-                doc.ents = _merge_keeping_existing(doc.ents, spans)
+            if not self.cfg["overwrite"] and doc.has_annotation("ENT_IOB"):
+                spans = _merge_keeping_existing(doc.ents, spans)
+            # What `doc.ents = spans` does, without making each span a second time.
+            doc.set_ents(spans, default="outside")
 
     def update(
         self,
@@ -243,7 +251,8 @@ class CRFEntityRecognizer(TrainablePipe):
         return crf_loss(self.model, scores, self._gold_ids(examples))
 
     def nll(self, examples: Iterable[Example], docs: Optional[List[Doc]] = None) -> float:
-        """Mean CRF negative log-likelihood of the gold tags, without gradients.
+        """Mean CRF negative log-likelihood of the gold tags per non-empty doc, without
+        gradients, computed in chunks of at most `max_batch_tokens` padded tokens.
 
         docs (Optional[List[Doc]]): The examples' predicted docs after the pipes before this
             one (a transformer, say). Defaults to the examples' predicted docs as they are.
@@ -251,9 +260,31 @@ class CRFEntityRecognizer(TrainablePipe):
         examples = list(examples)
         self._require_initialized()
         docs = docs if docs is not None else [eg.predicted for eg in examples]
-        if not any(len(doc) for doc in docs):
+        nonempty = [i for i, doc in enumerate(docs) if len(doc)]
+        if not nonempty:
             return 0.0
-        return crf_nll(self.model, self.model.predict(docs), self._gold_ids(examples))
+        gold = self._gold_ids(examples)
+        total = 0.0
+        for group in padded_batches([len(docs[i]) for i in nonempty], self.cfg["max_batch_tokens"]):
+            chunk = [nonempty[j] for j in group]
+            scores = self.model.predict([docs[i] for i in chunk])
+            total += crf_nll(self.model, scores, [gold[i] for i in chunk]) * len(chunk)
+        return total / len(nonempty)
+
+    def score(self, examples: Iterable[Example], **kwargs) -> Dict[str, Any]:
+        """The scorer's scores (`spacy.ner_scorer.v1` by default), and `{name}_loss`: the mean
+        CRF negative log-likelihood of the gold entities per doc (`nll`).
+
+        The loss is read off the docs as the pipeline predicted them: a transformer's output is
+        still on them, so only this pipe's head runs again, not the pipeline. spaCy's training
+        loop passes these scores to its logger, where `spacy-secner.curve_logger.v1` records
+        the loss as the dev loss.
+        """
+        examples = list(examples)
+        scores = dict(super().score(examples, **kwargs))
+        if examples and has_heads(self.model):
+            scores[f"{self.name}_loss"] = self.nll(examples)
+        return scores
 
     def initialize(
         self,

@@ -2,8 +2,9 @@
 
 Nothing here imports spaCy or thinc; `architectures.py` wraps these modules for thinc.
 """
-from typing import Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
+import numpy
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -50,16 +51,97 @@ class AddForbiddenScore(nn.Module):
         return scores + self.penalty
 
 
-class BIOCRF(nn.Module):
+def bio_inside_tags(tags: Sequence[str]) -> torch.Tensor:
+    """For each tag, the `I-` tag of its entity type (-1 for "O"): what `bio_entities` needs to
+    read entities from tag indices, and the tag that must not follow an entity."""
+    index = {tag: i for i, tag in enumerate(tags)}
+    return torch.tensor([index.get("I-" + tag[2:], -1) if tag != "O" else -1 for tag in tags])
+
+
+def bio_entities(paths: numpy.ndarray, lengths: numpy.ndarray, inside: numpy.ndarray) -> numpy.ndarray:
+    """The entities of BIO tag paths, read as seqeval and spaCy read them (an `I-X` that does
+    not continue an `X` entity starts one), for all sequences at once.
+
+    paths (numpy.ndarray): (n, T) tag indices; positions from `lengths` on are ignored.
+    inside (numpy.ndarray): `bio_inside_tags`.
+    RETURNS (numpy.ndarray): (m, 4) int64 rows of sequence, start, end (exclusive) and the tag
+        at the start, sorted by sequence and start.
+    """
+    n, width = paths.shape
+    real = numpy.arange(width)[None, :] < lengths[:, None]
+    tags = numpy.where(real, paths, 0)
+    kind = numpy.where(real, inside[tags], -1)  # the entity type, as its I- tag; -1: none
+    before = numpy.concatenate([numpy.full((n, 1), -1), kind[:, :-1]], axis=1)
+    # A position continues the entity before it if it holds that entity's I- tag.
+    continues = (kind >= 0) & (tags == kind) & (before == kind)
+    after = numpy.concatenate([continues[:, 1:], numpy.zeros((n, 1), dtype=bool)], axis=1)
+    seq, first = numpy.nonzero((kind >= 0) & ~continues)
+    _, last = numpy.nonzero((kind >= 0) & ~after)
+    return numpy.stack([seq, first, last + 1, tags[seq, first]], axis=1).astype("int64")
+
+
+class BIODecoder(nn.Module):
+    """What the decoders share: one call that gives the best paths, their entities and (with
+    `confidence`) each entity's log-probability. Subclasses give `_best_paths` and
+    `_span_log_probs`."""
+
+    def __init__(self, tags: Optional[Sequence[str]] = None) -> None:
+        super().__init__()
+        inside = bio_inside_tags(tags) if tags is not None else torch.zeros(0, dtype=torch.long)
+        # Not persistent: it follows from the tags, so state dicts hold only learned weights.
+        self.register_buffer("inside_tag", inside, persistent=False)
+
+    def annotate(
+        self, emissions: torch.Tensor, mask: torch.Tensor, confidence: bool
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The best paths (padded with -1), their entities as (m, 4) rows of sequence, start,
+        end and start tag, and the log-probability of each entity (empty without
+        `confidence`), in float64. Paths and entities are on the CPU, where the pipe reads
+        them; the log-probabilities too."""
+        if not len(self.inside_tag):
+            raise ValueError("This decoder was built without its tags: it cannot read entities")
+        lengths = mask.long().sum(1)
+        paths, tables = self._best_paths(emissions, mask, keep_tables=confidence)
+        host_lengths = lengths.cpu().numpy()
+        found = bio_entities(paths, host_lengths, self.inside_tag.cpu().numpy())
+        paths_t = torch.from_numpy(paths)
+        paths_t[torch.from_numpy(numpy.arange(paths.shape[1])[None, :] >= host_lengths[:, None])] = -1
+        entities = torch.from_numpy(found)
+        if not confidence or not len(found):
+            return paths_t, entities, torch.zeros(0, dtype=torch.float64)
+        device = emissions.device
+        spans = entities.to(device)
+        spans = torch.stack([spans[:, 0], spans[:, 1], spans[:, 2], self.inside_tag[spans[:, 3]]], 1)
+        log_probs = self._span_log_probs(tables, emissions, lengths, paths_t.to(device), spans)
+        return paths_t, entities, log_probs.cpu()
+
+    def _best_paths(
+        self, emissions: torch.Tensor, mask: torch.Tensor, keep_tables: bool
+    ) -> Tuple[numpy.ndarray, Any]:
+        raise NotImplementedError
+
+    def _span_log_probs(
+        self,
+        tables: Any,
+        emissions: torch.Tensor,
+        lengths: torch.Tensor,
+        tags: torch.Tensor,
+        spans: torch.Tensor,
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class BIOCRF(BIODecoder):
     """pytorch-crf's linear-chain CRF over BIO tags, optionally limited to valid transitions.
 
     Called with gold `tags` it returns their negative log-likelihood (the mean over sequences,
     or one value per sequence with `per_sequence`); with `tags` and `spans`, the log-probability
-    of each span (see `span_log_probs`); without `tags`, the Viterbi path padded with -1.
+    of each span (see `span_log_probs`); with `entities`, what `annotate` returns; without
+    `tags`, the Viterbi path padded with -1.
     """
 
     def __init__(self, tags: Sequence[str], *, constrained: bool = True) -> None:
-        super().__init__()
+        super().__init__(tags)
         self.crf = CRF(len(tags), batch_first=True)
         if constrained:
             start, trans, end = bio_allowed_transitions(tags)
@@ -77,7 +159,11 @@ class BIOCRF(nn.Module):
         tags: Optional[torch.Tensor] = None,
         per_sequence: bool = False,
         spans: Optional[torch.Tensor] = None,
-    ) -> torch.Tensor:
+        entities: bool = False,
+        confidence: bool = False,
+    ) -> Any:
+        if entities:
+            return self.annotate(emissions, mask, confidence)
         if tags is not None and spans is not None:
             return self.span_log_probs(emissions, mask, tags, spans)
         if tags is not None:
@@ -86,31 +172,11 @@ class BIOCRF(nn.Module):
         return self.viterbi(emissions, mask)
 
     def viterbi(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The best tag sequences, padded with -1: pytorch-crf's `decode`, batched.
-
-        pytorch-crf traces each sequence back in Python, one `.item()` per token; on a GPU
-        every one of them waits for the device. Here the trace-back is one tensor operation per
-        time step for the whole batch, and the result stays a tensor.
-        """
-        crf = self.crf
-        trans = crf.transitions  # read once: each read recomputes the constraint penalty
-        n_seq, n_steps, _ = emissions.shape
-        score = crf.start_transitions + emissions[:, 0]
-        history = []
-        for t in range(1, n_steps):
-            step, best_prev = (score.unsqueeze(2) + trans + emissions[:, t].unsqueeze(1)).max(1)
-            score = torch.where(mask[:, t, None], step, score)
-            history.append(best_prev)
-        lengths = mask.long().sum(1)
-        tag = (score + crf.end_transitions).argmax(1)
-        paths = torch.full((n_seq, n_steps), -1, dtype=torch.long, device=emissions.device)
-        rows = torch.arange(n_seq, device=emissions.device)
-        for t in range(n_steps - 1, -1, -1):
-            inside = t < lengths
-            paths[:, t] = torch.where(inside, tag, paths[:, t])
-            if t:
-                tag = torch.where(inside, history[t - 1][rows, tag], tag)
-        return paths
+        """The best tag sequences, padded with -1: pytorch-crf's `decode`, batched."""
+        paths, _ = self._best_paths(emissions, mask, keep_tables=False)
+        lengths = mask.long().sum(1).cpu().numpy()
+        paths[numpy.arange(paths.shape[1])[None, :] >= lengths[:, None]] = -1
+        return torch.from_numpy(paths).to(emissions.device)
 
     def span_log_probs(
         self, emissions: torch.Tensor, mask: torch.Tensor, tags: torch.Tensor, spans: torch.Tensor
@@ -120,60 +186,176 @@ class BIOCRF(nn.Module):
         spans (Tensor): (n, 4) rows of sequence index, start, end (exclusive), and the tag that
             must not follow the span (its type's `I-` tag, which would extend it).
         RETURNS (Tensor): (n,) log P(tags[start:end] and no such tag at `end`), in float64.
+        """
+        lengths = mask.long().sum(1)
+        tables = _SumTables(*self._passes(emissions, lengths, maxes=False, sums=True)[1:])
+        return self._span_log_probs(tables, emissions, lengths, tags, spans)
 
-        pytorch-crf computes the partition function but keeps no forward or backward table, so
-        both are computed here once per batch; each span's clamped partition function then
-        follows in closed form: the forward score into its first tag, its own path score, and
-        the backward score out of its last tag.
+    def _best_paths(
+        self, emissions: torch.Tensor, mask: torch.Tensor, keep_tables: bool
+    ) -> Tuple[numpy.ndarray, Any]:
+        lengths = mask.long().sum(1)
+        scores, *sums = self._passes(emissions, lengths, maxes=True, sums=keep_tables)
+        rows = torch.arange(len(lengths), device=emissions.device)
+        last = (scores[rows, lengths - 1] + self.crf.end_transitions).argmax(1)
+        paths = _trace_back(
+            scores.cpu().numpy(),
+            emissions.detach().cpu().numpy(),
+            self.crf.transitions.detach().cpu().numpy(),
+            last.cpu().numpy(),
+            lengths.cpu().numpy(),
+        )
+        return paths, (_SumTables(*sums) if keep_tables else None)
+
+    def _passes(
+        self, emissions: torch.Tensor, lengths: torch.Tensor, *, maxes: bool, sums: bool
+    ) -> Tuple[Any, ...]:
+        """The Viterbi pass (`maxes`) and the forward and backward passes (`sums`), in one loop
+        over the time steps, for all sequences at once.
+
+        Viterbi: the best score ending in each tag at each position, computed as pytorch-crf
+        computes it (its maximum over the previous tag, with no back-pointers: `_trace_back`
+        finds the few it needs). Forward and backward: in probability space,
+        float64, rescaled at each step, as one batched matrix product per step for both
+        directions. The backward pass runs on each sequence reversed, so that every sequence
+        starts at step 0 and no step needs a mask: what a pass computes past a sequence's
+        end is never read. RETURNS: Viterbi scores (n, T, K), then the `_SumTables` fields
+        (None where not asked for).
         """
         crf = self.crf
+        # Each read of a constrained parameter recomputes its penalty: read each once.
+        trans, start, end = crf.transitions, crf.start_transitions, crf.end_transitions
+        n, steps, _ = emissions.shape
+        scores = None
+        if maxes:
+            score = start + emissions[:, 0]
+            all_scores = [score]
+        if sums:
+            rows = torch.arange(n, device=emissions.device)
+            e = emissions.double()
+            # Emissions of each sequence read backwards (positions past its start repeat it).
+            back = (lengths[:, None] - 1 - torch.arange(steps, device=e.device)).clamp(min=0)
+            both = torch.stack([e, e[rows[:, None], back]])  # (2, n, T, K)
+            e_max = both.amax(3, keepdim=True)
+            p_emit = (both - e_max).exp()
+            t64, s64, end64 = trans.double(), start.double(), end.double()
+            t_max = t64.max()
+            p_trans = (t64 - t_max).exp()
+            ends = torch.stack([s64, end64])  # forward starts, backward starts
+            ends_max = ends.amax(1, keepdim=True)
+            state = (ends - ends_max).exp()[:, None, :] * p_emit[:, :, 0]
+            norm = state.sum(2, keepdim=True)
+            state = state / norm
+            states, norms = [state], [norm]
+            matrices = torch.stack([p_trans, p_trans.T])
+        for t in range(1, steps):
+            if maxes:
+                # = max(score + trans + emission) to the last bit: rounding is monotonic.
+                score = (score.unsqueeze(2) + trans).amax(1) + emissions[:, t]
+                all_scores.append(score)
+            if sums:
+                state = torch.bmm(state, matrices) * p_emit[:, :, t]
+                norm = state.sum(2, keepdim=True)
+                state = state / norm
+                states.append(state)
+                norms.append(norm)
+        if maxes:
+            scores = torch.stack(all_scores, 1)
+        if not sums:
+            return scores, None, None, None, None, None, None
+        # log of what each stored state was divided by, cumulated: the log scale of the states.
+        log_scale = (torch.cat(norms, 2).log() + e_max.squeeze(3) + t_max).cumsum(2)
+        log_scale = log_scale - t_max + ends_max[:, :, None]
+        table = torch.stack(states, 2)  # (2, n, T, K)
+        return scores, table, log_scale, p_trans, t_max, back, (s64, t64, end64)
+
+    def _span_log_probs(
+        self,
+        tables: "_SumTables",
+        emissions: torch.Tensor,
+        lengths: torch.Tensor,
+        tags: torch.Tensor,
+        spans: torch.Tensor,
+    ) -> torch.Tensor:
+        """Each span's clamped partition function in closed form, from the tables: the forward
+        mass into its first tag, its own path score, and the backward mass out of its last tag,
+        over the partition function."""
+        start, trans, end = tables.scores
         e = emissions.double()
-        start, trans, end = (
-            crf.start_transitions.double(),
-            crf.transitions.double(),
-            crf.end_transitions.double(),
-        )
-        n_seq, n_steps, _ = e.shape
-        lengths = mask.long().sum(1)
-        alphas = [start + e[:, 0]]
-        for t in range(1, n_steps):
-            step = torch.logsumexp(alphas[-1].unsqueeze(2) + trans, dim=1) + e[:, t]
-            alphas.append(torch.where(mask[:, t, None], step, alphas[-1]))
-        alpha = torch.stack(alphas, 1)
-        betas = [end.expand(n_seq, -1)]
-        for t in range(n_steps - 2, -1, -1):
-            step = torch.logsumexp(trans + (e[:, t + 1] + betas[0]).unsqueeze(1), dim=2)
-            is_last = (lengths - 1 == t)[:, None]
-            betas.insert(0, torch.where(is_last, end.expand(n_seq, -1), step))
-        beta = torch.stack(betas, 1)
-        rows = torch.arange(n_seq, device=e.device)
-        log_z = torch.logsumexp(alpha[rows, lengths - 1] + end, dim=1)
-        # Score of each sequence's own path, cumulated over positions.
+        n, steps, _ = e.shape
+        rows = torch.arange(n, device=e.device)
+        forward, backward = tables.table[0], tables.table[1]
+        f_scale, b_scale = tables.log_scale[0], tables.log_scale[1]
+        # alpha[t] = log(forward[t]) + f_scale[t]; the same for backward read backwards, which
+        # holds emission + beta at each position (beta: the backward score after it).
+        last = lengths - 1
+        log_z = (forward[rows, last] @ (end - end.max()).exp()).log() + f_scale[rows, last] + end.max()
         path = tags.clamp(min=0)
         own = e.gather(2, path.unsqueeze(2)).squeeze(2)
         own[:, 1:] += trans[path[:, :-1], path[:, 1:]]
         cumulated = own.cumsum(1)
 
         seq, first, stop, barred = spans.unbind(1)
-        last = stop - 1
-        first_tag, last_tag = path[seq, first], path[seq, last]
-        inner = e[seq, first, first_tag] + cumulated[seq, last] - cumulated[seq, first]
-        into = torch.logsumexp(alpha[seq, (first - 1).clamp(min=0)] + trans[:, first_tag].T, dim=1)
+        span_last = stop - 1
+        first_tag, last_tag = path[seq, first], path[seq, span_last]
+        inner = e[seq, first, first_tag] + cumulated[seq, span_last] - cumulated[seq, first]
+        before = (first - 1).clamp(min=0)
+        into = (forward[seq, before] * tables.p_trans[:, first_tag].T).sum(1).log()
+        into = into + f_scale[seq, before] + tables.t_max
         left = torch.where(first == 0, start[first_tag], into)
-        after = stop.clamp(max=n_steps - 1)
-        out_of = trans[last_tag] + e[seq, after] + beta[seq, after]
-        out_of = out_of.scatter(1, barred.unsqueeze(1), float("-inf"))
-        right = torch.where(stop == lengths[seq], end[last_tag], torch.logsumexp(out_of, dim=1))
+        # The backward table of position `stop`, read backwards: index last - stop.
+        after = (lengths[seq] - 1 - stop).clamp(min=0)
+        out_of = tables.p_trans[last_tag] * backward[seq, after]
+        out_of = out_of.scatter(1, barred.unsqueeze(1), 0.0).sum(1).log()
+        out_of = out_of + b_scale[seq, after] + tables.t_max
+        right = torch.where(stop == lengths[seq], end[last_tag], out_of)
         return left + inner + right - log_z[seq]
 
 
-class SoftmaxTagger(nn.Module):
+class _SumTables:
+    """The forward and backward tables of a CRF pass (see `BIOCRF._passes`)."""
+
+    def __init__(self, table, log_scale, p_trans, t_max, back, scores) -> None:  # noqa: D107
+        self.table, self.log_scale, self.p_trans, self.t_max = table, log_scale, p_trans, t_max
+        self.back, self.scores = back, scores
+
+
+def _trace_back(
+    scores: numpy.ndarray,
+    emissions: numpy.ndarray,
+    trans: numpy.ndarray,
+    last: numpy.ndarray,
+    lengths: numpy.ndarray,
+) -> numpy.ndarray:
+    """Viterbi paths from the best scores (n, T, K), going back one position at a time for all
+    sequences at once, on the host (the paths are read there).
+
+    Each step recomputes the back-pointer of the one tag on each path, with pytorch-crf's own
+    sums (score + transition, then + emission, in float32) and its tie-break (the first best
+    previous tag), so the paths are pytorch-crf's. Keeping every back-pointer instead would
+    cost an argmax over all tags pairs at every step.
+    """
+    n, steps, _ = scores.shape
+    paths = numpy.zeros((n, steps), dtype="int64")
+    rows = numpy.arange(n)
+    tag = last.copy()
+    for t in range(steps - 1, -1, -1):
+        tag = numpy.where(lengths - 1 == t, last, tag)
+        paths[:, t] = tag
+        if t:
+            into = scores[:, t - 1] + trans[:, tag].T + emissions[rows, t, tag][:, None]
+            tag = into.argmax(1)
+    return paths
+
+
+class SoftmaxTagger(BIODecoder):
     """Independent per-token softmax over the emissions: the baseline a CRF has to beat.
 
     Same calls and results as `BIOCRF`: the negative log-likelihood of gold `tags` (summed over
     each sequence's tokens, then averaged over sequences, as the CRF's is), the log-probability
-    of `spans`, or the best tag of each token (padded with -1). It has no weights and sees no
-    neighbouring tags, so its paths can hold orphan `I-` tags, which the pipe reads as starts.
+    of `spans`, what `annotate` returns (given its tags), or the best tag of each token (padded
+    with -1). It has no weights and sees no neighbouring tags, so its paths can hold orphan
+    `I-` tags, which the pipe reads as starts.
     """
 
     def forward(
@@ -183,7 +365,11 @@ class SoftmaxTagger(nn.Module):
         tags: Optional[torch.Tensor] = None,
         per_sequence: bool = False,
         spans: Optional[torch.Tensor] = None,
-    ) -> torch.Tensor:
+        entities: bool = False,
+        confidence: bool = False,
+    ) -> Any:
+        if entities:
+            return self.annotate(emissions, mask, confidence)
         log_probs = emissions.log_softmax(-1)
         if tags is not None and spans is not None:
             return self.span_log_probs(log_probs.double(), mask, tags, spans)
@@ -192,6 +378,23 @@ class SoftmaxTagger(nn.Module):
             nll = -(own * mask).sum(1)
             return nll if per_sequence else nll.mean()
         return torch.where(mask, log_probs.argmax(-1), torch.full_like(mask, -1, dtype=torch.long))
+
+    def _best_paths(
+        self, emissions: torch.Tensor, mask: torch.Tensor, keep_tables: bool
+    ) -> Tuple[numpy.ndarray, Any]:
+        log_probs = emissions.log_softmax(-1)
+        return log_probs.argmax(-1).cpu().numpy(), log_probs.double() if keep_tables else None
+
+    def _span_log_probs(
+        self,
+        tables: Any,
+        emissions: torch.Tensor,
+        lengths: torch.Tensor,
+        tags: torch.Tensor,
+        spans: torch.Tensor,
+    ) -> torch.Tensor:
+        mask = lengths_to_mask(lengths, emissions.shape[1])
+        return self.span_log_probs(tables, mask, tags, spans)
 
     @staticmethod
     def span_log_probs(

@@ -9,7 +9,7 @@ import torch
 from seqeval.metrics.sequence_labeling import get_entities
 from spacy.training import iob_to_biluo
 
-from spacy_secner.bio import bio_tags, biluo_to_bio, repair_bio
+from spacy_secner.bio import bio_tags, biluo_to_bio, entity_bounds, repair_bio
 from spacy_secner.pytorch_bilstm_crf import (
     BIOCRF,
     BiLSTMEmitter,
@@ -362,3 +362,153 @@ def test_batched_viterbi_equals_pytorch_crf_decode(constrained):
         for i, path in enumerate(theirs):
             assert ours[i, : len(path)].tolist() == path
             assert (ours[i, len(path) :] == -1).all()
+
+
+# --- the vectorised decoder against the implementation it replaced ---------------------------
+
+
+def reference_viterbi(crf: BIOCRF, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The batched Viterbi of spacy-secner 0.1.0: back-pointers kept at every step."""
+    inner = crf.crf
+    trans = inner.transitions
+    n_seq, n_steps, _ = emissions.shape
+    score = inner.start_transitions + emissions[:, 0]
+    history = []
+    for t in range(1, n_steps):
+        step, best_prev = (score.unsqueeze(2) + trans + emissions[:, t].unsqueeze(1)).max(1)
+        score = torch.where(mask[:, t, None], step, score)
+        history.append(best_prev)
+    lengths = mask.long().sum(1)
+    tag = (score + inner.end_transitions).argmax(1)
+    paths = torch.full((n_seq, n_steps), -1, dtype=torch.long)
+    rows = torch.arange(n_seq)
+    for t in range(n_steps - 1, -1, -1):
+        inside = t < lengths
+        paths[:, t] = torch.where(inside, tag, paths[:, t])
+        if t:
+            tag = torch.where(inside, history[t - 1][rows, tag], tag)
+    return paths
+
+
+def reference_span_log_probs(crf: BIOCRF, emissions, mask, tags, spans) -> torch.Tensor:
+    """The span log-probabilities of spacy-secner 0.1.0: forward and backward in log space."""
+    inner = crf.crf
+    e = emissions.double()
+    start, trans, end = (
+        inner.start_transitions.double(),
+        inner.transitions.double(),
+        inner.end_transitions.double(),
+    )
+    n_seq, n_steps, _ = e.shape
+    lengths = mask.long().sum(1)
+    alphas = [start + e[:, 0]]
+    for t in range(1, n_steps):
+        step = torch.logsumexp(alphas[-1].unsqueeze(2) + trans, dim=1) + e[:, t]
+        alphas.append(torch.where(mask[:, t, None], step, alphas[-1]))
+    alpha = torch.stack(alphas, 1)
+    betas = [end.expand(n_seq, -1)]
+    for t in range(n_steps - 2, -1, -1):
+        step = torch.logsumexp(trans + (e[:, t + 1] + betas[0]).unsqueeze(1), dim=2)
+        is_last = (lengths - 1 == t)[:, None]
+        betas.insert(0, torch.where(is_last, end.expand(n_seq, -1), step))
+    beta = torch.stack(betas, 1)
+    rows = torch.arange(n_seq)
+    log_z = torch.logsumexp(alpha[rows, lengths - 1] + end, dim=1)
+    path = tags.clamp(min=0)
+    own = e.gather(2, path.unsqueeze(2)).squeeze(2)
+    own[:, 1:] += trans[path[:, :-1], path[:, 1:]]
+    cumulated = own.cumsum(1)
+    seq, first, stop, barred = spans.unbind(1)
+    last = stop - 1
+    first_tag, last_tag = path[seq, first], path[seq, last]
+    inner_score = e[seq, first, first_tag] + cumulated[seq, last] - cumulated[seq, first]
+    into = torch.logsumexp(alpha[seq, (first - 1).clamp(min=0)] + trans[:, first_tag].T, dim=1)
+    left = torch.where(first == 0, start[first_tag], into)
+    after = stop.clamp(max=n_steps - 1)
+    out_of = trans[last_tag] + e[seq, after] + beta[seq, after]
+    out_of = out_of.scatter(1, barred.unsqueeze(1), float("-inf"))
+    right = torch.where(stop == lengths[seq], end[last_tag], torch.logsumexp(out_of, dim=1))
+    return left + inner_score + right - log_z[seq]
+
+
+def random_crf_batch(seed: int, constrained: bool, n_labels: int = 13, scale: float = 3.0):
+    """A CRF with random learned scores and a batch of random emissions of mixed lengths."""
+    gen = torch.Generator().manual_seed(seed)
+    tags = bio_tags([f"L{i}" for i in range(n_labels)])
+    crf = BIOCRF(tags, constrained=constrained)
+    k = len(tags)
+    _set_learned_scores(crf, *(torch.randn(shape, generator=gen) for shape in [k, (k, k), k]))
+    lengths = torch.randint(1, 50, (37,), generator=gen)
+    lengths[:3] = torch.tensor([1, 2, 60])
+    mask = lengths_to_mask(lengths, int(lengths.max()))
+    emissions = torch.randn(len(lengths), int(lengths.max()), k, generator=gen) * scale
+    return tags, crf, emissions, mask, lengths
+
+
+def reference_entities(tags, paths, lengths):
+    """(sequence, start, end, start tag) of each entity, with the Python reading of 0.1.0."""
+    rows = []
+    for i, path in enumerate(paths.tolist()):
+        path = path[: int(lengths[i])]
+        for start, end in entity_bounds([tags[t] for t in path]):
+            rows.append([i, start, end, path[start]])
+    return rows
+
+
+@pytest.mark.parametrize("constrained", [True, False])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fused_decoder_equals_the_reference_and_pytorch_crf(constrained, seed):
+    """Paths, entities and log-probabilities of `annotate` (one fused pass, probability space,
+    back-pointers recomputed on the path only) against the loop it replaced and against
+    pytorch-crf's own decode, with 13 labels (27 tags) as in DNRTI."""
+    tags, crf, emissions, mask, lengths = random_crf_batch(seed, constrained)
+    with torch.no_grad():
+        expected = reference_viterbi(crf, emissions, mask)
+        theirs = crf.crf.decode(emissions, mask=mask)
+        paths, found, log_probs = crf(emissions, mask, entities=True, confidence=True)
+        assert torch.equal(crf(emissions, mask), expected)
+    assert torch.equal(paths, expected)
+    assert [paths[i, : len(p)].tolist() for i, p in enumerate(theirs)] == theirs
+    rows = reference_entities(tags, expected, lengths)
+    assert found.tolist() == rows and len(rows) > 50
+    inside = {i: tags.index("I-" + tag[2:]) for i, tag in enumerate(tags) if tag != "O"}
+    spans = torch.tensor([[i, s, e, inside[t]] for i, s, e, t in rows])
+    with torch.no_grad():
+        reference = reference_span_log_probs(crf, emissions, mask, expected, spans)
+        direct = crf(emissions, mask, expected, spans=spans)
+    assert log_probs.dtype == torch.float64
+    torch.testing.assert_close(log_probs, reference, rtol=0, atol=1e-9)
+    torch.testing.assert_close(direct, reference, rtol=0, atol=1e-9)
+    # Without confidences: the same paths and entities, no probabilities.
+    with torch.no_grad():
+        paths2, found2, none = crf(emissions, mask, entities=True, confidence=False)
+    assert torch.equal(paths2, paths) and torch.equal(found2, found) and len(none) == 0
+
+
+def test_fused_decoder_with_extreme_scores():
+    """Large emissions (the probability-space passes rescale every step) and ties."""
+    tags, crf, emissions, mask, lengths = random_crf_batch(5, True, n_labels=4, scale=60.0)
+    emissions[4, :, :] = 0.0  # every tag equally likely: ties everywhere
+    with torch.no_grad():
+        expected = reference_viterbi(crf, emissions, mask)
+        paths, found, log_probs = crf(emissions, mask, entities=True, confidence=True)
+    assert torch.equal(paths, expected)
+    inside = {i: tags.index("I-" + tag[2:]) for i, tag in enumerate(tags) if tag != "O"}
+    rows = reference_entities(tags, expected, lengths)
+    spans = torch.tensor([[i, s, e, inside[t]] for i, s, e, t in rows])
+    with torch.no_grad():
+        reference = reference_span_log_probs(crf, emissions, mask, expected, spans)
+    assert torch.isfinite(log_probs).all()
+    torch.testing.assert_close(log_probs.exp(), reference.exp(), rtol=0, atol=1e-9)
+
+
+def test_bio_entities_read_like_seqeval():
+    """Random paths, well formed or not: the array reading equals `entity_bounds`."""
+    from spacy_secner.pytorch_bilstm_crf import bio_entities, bio_inside_tags
+
+    rng = random.Random(3)
+    tags = bio_tags(["A", "B", "C"])
+    lengths = numpy.asarray([rng.randint(0, 15) for _ in range(200)])
+    paths = numpy.asarray([[rng.randrange(len(tags)) for _ in range(15)] for _ in lengths])
+    got = bio_entities(paths, lengths, bio_inside_tags(tags).numpy())
+    assert got.tolist() == reference_entities(tags, torch.from_numpy(paths), lengths)

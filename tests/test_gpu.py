@@ -30,9 +30,9 @@ def test_train_and_predict_on_gpu(on_gpu, kind, tiny_bert_dir):
     ner = nlp.get_pipe("ner_crf")
     docs = list(nlp.pipe(TRAIN_TEXTS + ["", "APT28"]))
     assert docs[-2].ents == ()
-    tag_ids, _ = ner.predict(docs)
-    # Decoded paths come back to the host once per batch (see crf_decode): numpy, not cupy.
-    assert type(tag_ids[0]).__module__ == "numpy"
+    tag_ids, entities, _ = ner.predict(docs)
+    # Decoded paths and entities come back to the host once per batch: numpy, not cupy.
+    assert type(tag_ids[0]).__module__ == "numpy" and type(entities[0]).__module__ == "numpy"
     assert [len(ids) for ids in tag_ids] == [len(d) for d in docs]
     scores = ner.model.predict(docs[:5])
     assert type(scores[0]).__module__.startswith("cupy")

@@ -223,11 +223,14 @@ def test_empty_and_one_token_docs(trained_nlp):
     one = trained_nlp("APT28")
     assert len(one) == 1
     assert all(label in ner.labels for _, label in ents_of(one))
-    tag_ids, confidences = ner.predict([trained_nlp.make_doc("APT28"), trained_nlp.make_doc("")])
+    tag_ids, entities, confidences = ner.predict(
+        [trained_nlp.make_doc("APT28"), trained_nlp.make_doc("")]
+    )
     assert [len(ids) for ids in tag_ids] == [1, 0]
     n_entities = sum(ner.tags[i].startswith("B-") for i in tag_ids[0].tolist())
-    assert len(confidences[0]) == n_entities and confidences[1] == []
-    assert ner.predict([]) == ([], [])
+    assert len(entities[0]) == len(confidences[0]) == n_entities
+    assert len(entities[1]) == 0 and confidences[1] == []
+    assert ner.predict([]) == ([], [], [])
     # A batch of nothing but empty docs (a listener cannot pool one).
     assert [len(d.ents) for d in trained_nlp.pipe(["", "", ""])] == [0, 0, 0]
     # Whitespace-only docs have one token and no entity.

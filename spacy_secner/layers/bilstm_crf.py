@@ -7,15 +7,17 @@ initialization, so both torch modules are built then, or by `build_heads` before
 are read (thinc only loads weights into layers that exist).
 """
 from io import BytesIO
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy
 import torch
 from spacy.tokens import Doc
-from thinc.api import ArgsKwargs, Model, PyTorchWrapper_v3, torch2xp, xp2torch
+from thinc.api import ArgsKwargs, Model, torch2xp, xp2torch
+from thinc.layers.pytorchwrapper import forward as pytorch_forward
 from thinc.types import Floats2d, Ints1d
 
 from ..pytorch_bilstm_crf import BIOCRF, BiLSTMEmitter, SoftmaxTagger, lengths_to_mask
+from .shims import EvalModeShim
 
 DECODERS = ("crf", "softmax")
 
@@ -105,7 +107,7 @@ def build_heads(model: Model) -> None:
             "The ner_crf model needs its tags and input width before it is built: "
             "initialize the pipe (nlp.initialize) or load a trained pipeline."
         )
-    emitter = PyTorchWrapper_v3(
+    emitter = _torch_layer(
         BiLSTMEmitter(
             model.get_dim("nI"),
             len(tags),
@@ -115,24 +117,33 @@ def build_heads(model: Model) -> None:
         ),
         convert_inputs=_emitter_inputs,
         convert_outputs=_emitter_outputs,
-        deserialize_model=_load_state_dict,
     )
     if model.attrs["decoder"] == "softmax":
-        module: torch.nn.Module = SoftmaxTagger()
+        module: torch.nn.Module = SoftmaxTagger(tags)
     else:
         module = BIOCRF(tags, constrained=model.attrs["constrained"])
-    decoder = PyTorchWrapper_v3(
-        module,
-        convert_inputs=_decoder_inputs,
-        convert_outputs=_decoder_outputs,
-        deserialize_model=_load_state_dict,
-    )
+    decoder = _torch_layer(module, convert_inputs=_decoder_inputs, convert_outputs=_decoder_outputs)
     emitter.set_dim("nI", model.get_dim("nI"))
     emitter.set_dim("nO", len(tags))
     # The order of `layers` is the order of the saved weights: emitter, then decoder.
     for name, layer in (("emitter", emitter), ("decoder", decoder)):
         model.layers.append(layer)
         model.set_ref(name, layer)
+
+
+def _torch_layer(
+    module: torch.nn.Module, *, convert_inputs: Callable, convert_outputs: Callable
+) -> Model:
+    """thinc's `PyTorchWrapper_v3` around `module` (same layer name, attributes, dimensions and
+    serialization), with a shim that does not switch the module's mode at every prediction,
+    and weights read as plain state dicts."""
+    return Model(
+        "pytorch",
+        pytorch_forward,
+        attrs={"convert_inputs": convert_inputs, "convert_outputs": convert_outputs},
+        shims=[EvalModeShim(module, deserialize_model=_load_state_dict)],
+        dims={"nI": None, "nO": None},
+    )
 
 
 def _on_nonempty(
@@ -187,16 +198,19 @@ def _emitter_outputs(
 def _decoder_inputs(
     model: Model, X: Tuple[List[Floats2d], Optional[List[Ints1d]], Any], is_train: bool
 ) -> Tuple[ArgsKwargs, Callable]:
-    """X: scores, gold or decoded tags (None to decode), and what to compute from the tags:
-    None for the mean NLL, True for one NLL per sequence, or (n, 4) span rows for their
-    log-probabilities."""
+    """X: scores, gold or decoded tags (None to decode), and what to compute: with tags, None
+    for the mean NLL, True for one NLL per sequence, or (n, 4) span rows for their
+    log-probabilities; without tags, None for the best paths, or "entities" or "confidences"
+    for the best paths, their entities and (with "confidences") the entities' probabilities."""
     scores, gold, what = X
     lengths = [len(s) for s in scores]
     device = model.shims[0].device
     emissions = xp2torch(model.ops.pad(scores), requires_grad=is_train, device=device)
     mask = lengths_to_mask(torch.tensor(lengths, device=device), emissions.shape[1])
-    kwargs = {}
-    if gold is not None:
+    kwargs: Dict[str, Any] = {}
+    if gold is None and what is not None:
+        kwargs = {"entities": True, "confidence": what == "confidences"}
+    elif gold is not None:
         # Filled on the host and copied once: one copy per sequence would each wait for a GPU.
         tags = numpy.zeros(tuple(mask.shape), dtype="int64")
         for i, g in enumerate(gold):
@@ -222,6 +236,9 @@ def _decoder_outputs(
     def backprop(d_loss: float) -> ArgsKwargs:
         return ArgsKwargs(args=(Y,), kwargs={"grad_tensors": torch.tensor(d_loss, device=Y.device)})
 
+    if gold is None and what is not None:
+        # Paths, entities and probabilities, already on the host.
+        return tuple(y.numpy() for y in Y), backprop
     if gold is not None and what is not None:
         return Y.detach().cpu().numpy(), backprop
     if gold is not None:

@@ -4,13 +4,14 @@ Each function takes the emission scores of the `ner_crf` model (`bilstm_crf.py`)
 decoder once for the whole batch, on the non-empty sequences only.
 """
 import math
-from typing import List, Sequence, Tuple
+from typing import List, NamedTuple, Sequence, Tuple
 
 import numpy
 from spacy.tokens import Doc
 from thinc.api import Model
-from thinc.types import Floats2d, Ints1d
+from thinc.types import Floats2d, Ints1d, Ints2d
 
+from ..batching import padded_batches
 from ..bio import entity_bounds
 
 
@@ -79,38 +80,108 @@ def crf_span_confidence(
     return confidences
 
 
+class DocEntities(NamedTuple):
+    """What the decoder found in a batch of docs, per doc: the best tag indices, the entities
+    as (m, 3) rows of start token, end token and label index (into the pipe's labels), and
+    each entity's confidence (empty without confidences)."""
+
+    tag_ids: List[Ints1d]
+    entities: List[Ints2d]
+    confidences: List[List[float]]
+
+
+def decode_entities(
+    model: Model,
+    docs: Sequence[Doc],
+    scores: List[Floats2d],
+    confidence: bool,
+    *,
+    max_padded: int = 16384,
+) -> DocEntities:
+    """The decoded entities of `docs`, with each sentence decoded as its own sequence where a
+    doc has sentence boundaries.
+
+    The CRF learned on single sentences, so it gets its learned start and end transitions at
+    sentence edges, and no entity runs across a sentence boundary. The sentences of all docs
+    are decoded together, in groups of similar length of at most `max_padded` padded tokens:
+    a decoder call costs a few operations per time step of its longest sentence, whatever the
+    number of sentences. The decoder reads the entities off the paths and scores them in the
+    same call (`BIODecoder.annotate`); here they only move from sentences to docs, with array
+    operations.
+    """
+    owner, offset, length = _segments(docs)
+    n_docs = len(docs)
+    empty = DocEntities(
+        [numpy.zeros((0,), dtype="int64") for _ in docs],
+        [numpy.zeros((0, 3), dtype="int64") for _ in docs],
+        [[] for _ in docs],
+    )
+    if not len(owner):
+        return empty
+    what = "confidences" if confidence else "entities"
+    decoder = model.get_ref("decoder")
+    # Segments cover their docs in order: their tags, joined, are the docs' tags.
+    flat_tags = numpy.zeros((int(length.sum()),), dtype="int64")
+    seg_start = numpy.cumsum(length) - length
+    found_parts, prob_parts = [], []
+    for group in padded_batches(length.tolist(), max_padded):
+        rows = numpy.asarray(group, dtype="int64")
+        segments = [scores[owner[k]][offset[k] : offset[k] + length[k]] for k in group]
+        paths, found, log_probs = decoder.predict((segments, None, what))
+        steps = numpy.arange(paths.shape[1])[None, :]
+        real = steps < length[rows][:, None]
+        flat_tags[(seg_start[rows][:, None] + steps)[real]] = paths[real]
+        found[:, 0] = rows[found[:, 0]]
+        found_parts.append(found)
+        prob_parts.append(log_probs)
+    found = numpy.concatenate(found_parts)
+    order = numpy.argsort(found[:, 0], kind="stable")  # segment order, starts in order within
+    found = found[order]
+    doc_lengths = numpy.asarray([len(doc) for doc in docs])
+    tag_ids = numpy.split(flat_tags, numpy.cumsum(doc_lengths)[:-1])
+    seg = found[:, 0]
+    entity_rows = numpy.stack(
+        [found[:, 1] + offset[seg], found[:, 2] + offset[seg], (found[:, 3] - 1) // 2], axis=1
+    )
+    bounds = numpy.searchsorted(owner[seg], numpy.arange(n_docs + 1))
+    entities = [entity_rows[bounds[i] : bounds[i + 1]] for i in range(n_docs)]
+    if confidence:
+        log_probs = numpy.concatenate(prob_parts)[order]
+        probs = numpy.minimum(numpy.exp(log_probs), 1.0).tolist()
+        confidences = [probs[bounds[i] : bounds[i + 1]] for i in range(n_docs)]
+    else:
+        confidences = empty.confidences
+    return DocEntities(tag_ids, entities, confidences)
+
+
 def decode_by_sentence(
     model: Model, docs: Sequence[Doc], scores: List[Floats2d], confidence: bool
 ) -> Tuple[List[Ints1d], List[List[float]]]:
     """Viterbi tags (host arrays) and, if `confidence`, entity confidences per doc, with each
-    sentence decoded as its own sequence where the doc has sentence boundaries.
-
-    The CRF learned on single sentences, so it gets its learned start and end transitions at
-    sentence edges, and no entity runs across a sentence boundary. A batch of sentences also
-    decodes in far fewer time steps than whole reports.
-    """
-    bounds = [sentence_bounds(doc) for doc in docs]
-    segments = [
-        scores[i][start:end] for i, doc_bounds in enumerate(bounds) for start, end in doc_bounds
-    ]
-    seg_ids = crf_decode(model, segments)
-    seg_found = crf_span_confidence(model, segments, seg_ids) if confidence else None
-    ids: List[Ints1d] = []
-    found: List[List[float]] = []
-    k = 0
-    for doc_bounds in bounds:
-        n = len(doc_bounds)
-        ids.append(seg_ids[k] if n == 1 else numpy.concatenate(seg_ids[k : k + n]))
-        if seg_found is None:
-            found.append([])
-        else:
-            found.append([c for seg in seg_found[k : k + n] for c in seg])
-        k += n
-    return ids, found
+    sentence decoded as its own sequence where the doc has sentence boundaries (see
+    `decode_entities`)."""
+    found = decode_entities(model, docs, scores, confidence)
+    return found.tag_ids, found.confidences
 
 
-def sentence_bounds(doc: Doc) -> List[Tuple[int, int]]:
-    """(start, end) token offsets of a doc's sentences, or the whole doc if it has none."""
-    if len(doc) and doc.has_annotation("SENT_START"):
-        return [(sent.start, sent.end) for sent in doc.sents]
-    return [(0, len(doc))]
+def _segments(docs: Sequence[Doc]) -> Tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]:
+    """The doc, start token and length of each sentence of the non-empty docs, in order (a doc
+    without sentence boundaries is one segment)."""
+    owner, offset, length = [], [], []
+    for i, doc in enumerate(docs):
+        n = len(doc)
+        if not n:
+            continue
+        starts = [0]
+        if doc.has_annotation("SENT_START"):
+            flags = doc.to_array("SENT_START")
+            starts = numpy.flatnonzero(flags == 1)
+            if not len(starts) or starts[0] != 0:
+                starts = numpy.concatenate([[0], starts])
+            starts = starts.tolist()
+        owner += [i] * len(starts)
+        offset += starts
+        length += numpy.diff(starts + [n]).tolist()
+    as_array = lambda values: numpy.asarray(values, dtype="int64")  # noqa: E731
+    return as_array(owner), as_array(offset), as_array(length)
+
