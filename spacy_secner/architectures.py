@@ -4,11 +4,10 @@ from typing import Callable, List, Optional
 from spacy.tokens import Doc
 from spacy.util import registry
 from spacy_transformers.data_classes import FullTransformerBatch
-from spacy_transformers.layers import TransformerModel
 from thinc.api import Model
 from thinc.types import Floats2d, Ragged
 
-from .layers import bilstm_crf_model, first_or_zeros, with_length_groups
+from .layers import GroupedTransformerModel, bilstm_crf_model, first_or_zeros
 
 
 @registry.architectures("spacy-secner.TransformerBiLSTMCRF.v1")
@@ -83,21 +82,21 @@ def create_transformer_model(
     grad_scaler_config: Optional[dict] = None,
     max_batch_wordpieces: int = 1024,
 ) -> Model[List[Doc], FullTransformerBatch]:
-    """`spacy-transformers.TransformerModel.v3` (same settings, weights and serialization),
-    whose encoder predicts on the windows of a batch sorted by wordpiece length, in groups of
-    at most `max_batch_wordpieces` padded wordpieces (`layers/grouped_encoder.py`). Training is
-    unchanged; 0 turns the grouping off.
+    """`spacy-transformers.TransformerModel.v3` (same settings, weights, serialization and
+    outputs), whose encoder predicts on the windows of a batch sorted by wordpiece length, in
+    groups of at most `max_batch_wordpieces` padded wordpieces (`layers/grouped_encoder.py`;
+    0 turns the grouping off; training is one call), and whose batches are prepared with array
+    operations (`layers/transformer_model.py`).
     """
-    model = TransformerModel(
+    return GroupedTransformerModel(
         name,
         get_spans,
         tokenizer_config or {},
         transformer_config or {},
         mixed_precision,
         grad_scaler_config or {},
+        max_batch_wordpieces,
     )
-    model.layers[0] = with_length_groups(model.layers[0], max_batch_wordpieces)
-    return model
 
 
 @registry.layers("spacy-secner.reduce_first.v1")

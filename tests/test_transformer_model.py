@@ -4,6 +4,7 @@ import pytest
 import spacy
 from spacy_transformers.data_classes import WordpieceBatch
 from spacy_transformers.layers.transformer_model import huggingface_tokenize
+from thinc.api import fix_random_seed
 
 from spacy_secner.batching import padded_batches
 from spacy_secner.layers import grouped_encoder
@@ -137,3 +138,69 @@ def test_padded_batches(max_padded):
         padded = max(lengths[i] for i in group) * len(group)
         assert len(group) == 1 or padded <= max_padded
     assert padded_batches([], 10) == []
+
+
+def test_same_outputs_as_spacy_transformers_v3(tiny_bert_dir, tmp_path):
+    """The same weights under spacy-transformers' TransformerModel.v3: the same wordpieces,
+    alignment, encoder outputs per doc, entities and confidences (the forward pass prepares its
+    batch with array operations, and its encoder's shim keeps eval mode)."""
+    from spacy_secner.layers import GroupedTransformerModel
+
+    nlp = make_grouped_trf_nlp(tiny_bert_dir, 0)
+    assert isinstance(nlp.get_pipe("transformer").model, GroupedTransformerModel)
+    nlp.to_disk(tmp_path / "model")
+    config = spacy.util.load_config(tmp_path / "model" / "config.cfg", interpolate=False)
+    model = config["components"]["transformer"]["model"]
+    model["@architectures"] = "spacy-transformers.TransformerModel.v3"
+    del model["max_batch_wordpieces"]
+    for key in ("transformer_config", "grad_scaler_config"):
+        model[key] = model[key] or {}
+    config.to_disk(tmp_path / "model" / "config.cfg")
+    v3 = spacy.load(tmp_path / "model")
+    assert type(v3.get_pipe("transformer").model).__name__ == "TransformerModel"
+    texts = TEXTS + ["", "don't  stop\n\nX-Agent 😀 émigré .", "[PAD] [CLS] tokens ."]
+    for ours, theirs in zip(nlp.pipe(texts, batch_size=4), v3.pipe(texts, batch_size=4)):
+        assert [(e.start, e.end, e.label_) for e in ours.ents] == offsets_of(theirs)
+        assert [e._.confidence for e in ours.ents] == pytest.approx([e._.confidence for e in theirs.ents], abs=1e-6)
+        a, b = ours._.trf_data, theirs._.trf_data
+        assert a.wordpieces.strings == b.wordpieces.strings
+        assert a.wordpieces.lengths == b.wordpieces.lengths
+        numpy.testing.assert_array_equal(a.wordpieces.input_ids, b.wordpieces.input_ids)
+        numpy.testing.assert_array_equal(a.align.dataXd, b.align.dataXd)
+        numpy.testing.assert_array_equal(a.align.lengths, b.align.lengths)
+        assert set(a.model_output) == set(b.model_output)
+        for key in b.model_output:
+            numpy.testing.assert_allclose(a.model_output[key], b.model_output[key], atol=1e-6)
+    # Training steps give the same losses (the same dropout masks: the same seed).
+    losses = []
+    for pipeline in (nlp, v3):
+        fix_random_seed(0)
+        optimizer = pipeline.resume_training()
+        step = {}
+        pipeline.update(make_examples(pipeline), sgd=optimizer, losses=step)
+        pipeline.update(make_examples(pipeline), sgd=optimizer, losses=step)
+        losses.append(step["ner_crf"])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+
+
+def test_encoder_stays_in_eval_mode_between_predictions(tiny_bert_dir):
+    """Predicting switches no module's mode; a training step puts it back in train mode."""
+    nlp = make_grouped_trf_nlp(tiny_bert_dir, 16)
+    encoder = nlp.get_pipe("transformer").model.transformer
+    list(nlp.pipe(TEXTS))
+    assert not encoder.training
+    switches = []
+    for module in encoder.modules():
+        module.register_forward_pre_hook(lambda m, args: switches.append(m.training))
+    calls = []
+    original_train = type(encoder).train
+
+    def counting_train(self, mode=True):
+        calls.append(mode)
+        return original_train(self, mode)
+
+    encoder.train = counting_train.__get__(encoder)
+    list(nlp.pipe(TEXTS))
+    assert calls == [] and not any(switches)
+    nlp.update(make_examples(nlp), sgd=nlp.create_optimizer())
+    assert calls == [True]

@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from spacy_transformers.data_classes import WordpieceBatch
 from thinc.api import Model
+from thinc.shims import Shim
 from thinc.layers.pytorchwrapper import forward as pytorch_forward
 from transformers.file_utils import ModelOutput
 
@@ -25,25 +26,24 @@ _PER_WORDPIECE_TUPLES = {"hidden_states"}
 _PER_WINDOW = {"pooler_output"}
 
 
-def with_length_groups(hf_layer: Model, max_batch_wordpieces: int) -> Model:
-    """The HF wrapper layer `hf_layer` (spacy-transformers' `HFWrapper`) with a forward that
-    groups windows by length when predicting (0 turns the grouping off).
-
-    The layer is rebuilt around the same shim (the same torch model, tokenizer and weights),
-    with the same name, dims and attrs: it serializes exactly as the original, so pipelines
-    saved with either load with either. The setting is read at each call, from
-    `attrs["max_batch_wordpieces"]`.
+def grouped_encoder_layer(
+    shim: Shim, convert_inputs: Callable, convert_outputs: Callable, max_batch_wordpieces: int
+) -> Model:
+    """The encoder layer of a transformer model (as spacy-transformers' `HFWrapper`: same name,
+    dims and attrs, so it serializes exactly as that one) around `shim`, with a forward that
+    groups windows by length when predicting (0 turns the grouping off). The setting is read
+    at each call, from `attrs["max_batch_wordpieces"]`.
     """
-    attrs = {**hf_layer.attrs, "max_batch_wordpieces": max_batch_wordpieces}
-    dims = {name: hf_layer.maybe_get_dim(name) for name in hf_layer.dim_names}
     return Model(
-        hf_layer.name,
+        "hf-pytorch",
         length_sorted_forward,
-        init=hf_layer.init,
-        dims=dims,
-        attrs=attrs,
-        shims=hf_layer.shims,
-        ops=hf_layer.ops,
+        attrs={
+            "convert_inputs": convert_inputs,
+            "convert_outputs": convert_outputs,
+            "max_batch_wordpieces": max_batch_wordpieces,
+        },
+        shims=[shim],
+        dims={"nI": None, "nO": None},
     )
 
 
