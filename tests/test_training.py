@@ -5,7 +5,9 @@ import pytest
 import spacy
 from spacy.cli.train import train
 from spacy.tokens import Doc, DocBin
-from spacy.training import Corpus
+from spacy.training import Corpus, Example
+
+from conftest import make_examples
 
 from spacy_secner.evaluation import predict_corpus, read_curves, seqeval_report
 from spacy_secner.training import dev_scores, plateau
@@ -156,3 +158,20 @@ def test_seqeval_agrees_with_spacy_scorer(trained):
     assert report["support"] == 9
     assert set(report["per_type"]) <= {"HackOrg", "Tool", "Org", "Time", "Idus", "Area", "SecTeam"}
     json.dumps(report)  # serializable as written by scripts/evaluate.py
+
+
+def test_dev_loss_comes_from_the_evaluation_pass(trained_trf_nlp, monkeypatch):
+    """`nlp.evaluate` scores the CRF loss on the docs it has just annotated: the transformer
+    reads the dev set once, and the loss is the pipe's NLL of the gold entities."""
+    nlp = trained_trf_nlp
+    transformer = nlp.get_pipe("transformer")
+    seen = []
+    predict = transformer.predict
+    monkeypatch.setattr(transformer, "predict", lambda docs: seen.extend(docs) or predict(docs))
+    examples = make_examples(nlp)
+    scores = nlp.evaluate(examples)
+    assert len(seen) == len(examples)
+    texts = [eg.reference.text for eg in examples]
+    annotated = [Example(doc, eg.reference) for doc, eg in zip(nlp.pipe(texts), examples)]
+    assert scores["ner_crf_loss"] == pytest.approx(nlp.get_pipe("ner_crf").nll(annotated), rel=1e-4)
+    assert 0 < scores["ner_crf_loss"] < 10 and scores["ents_f"] == 1.0
