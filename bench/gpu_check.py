@@ -4,6 +4,8 @@ machine; the commands also run on CPU, for testing.
 
     python bench/gpu_check.py make-encoder VOCAB OUTPUT_DIR
     python bench/gpu_check.py core ENCODER_DIR TEST_TXT OUTPUT_JSON --device cuda
+    python bench/gpu_check.py pack-encoder ENCODER_DIR ARCHIVE      (here: float16, xz)
+    python bench/gpu_check.py unpack-encoder ARCHIVE OUTPUT_DIR     (there: back to float32)
 
 `core` times the pipe's torch core without spaCy: the encoder, first-wordpiece pooling, and the
 same `BiLSTMEmitter` and `BIOCRF` modules the `ner_crf` pipe wraps (training steps: loss,
@@ -51,6 +53,96 @@ def make_encoder(
     BertModel(BertConfig(**SECBERT_SHAPE)).save_pretrained(output)
     BertTokenizerFast(str(output / "vocab.txt"), do_lower_case=True).save_pretrained(output)
     typer.echo(f"SecBERT-shaped encoder in {output}")
+
+
+# The files of a Hugging Face encoder directory that the pipeline reads (not the
+# sentence-transformers extras).
+ENCODER_FILES = (
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+)
+
+
+@app.command("pack-encoder")
+def pack_encoder(
+    encoder: Path = typer.Argument(..., help="Hugging Face encoder directory (model.safetensors)"),
+    archive: Path = typer.Argument(..., help="The .tar.xz to write"),
+) -> None:
+    """Pack an encoder for a machine with no network: its weights in float16 (half the bytes;
+    `unpack-encoder` turns them back into float32) and its tokenizer and config files, as one
+    xz-compressed tar."""
+    import io
+    import lzma
+    import tarfile
+
+    from safetensors.torch import load_file, save
+
+    weights = load_file(str(encoder / "model.safetensors"))
+    half = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in weights.items()}
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with lzma.open(archive, "wb", preset=9 | lzma.PRESET_EXTREME) as xz, tarfile.open(
+        fileobj=xz, mode="w"
+    ) as tar:
+        payload = save(half)
+        info = tarfile.TarInfo("model.f16.safetensors")
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+        for name in ENCODER_FILES:
+            if (encoder / name).is_file():
+                tar.add(encoder / name, arcname=name)
+    typer.echo(f"{archive}: {archive.stat().st_size / 2**20:.1f} MiB")
+
+
+@app.command("unpack-encoder")
+def unpack_encoder(
+    archive: Path = typer.Argument(..., help="A .tar.xz from pack-encoder"),
+    output: Path = typer.Argument(..., help="Encoder directory to write"),
+) -> None:
+    """Unpack an encoder packed by `pack-encoder`, its weights back in float32."""
+    import tarfile
+
+    from safetensors.torch import load_file, save_file
+
+    output.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive, "r:xz") as tar:
+        tar.extractall(output, filter="data")
+    half = output / "model.f16.safetensors"
+    weights = load_file(str(half))
+    full = {k: (v.float() if v.is_floating_point() else v) for k, v in weights.items()}
+    save_file(full, str(output / "model.safetensors"), metadata={"format": "pt"})
+    half.unlink()
+    typer.echo(f"{output}: {sum(v.numel() for v in full.values()):,} parameters in float32")
+
+
+@app.command("train-summary")
+def train_summary(curves: Path = typer.Argument(..., help="curves.jsonl of a training run")) -> None:
+    """Seconds per evaluation interval (an epoch in the default config), steps/s and words/s of
+    a training run, from its `spacy-secner.curve_logger.v1` file (evaluations included)."""
+    if not curves.is_file():
+        typer.echo(f"no curves at {curves}")
+        raise typer.Exit(1)
+    records = [json.loads(line) for line in curves.read_text(encoding="utf8").splitlines() if line]
+    previous = {"step": 0, "seconds": 0.0, "words": 0}
+    for record in records:
+        steps = record["step"] - previous["step"]
+        seconds = record["seconds"] - previous["seconds"]
+        words = record["words"] - previous["words"]
+        rate = f"{steps / seconds:.1f} steps/s, {words / seconds:,.0f} words/s" if seconds > 0 else ""
+        typer.echo(
+            f"epoch {record['epoch']} step {record['step']}: {seconds:.1f} s for {steps} steps "
+            f"{rate}; dev F1 {record.get('ents_f') or 0:.4f}, dev loss {record.get('dev_loss', '-')}"
+        )
+        previous = record
+    last = records[-1] if records else previous
+    if last["seconds"]:
+        typer.echo(
+            f"total: {last['step']} steps, {last['words']:,} words in {last['seconds']:.1f} s: "
+            f"{last['step'] / last['seconds']:.1f} steps/s, {last['words'] / last['seconds']:,.0f} "
+            "words/s, evaluations included"
+        )
 
 
 def _median_time(fn: Callable[[], Any], sync: Callable[[], None], repeats: int) -> float:

@@ -1,77 +1,111 @@
 #!/usr/bin/env bash
-# The GPU check, as one script for a GPU machine that has PyTorch but no spaCy and no
-# network. It needs, in the working tree (never committed):
-#   .gpu/site312.tar.xz  spaCy, thinc, spacy-transformers, transformers 4.53.2 ... installed for
-#                        CPython 3.12 with `pip install --target`, then tarred (see BENCHMARKS.md)
-#   .gpu/vocab.txt       a BERT vocab (the embedded MiniLM's), padded to SecBERT's 52,000 entries
-#   .gpu/dnrti/test.txt  DNRTI's test set, for the benchmark texts
-#   corpus/*.spacy       the converted corpus (`spacy project run convert`)
-# Stages, each with its own time limit; a failed stage is reported and the next one still runs:
-#   1. the pipe's torch core (encoder, BiLSTM, CRF) without spaCy: training steps and inference
-#   2. `spacy train` on the GPU for 400 steps of 8 sentences, SecBERT-shaped encoder
-#   3. bench/bench_speed.py on the GPU with the model from stage 2
-#   4. the GPU tests (pytest tests/test_gpu.py tests/test_transformer_model.py; the tarball
-#      carries pytest 8.3.3, pluggy, iniconfig and packaging too)
-#   5. `bench_speed.py grouping`: the transformer's batching settings side by side, stage 2's model
-# Results go to $OUT (default /tmp/gpu-check). Settings (environment variables, with defaults):
-#   STAGES="1 2 3 4 5"  TRAIN_STEPS=400  EVAL_FREQ=200  BATCHES=1,8,64  LOAD_RUNS=3
-#   GROUPING=4096:0,4096:8192,4096:2048,16384:8192,16384:32768,16384:0
-#   LIMIT_CORE=90  LIMIT_TRAIN=180  LIMIT_BENCH=290  LIMIT_TESTS=120  LIMIT_GROUPING=120
+# The GPU check: one prepared run for a GPU machine that has PyTorch and CuPy but no spaCy and no
+# network, within 10 minutes. Build its files first, where PyPI and DNRTI are at hand:
+#   DNRTI_DIR=... bash bench/gpu_prepare.sh      -> .gpu/ (56 MB, never committed)
+# .gpu/ then travels with the working tree. Stages, each with its own time limit; a failed stage
+# is reported and the next one still runs:
+#   setup  unpack .gpu/site312.tar.xz in front of the machine's own packages, give spacy-secner its
+#          entry points, unpack the MiniLM encoder (float16 -> float32), convert DNRTI to DocBins
+#   1      tiny: `bench_speed.py tiny` on the GPU, the pipeline's own overhead beside the same
+#          model in plain PyTorch and an HF token classifier
+#   2      train: `spacy train configs/minilm_cpu.cfg` (the default config) on the GPU for $EPOCHS
+#          epochs; seconds per epoch and words/s from its curves
+#   3      evaluate: `scripts/evaluate.py` on the test set with stage 2's best model
+#   4      speed: `bench_speed.py run` on the GPU with stage 2's model: en_secner beside HF token
+#          classification and the bare encoder, sentences and documents
+#   5      tests: the GPU tests and the tests that outputs did not change
+# Settings (environment variables, with defaults):
+#   STAGES="1 2 3 4 5"  GPU_ID=0  EPOCHS=2  MAX_STEPS=0  EVAL_FREQ=329  BATCHES=1,64  REPEATS=5
+#   THREADS=8  LIMIT=0 (test sentences; 0: all)  DOCS=50  PYTHON=python3
+#   SITE=.gpu/site312.tar.xz (empty: the interpreter has spaCy already)
+#   ENCODER_ARCHIVE=.gpu/minilm-f16.tar.xz  DNRTI=.gpu/dnrti  OUT=/tmp/gpu-check  WORK=/tmp/gpu-work
+#   LIMIT_TINY=120  LIMIT_TRAIN=200  LIMIT_EVAL=60  LIMIT_SPEED=180  LIMIT_TESTS=90 (seconds)
+# With GPU_ID=-1 every stage runs on the CPU (bench/tests/test_gpu_check.py does, on tiny inputs).
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-check}
+WORK=${WORK:-/tmp/gpu-work}
 STAGES=${STAGES:-1 2 3 4 5}
-GROUPING=${GROUPING:-4096:0,4096:8192,4096:2048,16384:8192,16384:32768,16384:0}
-TRAIN_STEPS=${TRAIN_STEPS:-400}
-EVAL_FREQ=${EVAL_FREQ:-200}
-BATCHES=${BATCHES:-1,8,64}
-LOAD_RUNS=${LOAD_RUNS:-3}
-mkdir -p "$OUT" /tmp/site
+GPU_ID=${GPU_ID:-0}
+EPOCHS=${EPOCHS:-2}
+MAX_STEPS=${MAX_STEPS:-0}
+EVAL_FREQ=${EVAL_FREQ:-329}
+BATCHES=${BATCHES:-1,64}
+REPEATS=${REPEATS:-5}
+THREADS=${THREADS:-8}
+LIMIT=${LIMIT:-0}
+DOCS=${DOCS:-50}
+PYTHON=${PYTHON:-python3}
+SITE=${SITE-.gpu/site312.tar.xz}
+ENCODER_ARCHIVE=${ENCODER_ARCHIVE:-.gpu/minilm-f16.tar.xz}
+DNRTI=${DNRTI:-.gpu/dnrti}
+mkdir -p "$OUT" "$WORK"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-tar xJf .gpu/site312.tar.xz -C /tmp/site || exit 1
-# The repository's own spacy_secner first; its entry points come from the dist-info in /tmp/site.
-export PYTHONPATH="$PWD:/tmp/site"
-python3 -c "import torch, spacy, thinc, transformers, cupy; print('torch', torch.__version__, 'spacy', spacy.__version__, 'thinc', thinc.__version__, 'transformers', transformers.__version__, 'cupy', cupy.__version__)" 2>&1 | tail -3 | tee -a "$OUT/gpu.txt"
-ENCODER=/tmp/secbert-shaped
-python3 bench/gpu_check.py make-encoder .gpu/vocab.txt $ENCODER || exit 1
+stage() { [[ " $STAGES " == *" $1 "* ]]; }
+started=$(date +%s)
+elapsed() { echo "$(( $(date +%s) - started )) s"; }
 
-if [[ " $STAGES " == *" 1 "* ]]; then
-echo "== 1. torch core"
-timeout ${LIMIT_CORE:-90} python3 bench/gpu_check.py core $ENCODER .gpu/dnrti/test.txt "$OUT/core_gpu.json" \
-  --device cuda --train-steps 300 > "$OUT/core.log" 2>&1 || echo "stage 1 failed: $(tail -5 "$OUT/core.log")"
-tail -25 "$OUT/core.log"
+echo "== setup"
+if command -v nvidia-smi > /dev/null; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+fi
+if [ -n "$SITE" ]; then
+  mkdir -p "$WORK/site" && tar xJf "$SITE" -C "$WORK/site" || exit 1
+  # spacy-secner's entry points (how spaCy finds its registered names) from this checkout.
+  "$PYTHON" -m pip install -q --no-deps --no-index --no-build-isolation --no-compile \
+    --target "$WORK/secner" . > "$OUT/setup.log" 2>&1 || { tail "$OUT/setup.log"; exit 1; }
+  rm -rf "$WORK/secner/spacy_secner"  # the code itself comes from this checkout
+  export PYTHONPATH="$PWD:$WORK/site:$WORK/secner"
+fi
+"$PYTHON" -c "import torch, spacy, thinc, transformers; print('torch', torch.__version__, 'spacy', spacy.__version__, 'thinc', thinc.__version__, 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available())" 2>&1 | tail -1 | tee -a "$OUT/gpu.txt"
+ENCODER="$WORK/encoder"
+"$PYTHON" bench/gpu_check.py unpack-encoder "$ENCODER_ARCHIVE" "$ENCODER" || exit 1
+"$PYTHON" scripts/convert.py "$WORK/corpus" --dnrti-dir "$DNRTI" > "$OUT/convert.log" 2>&1 \
+  || { tail "$OUT/convert.log"; exit 1; }
+echo "setup done after $(elapsed)"
+
+if stage 1; then
+  echo "== 1. tiny-encoder check"
+  timeout "${LIMIT_TINY:-120}" "$PYTHON" bench/bench_speed.py tiny --gpu-id "$GPU_ID" --threads "$THREADS" \
+    --dnrti-dir "$DNRTI" --limit "$LIMIT" --docs "$DOCS" --repeats "$REPEATS" --batch-sizes 64 \
+    --output "$OUT/tiny.json" > "$OUT/tiny.md" 2> "$OUT/tiny.log" || echo "stage 1 failed: $(tail -5 "$OUT/tiny.log")"
+  cat "$OUT/tiny.md"; echo "after $(elapsed)"
 fi
 
-if [[ " $STAGES " == *" 2 "* ]]; then
-echo "== 2. spacy train on the GPU"
-timeout ${LIMIT_TRAIN:-180} python3 -m spacy train configs/secbert_gpu.cfg --output /tmp/gpu-train --gpu-id 0 \
-  --paths.train corpus/train.spacy --paths.dev corpus/dev.spacy --paths.curves "$OUT/curves_gpu.jsonl" \
-  --components.transformer.model.name $ENCODER --training.max_steps $TRAIN_STEPS --training.eval_frequency $EVAL_FREQ \
-  > "$OUT/train.log" 2>&1 || echo "stage 2 failed"
-tail -12 "$OUT/train.log"
+MODEL="$WORK/train/model-best"
+if stage 2; then
+  echo "== 2. spacy train configs/minilm_cpu.cfg"
+  rm -rf "$WORK/train"
+  timeout "${LIMIT_TRAIN:-200}" "$PYTHON" -m spacy train configs/minilm_cpu.cfg --output "$WORK/train" \
+    --gpu-id "$GPU_ID" --paths.train "$WORK/corpus/train.spacy" --paths.dev "$WORK/corpus/dev.spacy" \
+    --paths.curves "$OUT/curves.jsonl" --components.transformer.model.name "$ENCODER" \
+    --training.max_epochs "$EPOCHS" --training.max_steps "$MAX_STEPS" --training.eval_frequency "$EVAL_FREQ" \
+    > "$OUT/train.log" 2>&1 || echo "stage 2 failed or stopped at its limit: $(tail -3 "$OUT/train.log")"
+  tail -12 "$OUT/train.log"
+  "$PYTHON" bench/gpu_check.py train-summary "$OUT/curves.jsonl" | tee "$OUT/train_summary.txt"
+  echo "after $(elapsed)"
+fi
+[ -d "$MODEL" ] || MODEL="$WORK/train/model-last"
+
+if stage 3 && [ -d "$MODEL" ]; then
+  echo "== 3. evaluate on the test set"
+  timeout "${LIMIT_EVAL:-60}" "$PYTHON" scripts/evaluate.py "$MODEL" "$WORK/corpus/test.spacy" "$OUT/metrics" \
+    --gpu-id "$GPU_ID" > "$OUT/evaluate.log" 2>&1 || echo "stage 3 failed: $(tail -5 "$OUT/evaluate.log")"
+  tail -4 "$OUT/evaluate.log"; echo "after $(elapsed)"
 fi
 
-if [[ " $STAGES " == *" 3 "* ]] && [ -d /tmp/gpu-train/model-last ]; then
-  echo "== 3. bench_speed on the GPU"
-  timeout ${LIMIT_BENCH:-290} python3 bench/bench_speed.py run --model /tmp/gpu-train/model-last --encoder $ENCODER \
-    --gpu-id 0 --threads 4 --dnrti-dir .gpu/dnrti --output "$OUT/bench_speed_gpu.json" \
-    --curves "$OUT/curves_gpu.jsonl" --spacy-benchmark --corpus corpus/test.spacy --load-runs $LOAD_RUNS --batch-sizes $BATCHES \
-    > "$OUT/bench.md" 2> >(tee "$OUT/bench.log" >&2) || echo "stage 3 failed: $(tail -20 "$OUT/bench.log")"
-  cat "$OUT/bench.md"
+if stage 4 && [ -d "$MODEL" ]; then
+  echo "== 4. speed: en_secner, HF token classification, bare encoder"
+  timeout "${LIMIT_SPEED:-180}" "$PYTHON" bench/bench_speed.py run --model "$MODEL" --encoder "$ENCODER" \
+    --gpu-id "$GPU_ID" --threads "$THREADS" --dnrti-dir "$DNRTI" --limit "$LIMIT" --docs "$DOCS" \
+    --batch-sizes "$BATCHES" --repeats "$REPEATS" --load-runs 1 --curves "$OUT/curves.jsonl" \
+    --output "$OUT/speed.json" > "$OUT/speed.md" 2> "$OUT/speed.log" || echo "stage 4 failed: $(tail -5 "$OUT/speed.log")"
+  cat "$OUT/speed.md"; echo "after $(elapsed)"
 fi
 
-if [[ " $STAGES " == *" 4 "* ]]; then
-  echo "== 4. GPU tests"
-  timeout ${LIMIT_TESTS:-120} python3 -m pytest -q -p no:cacheprovider -rs tests/test_gpu.py \
-    tests/test_transformer_model.py > "$OUT/pytest_gpu.log" 2>&1 || echo "stage 4 failed"
-  tail -15 "$OUT/pytest_gpu.log"
-fi
-
-if [[ " $STAGES " == *" 5 "* ]] && [ -d /tmp/gpu-train/model-last ]; then
-  echo "== 5. transformer batching settings on the GPU"
-  timeout ${LIMIT_GROUPING:-120} python3 bench/bench_speed.py grouping --model /tmp/gpu-train/model-last \
-    --gpu-id 0 --threads 4 --dnrti-dir .gpu/dnrti --settings "$GROUPING" \
-    --output "$OUT/grouping_gpu.json" > "$OUT/grouping.md" 2> "$OUT/grouping.log" \
-    || echo "stage 5 failed: $(tail -20 "$OUT/grouping.log")"
-  cat "$OUT/grouping.md"
+if stage 5; then
+  echo "== 5. tests"
+  timeout "${LIMIT_TESTS:-90}" "$PYTHON" -m pytest -q -x -p no:cacheprovider -rs tests/test_gpu.py \
+    tests/test_recorded_outputs.py tests/test_alignment.py tests/test_crf.py > "$OUT/pytest.log" 2>&1 \
+    || echo "stage 5 failed"
+  tail -5 "$OUT/pytest.log"; echo "after $(elapsed)"
 fi

@@ -1,9 +1,11 @@
 """bench/gpu_check.py, the GPU check, runs on CPU too: test it here."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from spacy_secner.bio import bio_tags
@@ -38,3 +40,56 @@ def test_core_timing_runs_on_cpu(tiny_bert_dir, tmp_path):
     assert report["device"] == "cpu" and report["training"]["steps"] == 3
     assert report["inference"]["sentences"] == 2 and report["inference"]["words"] == 7
     assert report["inference"]["pipe_core_s"] > 0
+
+
+def test_encoder_packs_to_float16_and_back(tiny_bert_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    archive = tmp_path / "encoder.tar.xz"
+    gpu_check.pack_encoder(tiny_bert_dir, archive)
+    gpu_check.unpack_encoder(archive, tmp_path / "encoder")
+    before = load_file(str(tiny_bert_dir / "model.safetensors"))
+    after = load_file(str(tmp_path / "encoder" / "model.safetensors"))
+    assert set(before) == set(after)
+    for name, tensor in before.items():
+        assert after[name].dtype == tensor.dtype == torch.float32
+        torch.testing.assert_close(after[name], tensor.half().float(), rtol=0, atol=0)
+    assert (tmp_path / "encoder" / "tokenizer.json").is_file()
+    assert not (tmp_path / "encoder" / "model.f16.safetensors").exists()
+
+
+SENTENCE = "APT28 B-HackOrg\nused O\nX-Agent B-Tool\nagainst O\nNATO B-Org\nin O\n2016 B-Time\n. O\n\n"
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_on_cpu(tiny_bert_dir, tmp_path):
+    """Every stage but the tests, on the CPU (GPU_ID=-1), on a tiny encoder and a tiny DNRTI:
+    setup, the tiny check, training the default config, evaluation and the speed table."""
+    dnrti = tmp_path / "dnrti"
+    dnrti.mkdir()
+    for name in ("train.txt", "valid.txt", "test.txt"):
+        (dnrti / name).write_text(SENTENCE * 8, encoding="utf8")
+    archive = tmp_path / "encoder.tar.xz"
+    gpu_check.pack_encoder(tiny_bert_dir, archive)
+    out, work = tmp_path / "out", tmp_path / "work"
+    env = {
+        **os.environ,
+        "GPU_ID": "-1", "SITE": "", "PYTHON": sys.executable, "STAGES": "1 2 3 4",
+        "ENCODER_ARCHIVE": str(archive), "DNRTI": str(dnrti), "OUT": str(out), "WORK": str(work),
+        "EPOCHS": "2", "MAX_STEPS": "2", "EVAL_FREQ": "1", "BATCHES": "4", "REPEATS": "1",
+        "THREADS": "1", "LIMIT": "6", "DOCS": "2",
+        "LIMIT_TINY": "600", "LIMIT_TRAIN": "600", "LIMIT_EVAL": "600", "LIMIT_SPEED": "600",
+    }
+    root = SCRIPT.parents[1]
+    proc = subprocess.run(["bash", str(root / "bench" / "gpu_check.sh")], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "failed" not in proc.stdout, proc.stdout[-3000:]
+    tiny = json.loads((out / "tiny.json").read_text())
+    assert {"pipeline/plain", "pipeline/hf_spans"} <= set(tiny["throughput"][0]["ratios"])
+    assert "epoch 1 step 1" in (out / "train_summary.txt").read_text()  # seconds: whole ones
+    assert (work / "train" / "model-last").is_dir()
+    assert (out / "metrics" / "seqeval_test.json").is_file()
+    speed = json.loads((out / "speed.json").read_text())
+    assert {r["texts"] for r in speed["throughput"]} == {"sentences", "documents"}
+    assert speed["training"]["words"] > 0

@@ -37,7 +37,7 @@ def offset_alignment(spans: Sequence[Span], offsets: numpy.ndarray) -> Ragged:
     offsets = numpy.asarray(offsets, dtype="int64").reshape(len(spans), -1, 2)
     n_spans, width = offsets.shape[:2]
     # Every span's characters in a range of its own: span k starts at k * gap.
-    gap = int(max(max(len(span.text) for span in spans), 0)) + 2
+    gap = max(span.end_char - span.start_char for span in spans) + 2
     n_tokens = numpy.asarray([len(span) for span in spans], dtype="int64")
     window = numpy.repeat(numpy.arange(n_spans), n_tokens)
     position = numpy.repeat(first_token, n_tokens) + _ranges(n_tokens)

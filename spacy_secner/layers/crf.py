@@ -137,8 +137,8 @@ def decode_entities(
     found = numpy.concatenate(found_parts)
     order = numpy.argsort(found[:, 0], kind="stable")  # segment order, starts in order within
     found = found[order]
-    doc_lengths = numpy.asarray([len(doc) for doc in docs])
-    tag_ids = numpy.split(flat_tags, numpy.cumsum(doc_lengths)[:-1])
+    doc_ends = numpy.cumsum([len(doc) for doc in docs]).tolist()
+    tag_ids = [flat_tags[end - len(doc) : end] for doc, end in zip(docs, doc_ends)]
     seg = found[:, 0]
     entity_rows = numpy.stack(
         [found[:, 1] + offset[seg], found[:, 2] + offset[seg], (found[:, 3] - 1) // 2], axis=1
