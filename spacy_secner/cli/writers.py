@@ -49,14 +49,37 @@ def entity_records(doc: Doc) -> List[Dict[str, Any]]:
     return records
 
 
+def document_record(doc_id: str, doc: Doc, *, with_text: bool = False) -> Dict[str, Any]:
+    """What the writers write of one document: {"id", "entities"}, and "text" if asked for."""
+    record: Dict[str, Any] = {"id": doc_id, "entities": entity_records(doc)}
+    if with_text:
+        record["text"] = doc.text
+    return record
+
+
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP, CSV injection).
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralize_cell(value: str) -> str:
+    """A text cell that a spreadsheet shows as text: one that starts like a formula gets a
+    leading single quote, as OWASP recommends against CSV injection."""
+    return "'" + value if value.startswith(FORMULA_TRIGGERS) else value
+
+
 class JsonlWriter:
     """One line per document: {"id": ..., "entities": [{label, text, start, end, confidence}]}."""
+
+    needs_text = False
 
     def __init__(self, out: TextIO) -> None:
         self.out = out
 
     def write(self, doc_id: str, doc: Doc) -> None:
-        record = {"id": doc_id, "entities": entity_records(doc)}
+        self.write_record(document_record(doc_id, doc))
+
+    def write_record(self, record: Dict[str, Any]) -> None:
+        record = {"id": record["id"], "entities": record["entities"]}
         self.out.write(json.dumps(record, ensure_ascii=False) + "\n")
 
     def close(self) -> None:
@@ -64,19 +87,29 @@ class JsonlWriter:
 
 
 class CsvWriter:
-    """One row per entity: doc_id, label, text, start, end, confidence (empty if unknown)."""
+    """One row per entity: doc_id, label, text, start, end, confidence (empty if unknown).
+
+    Every field is quoted, and the text fields (doc_id, label, text), which come from the input
+    and may have been written by an attacker, are neutralized when a spreadsheet would run them
+    as a formula (`neutralize_cell`)."""
 
     HEADER = ("doc_id", "label", "text", "start", "end", "confidence")
+    needs_text = False
 
     def __init__(self, out: TextIO) -> None:
         self.out = out
-        self.writer = csv.writer(out)
+        self.writer = csv.writer(out, quoting=csv.QUOTE_ALL)
         self.writer.writerow(self.HEADER)
 
     def write(self, doc_id: str, doc: Doc) -> None:
-        for ent in entity_records(doc):
-            row = [doc_id, *(ent[key] for key in self.HEADER[1:])]
-            self.writer.writerow(["" if value is None else value for value in row])
+        self.write_record(document_record(doc_id, doc))
+
+    def write_record(self, record: Dict[str, Any]) -> None:
+        doc_id = neutralize_cell(record["id"])
+        for ent in record["entities"]:
+            label, text = neutralize_cell(ent["label"]), neutralize_cell(ent["text"])
+            confidence = "" if ent["confidence"] is None else ent["confidence"]
+            self.writer.writerow([doc_id, label, text, ent["start"], ent["end"], confidence])
 
     def close(self) -> None:
         self.out.flush()
@@ -86,14 +119,19 @@ class HtmlWriter:
     """A displaCy entity page, one figure per document under its id; hovering over an entity
     shows its confidence. The page is rendered on `close`, so it holds the texts until then."""
 
+    needs_text = True
+
     def __init__(self, out: TextIO, *, colors: Optional[Dict[str, str]] = None) -> None:
         self.out = out
         self.colors = dict(DNRTI_COLORS if colors is None else colors)
         self.parsed: List[Dict[str, Any]] = []
 
     def write(self, doc_id: str, doc: Doc) -> None:
+        self.write_record(document_record(doc_id, doc, with_text=True))
+
+    def write_record(self, record: Dict[str, Any]) -> None:
         ents = []
-        for ent in entity_records(doc):
+        for ent in record["entities"]:
             tooltip = "" if ent["confidence"] is None else f"confidence {ent['confidence']:.2f}"
             ents.append(
                 {
@@ -103,8 +141,10 @@ class HtmlWriter:
                     "params": {"tooltip": tooltip},
                 }
             )
-        # displaCy writes titles and labels into the markup as they are.
-        self.parsed.append({"text": doc.text, "ents": ents, "title": html.escape(doc_id)})
+        # displaCy escapes the text, but writes titles and labels into the markup as they are.
+        self.parsed.append(
+            {"text": record["text"], "ents": ents, "title": html.escape(record["id"])}
+        )
 
     def close(self) -> None:
         template = TPL_ENT.replace(
