@@ -326,7 +326,6 @@ def annotate(
                     write_stream(docs, fmt, report=report, bar=bar)
                 else:
                     write_journal(docs, journal, fmt, report=report, bar=bar)
-                    journal.close()
                     write_from_journal(journal, fmt, output)
                 bar.update(report.done - bar.n)
         except KeyboardInterrupt:
