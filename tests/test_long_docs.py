@@ -1,10 +1,13 @@
 """`pipe_in_pieces`: long docs annotated in pieces of sentences, joined back; short docs as
 `nlp.pipe` annotates them."""
 
+import json
+from pathlib import Path
 from typing import List, Tuple
 
 import pytest
 import spacy
+import srsly
 from conftest import TRAIN_TEXTS, make_cnn_nlp, make_examples, make_grouped_trf_nlp
 from conftest import train_until_gold
 from spacy.language import Language
@@ -209,6 +212,58 @@ def test_tuples_docs_and_multiprocessing(sent_cnn_nlp):
     docs = [sent_cnn_nlp.make_doc(text) for text in texts]
     from_docs = list(pipe_in_pieces(sent_cnn_nlp, docs, max_piece_tokens=20, batch_size=2))
     assert [annotations(doc) for doc in from_docs] == [annotations(doc) for doc in single]
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_same_entities_as_recorded_by_0_1_0():
+    """A pipeline of en_secner's shape saved by spacy-secner 0.1.0 gives, through
+    pipe_in_pieces and through `secner annotate`, the entities and confidences it gave then
+    with nlp.pipe: its texts fit in one piece."""
+    from typer.testing import CliRunner
+
+    from spacy_secner.cli import app
+
+    recorded = srsly.read_json(FIXTURES / "saved-0.1.0.json")
+    nlp = spacy.load(FIXTURES / "saved-0.1.0")
+    docs = list(pipe_in_pieces(nlp, recorded["texts"]))
+    assert any(recorded["ents"])
+    for doc, expected in zip(docs, recorded["ents"], strict=True):
+        assert [a[:3] for a in annotations(doc)] == [tuple(e[:3]) for e in expected]
+        assert [a[3] for a in annotations(doc)] == pytest.approx([e[3] for e in expected], abs=1e-6)
+
+    texts = recorded["texts"]
+    jsonl = "".join(json.dumps({"id": str(i), "text": t}) + "\n" for i, t in enumerate(texts))
+    args = ["annotate", "-", "--input-format", "jsonl", "--model", str(FIXTURES / "saved-0.1.0")]
+    result = CliRunner().invoke(app, args, input=jsonl)
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    for record, expected in zip(records, recorded["ents"], strict=True):
+        got = [(e["start"], e["end"], e["label"]) for e in record["entities"]]
+        assert got == [tuple(e[:3]) for e in expected]
+        confidences = [e["confidence"] for e in record["entities"]]
+        assert confidences == pytest.approx([e[3] for e in expected], abs=5.1e-5)  # 4 decimals
+
+
+def test_secner_annotate_cuts_long_documents(sent_cnn_nlp, tmp_path):
+    from typer.testing import CliRunner
+
+    from spacy_secner.cli import app
+
+    sent_cnn_nlp.to_disk(tmp_path / "nlp")
+    (tmp_path / "report.txt").write_text(LONG_TEXT, encoding="utf8")
+    args = ["annotate", str(tmp_path / "report.txt"), "--model", str(tmp_path / "nlp")]
+    for max_tokens in (30, 10_000):
+        result = CliRunner().invoke(app, [*args, "--max-piece-tokens", str(max_tokens)])
+        assert result.exit_code == 0, result.output
+        (record,) = [json.loads(line) for line in result.stdout.splitlines()]
+        (doc,) = pipe_in_pieces(sent_cnn_nlp, [LONG_TEXT], max_piece_tokens=max_tokens)
+        if max_tokens > len(doc):
+            assert annotations(doc) == annotations(sent_cnn_nlp(LONG_TEXT))
+        got = [(e["start"], e["end"], e["label"], e["text"]) for e in record["entities"]]
+        assert got == [(e.start_char, e.end_char, e.label_, e.text) for e in doc.ents]
+        assert all(LONG_TEXT[s:e] == text for s, e, _, text in got)
 
 
 def test_bad_settings(sent_cnn_nlp):
