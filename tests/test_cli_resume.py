@@ -77,6 +77,8 @@ def test_a_killed_run_resumes_where_it_stopped(model_dir, tmp_path):
     assert f"{journal} holds the documents finished by an interrupted run" in result.stderr
     assert journal_records(journal) == done
 
+    # As if it had been killed while writing the output: its temporary file is removed.
+    (out.parent / ".ents.jsonl.0badf00d.tmp.jsonl").write_text("half an output")
     result = run(model_dir, str(docs), "-o", str(out), "--batch-size", "8", "--resume")
     assert result.exit_code == 0, result.output
     assert out.read_bytes() == reference.read_bytes()
@@ -179,3 +181,17 @@ def test_resume_without_a_journal_starts_from_the_first_document(model_dir, tmp_
     assert result.exit_code == 0
     assert "nothing to resume" in result.stderr
     assert len(out.read_text().splitlines()) == 3
+
+
+def test_leftover_temporaries_are_those_of_atomic_path(tmp_path):
+    from spacy_secner.atomic import atomic_path, leftover_temporaries
+
+    out = tmp_path / "ents[1].csv"
+    with atomic_path(out) as tmp:
+        tmp.write_text("x")
+        assert leftover_temporaries(out) == [tmp]
+    assert leftover_temporaries(out) == []
+    kept = [".ents[1].csv.journal", ".ents[1].csv.12345678.tmp.jsonl", "ents[1].csv", ".x.tmp.csv"]
+    for name in kept:
+        (tmp_path / name).write_text("x")
+    assert leftover_temporaries(out) == []

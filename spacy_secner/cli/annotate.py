@@ -20,7 +20,7 @@ from spacy.language import Language
 from spacy.tokens import Doc
 from tqdm import tqdm
 
-from ..atomic import atomic_output
+from ..atomic import atomic_output, leftover_temporaries
 from ..long_docs import DEFAULT_MAX_PIECE_TOKENS, pipe_in_pieces
 from .journal import Journal, JournalError, journal_path
 from .readers import STDIN, Document, Failure, Item, find_files, is_jsonl, read_inputs
@@ -419,6 +419,9 @@ def open_journal(
             f"{journal.path} holds the documents finished by an interrupted run: add --resume "
             "to continue it, or delete it to start over"
         )
+    # The output's temporary file, if the run was killed while writing it.
+    for temporary in leftover_temporaries(output):
+        temporary.unlink(missing_ok=True)
     try:
         return journal, journal.resume()
     except JournalError as err:
