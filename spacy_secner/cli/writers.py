@@ -56,7 +56,11 @@ class JsonlWriter:
         self.out = out
 
     def write(self, doc_id: str, doc: Doc) -> None:
-        record = {"id": doc_id, "entities": entity_records(doc)}
+        self.write_entities(doc_id, entity_records(doc))
+
+    def write_entities(self, doc_id: str, entities: List[Dict[str, Any]]) -> None:
+        """Write a document's `entity_records`, made here or by a Ray actor."""
+        record = {"id": doc_id, "entities": entities}
         self.out.write(json.dumps(record, ensure_ascii=False) + "\n")
 
     def close(self) -> None:
@@ -74,7 +78,11 @@ class CsvWriter:
         self.writer.writerow(self.HEADER)
 
     def write(self, doc_id: str, doc: Doc) -> None:
-        for ent in entity_records(doc):
+        self.write_entities(doc_id, entity_records(doc))
+
+    def write_entities(self, doc_id: str, entities: List[Dict[str, Any]]) -> None:
+        """Write a document's `entity_records`, made here or by a Ray actor."""
+        for ent in entities:
             row = [doc_id, *(ent[key] for key in self.HEADER[1:])]
             self.writer.writerow(["" if value is None else value for value in row])
 
