@@ -41,6 +41,8 @@ except ImportError as err:  # pragma: no cover - depends on the installed extras
 if TYPE_CHECKING:
     import ray.data
 
+    from .cli.annotate import Report
+
 # Ray itself is imported where it is used: `annotate_rows` also runs where Ray is not installed
 # (in a Spark `mapInPandas`, say).
 
@@ -67,6 +69,7 @@ SCHEMA = pa.schema(
 )
 
 Actors = Union[int, Tuple[int, int]]
+ACTOR_TASK_RETRIES = 3
 
 
 def to_item(
@@ -255,6 +258,10 @@ def annotate_dataset(
         batch_format="pyarrow",
         num_cpus=cpus_per_actor,
         num_gpus=gpus_per_actor or None,
+        # An actor whose process dies (a native crash, the memory monitor) is restarted and its
+        # batch run again; Ray Data would retry forever, so a batch that kills every actor it
+        # reaches would never end. After this many, the job fails instead.
+        max_task_retries=ACTOR_TASK_RETRIES,
     )
 
 
@@ -298,7 +305,7 @@ def annotate_items_on_ray(
     items: Iterable[Item],
     model: str,
     *,
-    report: Any,
+    report: "Report",
     actors: Actors = 1,
     gpus_per_actor: float = 0.0,
     batch_size: int = 64,
@@ -308,8 +315,8 @@ def annotate_items_on_ray(
 
     The documents are read here, with the CLI's readers, and put into the cluster's object
     store one block of `batch_size` documents at a time (Ray spills it to disk when it fills);
-    the results come back in input order. Failures and skipped documents go to `report` (a
-    `Report`) in input order, as in process.
+    the results come back in input order. Failures and skipped documents go to `report` in
+    input order, as in process.
 
     YIELDS (Tuple[str, List[Dict[str, Any]]]): The id and the entity records of each
         annotated document.
