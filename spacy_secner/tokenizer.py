@@ -40,7 +40,7 @@ DOT_FORMS = (".", "[.]", "(.)", "{.}", "[dot]", "(dot)")
 AT_FORMS = ("@", "[@]", "[at]", "(at)")
 SCHEME_SEPARATORS = ("://", "[://]", "[:]//", ":[//]")
 # Schemes, defanged (hxxp, fxp) or not, before a separator.
-URL_SCHEMES = r"h(?:tt|xx)ps?|s?ftps?|fxp|file|wss?|tcp|udp"
+URL_SCHEMES = r"h(?:tt|xx)ps?|s?ftps?|fxp|file|wss?|tcp|udp|ldaps?|smb"
 
 
 def alternatives(forms: Sequence[str]) -> str:

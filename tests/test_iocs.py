@@ -33,6 +33,7 @@ def nlp() -> Language:
         ("hXXps[:]//Evil[.]COM/a?b=1", "url", "https://evil.com/a?b=1"),
         ("fxp://files[.]bad[.]org/x", "url", "ftp://files.bad.org/x"),
         ("evil[.]com/a.php", "url", "evil.com/a.php"),
+        ("ldap://198.51.100[.]23:1389/a", "url", "ldap://198.51.100.23:1389/a"),
         ("http://1.2.3.4/x", "url", "http://1.2.3.4/x"),
         ("192.168.10[.]5/upload", "url", "192.168.10.5/upload"),
         ("185.220.101[.]4", "ipv4", "185.220.101.4"),
