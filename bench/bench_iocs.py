@@ -67,7 +67,9 @@ def score_ours(rows: List[Tuple[str, Gold]]) -> Dict:
                 tp[key[2]] += 1
                 values[key[2]] += value == gold_spans[key]
             else:
-                errors.append({"kind": "false positive", "text": text[key[0] : key[1]], "label": key[2]})
+                errors.append(
+                    {"kind": "false positive", "text": text[key[0] : key[1]], "label": key[2]}
+                )
         for key in gold_spans:
             n_gold[key[2]] += 1
             if key not in pred:
@@ -78,7 +80,11 @@ def score_ours(rows: List[Tuple[str, Gold]]) -> Dict:
         if n_pred[label] or n_gold[label]
     }
     total = prf(sum(tp.values()), sum(n_pred.values()), sum(n_gold.values()))
-    return {"per_type": per_type, "micro": {**total, "values_right": sum(values.values())}, "errors": errors}
+    return {
+        "per_type": per_type,
+        "micro": {**total, "values_right": sum(values.values())},
+        "errors": errors,
+    }
 
 
 # iocextract's extractors and the labels of ours they stand for.
@@ -122,7 +128,10 @@ def score_iocextract(rows: List[Tuple[str, Gold]]) -> Optional[Dict]:
             n_pred[label] += len(found)
             n_gold[label] += len(want)
     per_type = {label: prf(tp[label], n_pred[label], n_gold[label]) for label in IOCEXTRACT_TYPES}
-    return {"per_type": per_type, "micro": prf(sum(tp.values()), sum(n_pred.values()), sum(n_gold.values()))}
+    return {
+        "per_type": per_type,
+        "micro": prf(sum(tp.values()), sum(n_pred.values()), sum(n_gold.values())),
+    }
 
 
 def compare_refang(rows: List[Tuple[str, Gold]]) -> Dict:
@@ -133,7 +142,10 @@ def compare_refang(rows: List[Tuple[str, Gold]]) -> Dict:
         for a, b, _, value in gold
         if DEFANGED.search(text[a:b])
     ]
-    result = {"defanged_spans": len(defanged), "ours": sum(refang(s).lower() == v for s, v in defanged)}
+    result = {
+        "defanged_spans": len(defanged),
+        "ours": sum(refang(s).lower() == v for s, v in defanged),
+    }
     try:
         from ioc_fanger import fang
     except ImportError:
@@ -170,12 +182,17 @@ def main(
     }
     ours = result["cti_iocs"]
     typer.echo(f"{len(rows)} sentences, {ours['micro']['support']} gold indicators\n")
-    typer.echo("cti_iocs (span and label exact):\n" + table(ours["per_type"], ours["micro"], values=True))
+    typer.echo(
+        "cti_iocs (span and label exact):\n" + table(ours["per_type"], ours["micro"], values=True)
+    )
     for error in ours["errors"]:
         typer.echo(f"  {error['kind']}: {error['text']!r} ({error['label']})")
     if result["iocextract"] is not None:
         other = result["iocextract"]
-        typer.echo("\niocextract (refanged values per sentence):\n" + table(other["per_type"], other["micro"], values=False))
+        typer.echo(
+            "\niocextract (refanged values per sentence):\n"
+            + table(other["per_type"], other["micro"], values=False)
+        )
     typer.echo(f"\nrefanging the defanged gold spans: {json.dumps(result['refang'])}")
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

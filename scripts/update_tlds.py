@@ -27,7 +27,9 @@ def main(psl: Path = typer.Argument(..., exists=True, dir_okay=False)) -> None:
             label = line.lstrip("*.!").rsplit(".", 1)[-1].lower()
             if label.isascii() and label.isalpha():  # the indicator patterns take ASCII TLDs
                 tlds.add(label)
-    header = f"# ASCII top-level domains of the Public Suffix List (ICANN section), version {version}.\n"
+    header = (
+        f"# ASCII top-level domains of the Public Suffix List (ICANN section), version {version}.\n"
+    )
     OUT.write_text(header + "\n".join(sorted(tlds)) + "\n", encoding="utf-8")
     typer.echo(f"{len(tlds)} TLDs -> {OUT}")
 

@@ -1,5 +1,6 @@
 """PDF and HTML to text: pages, blocks, hyphenation, headers and footers, and the inputs that
 give no text. Every file is built here (fpdf2 writes the PDFs)."""
+
 from pathlib import Path
 from typing import List, Sequence
 
@@ -10,7 +11,13 @@ pytest.importorskip("pypdfium2")
 pytest.importorskip("trafilatura")
 fpdf = pytest.importorskip("fpdf")
 
-from spacy_secner.documents import DocumentError, ExtractedText, extract, mark_blocks, sniff  # noqa: E402
+from spacy_secner.documents import (
+    DocumentError,
+    ExtractedText,
+    extract,
+    mark_blocks,
+    sniff,
+)  # noqa: E402
 from spacy_secner.documents import pdf as pdf_module  # noqa: E402
 from spacy_secner.tokenizer import build_cti_tokenizer  # noqa: E402
 
@@ -89,7 +96,9 @@ def test_pdf_text_pages_and_running_lines(report):
 
 def test_pdf_entities_and_iocs_keep_their_page(report, trained_cnn_nlp):
     """The hyphenated entity comes out whole, and every entity and indicator has its page."""
-    ents = {(e.text, e.label_, report.page_at(e.start_char)) for e in trained_cnn_nlp(report.text).ents}
+    ents = {
+        (e.text, e.label_, report.page_at(e.start_char)) for e in trained_cnn_nlp(report.text).ents
+    }
     assert {
         ("APT28", "HackOrg", 1),
         ("X-Agent", "Tool", 1),
@@ -124,7 +133,10 @@ def test_pdf_dehyphenation_uses_the_report_itself(tmp_path):
 
 
 def test_pdf_sentence_across_a_page_break(tmp_path):
-    path = write_pdf(tmp_path / "across.pdf", [["Sofacy sent Sednit backdoor"], ["emails to the German Bundestag ."]])
+    path = write_pdf(
+        tmp_path / "across.pdf",
+        [["Sofacy sent Sednit backdoor"], ["emails to the German Bundestag ."]],
+    )
     result = extract(path, "pdf")
     joined = "Sofacy sent Sednit backdoor emails to the German Bundestag ."
     assert joined in result.text
@@ -194,14 +206,17 @@ def test_long_pdf_is_streamed(tmp_path, monkeypatch):
     assert len(read) < 60
 
 
-NAV_PAGE = """<!DOCTYPE html><html><head><meta charset="utf-8"><title>APT28 returns | ACME</title></head>
-<body><nav><ul><li><a href="/">Home</a></li><li><a href="/blog">Blog</a></li><li>Contact us</li></ul></nav>
+NAV_PAGE = """<!DOCTYPE html><html><head><meta charset="utf-8">
+<title>APT28 returns | ACME</title></head>
+<body><nav><ul><li><a href="/">Home</a></li><li><a href="/blog">Blog</a></li>
+<li>Contact us</li></ul></nav>
 <main><article><h1>APT28 returns with X-Agent</h1>
 <p>In 2016 , APT28 used X-Agent against NATO . The implant called hxxp://evil[.]com/gate.php daily
 and reached 185.220.101[.]4 over port 443 when the first stage had finished its checks.</p>
 <h2>Indicators</h2><ul><li>evil[.]com</li><li>CVE-2017-11882</li></ul>
 <p>Lazarus Group deployed WannaCry ransomware in May 2017 , encrypting files at hospitals.</p>
-</article></main><footer>© 2024 ACME Corp. All rights reserved. Privacy | Terms</footer></body></html>"""
+</article></main>
+<footer>© 2024 ACME Corp. All rights reserved. Privacy | Terms</footer></body></html>"""
 
 
 def test_html_main_text_and_blocks():

@@ -1,5 +1,6 @@
 """The `cti_iocs` component: indicator types, refanged values, prose that is no indicator, and
 its place in a saved pipeline."""
+
 import pytest
 import spacy
 from spacy.language import Language
@@ -46,16 +47,26 @@ def nlp() -> Language:
         ("admin[at]evil-mail[.]ru", "email", "admin@evil-mail.ru"),
         ("j.doe@Corp.COM", "email", "j.doe@corp.com"),
         ("D41D8CD98F00B204E9800998ECF8427E", "md5", "d41d8cd98f00b204e9800998ecf8427e"),
-        ("da39a3ee5e6b4b0d3255bfef95601890afd80709", "sha1", "da39a3ee5e6b4b0d3255bfef95601890afd80709"),
-        ("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", "sha256",
-         "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
+        (
+            "da39a3ee5e6b4b0d3255bfef95601890afd80709",
+            "sha1",
+            "da39a3ee5e6b4b0d3255bfef95601890afd80709",
+        ),
+        (
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+            "sha256",
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        ),
         ("CVE-2017-11882", "cve", "CVE-2017-11882"),
         ("cve2018–8440", "cve", "CVE-2018-8440"),
         ("C:\\Users\\Public\\svchost.exe", "file_path", "C:\\Users\\Public\\svchost.exe"),
         ("%APPDATA%\\Microsoft\\upd.exe", "file_path", "%APPDATA%\\Microsoft\\upd.exe"),
         ("/tmp/.x/run.sh", "file_path", "/tmp/.x/run.sh"),
-        ("HKLM\\Software\\Microsoft\\Windows\\CurrentVersion\\Run\\",
-         "registry_key", "HKEY_LOCAL_MACHINE\\Software\\Microsoft\\Windows\\CurrentVersion\\Run"),
+        (
+            "HKLM\\Software\\Microsoft\\Windows\\CurrentVersion\\Run\\",
+            "registry_key",
+            "HKEY_LOCAL_MACHINE\\Software\\Microsoft\\Windows\\CurrentVersion\\Run",
+        ),
     ],
 )
 def test_indicator_in_a_sentence(nlp, text, label, value):

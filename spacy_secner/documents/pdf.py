@@ -111,7 +111,9 @@ def pdf_text(source: Source, *, max_chars: int = 1_000_000) -> ExtractedText:
             parts.append(paragraph)
             length += len(paragraph)
         if length > max_chars:
-            raise DocumentError(f"too large: over the limit of {max_chars} chars by page {page.number}")
+            raise DocumentError(
+                f"too large: over the limit of {max_chars} chars by page {page.number}"
+            )
     if n_pages == 0:
         raise DocumentError("PDF with no pages")
     if n_blank == n_pages:
