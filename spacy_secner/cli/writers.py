@@ -8,15 +8,15 @@ and every entity and indicator of it gets its page; `doc.user_data["source"]` na
 import csv
 import html
 import json
-from bisect import bisect_right
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, TextIO
+from typing import Any, Dict, Iterable, List, Optional, TextIO
 
 from spacy import displacy
 from spacy.displacy.templates import TPL_ENT
 from spacy.tokens import Doc, Span
 
 from ..atomic import atomic_output
+from ..documents import page_at
 from .readers import Failure
 
 # A colour per DNRTI label for the HTML report; other labels get displaCy's grey.
@@ -85,11 +85,6 @@ def ioc_records(doc: Doc) -> Optional[List[Dict[str, Any]]]:
             record["page"] = page_at(pages, span.start_char)
         records.append(record)
     return records
-
-
-def page_at(page_starts: Sequence[int], offset: int) -> int:
-    """The page (from 1) that holds the character at `offset`."""
-    return max(bisect_right(page_starts, offset), 1)
 
 
 def source_of(doc_id: str, doc: Doc) -> str:

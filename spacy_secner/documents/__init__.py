@@ -13,7 +13,7 @@ imported only when a document of that kind is read.
 from bisect import bisect_right
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 from spacy.tokens import Doc
 
@@ -46,9 +46,12 @@ class ExtractedText:
     def page_at(self, offset: int) -> Optional[int]:
         """The page (from 1) that holds the character at `offset`; None for a document without
         pages."""
-        if not self.page_starts:
-            return None
-        return max(bisect_right(self.page_starts, offset), 1)
+        return page_at(self.page_starts, offset) if self.page_starts else None
+
+
+def page_at(page_starts: Sequence[int], offset: int) -> int:
+    """The page (from 1) that holds the character at `offset`, given where each page starts."""
+    return max(bisect_right(page_starts, offset), 1)
 
 
 def sniff(head: bytes, suffix: str = "") -> Optional[str]:
