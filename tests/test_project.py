@@ -14,7 +14,7 @@ CONFIGS = sorted((ROOT / "configs").glob("*.cfg"))
 def test_config_validates(path):
     config = util.load_config(path)
     nlp = util.load_model_from_config(config, auto_fill=False, validate=True)
-    assert nlp.pipe_names == ["sentencizer", "transformer", "ner_crf"]
+    assert nlp.pipe_names == ["sentencizer", "transformer", "ner_crf", "cti_iocs"]
     # The transformer reads each sentence on its own, as in training on DNRTI's sentences.
     get_spans = config["components"]["transformer"]["model"]["get_spans"]
     assert get_spans["@span_getters"] == "spacy-secner.sent_strided_spans.v1"

@@ -1,5 +1,6 @@
-"""`secner annotate`: the entities a trained pipeline finds in text files, directories, JSONL or
-stdin, written as JSONL, CSV or a displaCy HTML report."""
+"""`secner annotate`: the entities (and indicators of compromise) a trained pipeline finds in
+text, PDF and HTML files, directories, JSONL or stdin, written as JSONL, CSV or a displaCy HTML
+report."""
 
 import codecs
 import sys
@@ -8,7 +9,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Deque, Iterable, Iterator, List, Optional, Tuple
+from typing import Deque, Iterable, Iterator, List, Optional, Tuple, Union
 
 import spacy
 import typer
@@ -17,8 +18,19 @@ from spacy.tokens import Doc
 from tqdm import tqdm
 
 from ..atomic import atomic_output
-from .readers import STDIN, Document, Failure, Item, find_files, is_jsonl, read_inputs
-from .writers import WRITERS, write_failures
+from ..documents import mark_blocks
+from .readers import (
+    DEFAULT_GLOBS,
+    STDIN,
+    Document,
+    Failure,
+    Item,
+    find_files,
+    is_jsonl,
+    read_inputs,
+)
+from .writers import IOCS_KEY, WRITERS, write_failures
+
 
 class OutputFormat(str, Enum):
     jsonl = "jsonl"
@@ -30,6 +42,8 @@ class InputFormat(str, Enum):
     auto = "auto"
     text = "text"
     jsonl = "jsonl"
+    pdf = "pdf"
+    html = "html"
 
 
 class EncodingErrors(str, Enum):
@@ -45,6 +59,7 @@ class Report:
     annotated: int = 0
     problems: List[Failure] = field(default_factory=list)
     entities: Counter = field(default_factory=Counter)
+    iocs: Counter = field(default_factory=Counter)
     seconds: float = 0.0
 
     @property
@@ -69,6 +84,9 @@ class Report:
         lines += problem_lines(self.problems, limit=limit)
         ents = ", ".join(f"{label} {n}" for label, n in self.entities.most_common())
         lines.append(f"entities: {sum(self.entities.values())}" + (f" ({ents})" if ents else ""))
+        if self.iocs:
+            iocs = ", ".join(f"{label} {n}" for label, n in self.iocs.most_common())
+            lines.append(f"indicators: {sum(self.iocs.values())} ({iocs})")
         return "\n".join(lines)
 
 
@@ -85,6 +103,20 @@ def problem_lines(problems: List[Failure], *, limit: int) -> List[str]:
     return lines
 
 
+def make_input(nlp: Language, document: Document) -> Union[str, Doc]:
+    """What the pipeline reads for a document: its text, or for one that knows where it came
+    from a doc that carries it in `doc.user_data` ("source", and "page_starts" for a PDF), with
+    a sentence starting at each block of a PDF or HTML page."""
+    if document.source is None and not document.page_starts and not document.block_starts:
+        return document.text
+    doc = mark_blocks(nlp.make_doc(document.text), document.block_starts)
+    if document.source is not None:
+        doc.user_data["source"] = document.source
+    if document.page_starts:
+        doc.user_data["page_starts"] = list(document.page_starts)
+    return doc
+
+
 def annotate_items(
     nlp: Language, items: Iterable[Item], *, report: Report, batch_size: int, n_process: int
 ) -> Iterator[Tuple[str, Doc]]:
@@ -99,7 +131,7 @@ def annotate_items(
     source = iter(items)
     pending: Deque[Document] = deque()
 
-    def feed() -> Iterator[Tuple[str, str]]:
+    def feed() -> Iterator[Tuple[Union[str, Doc], str]]:
         while True:
             try:
                 item = next(source)
@@ -114,7 +146,7 @@ def annotate_items(
                 report.problems.append(Failure(item.id, "empty", skipped=True))
             else:
                 pending.append(item)
-                yield item.text, item.id
+                yield make_input(nlp, item), item.id
 
     while True:
         try:
@@ -133,7 +165,7 @@ def annotate_items(
         while pending:
             document = pending.popleft()
             try:
-                doc = nlp(document.text)
+                doc = nlp(make_input(nlp, document))
             except Exception as err:
                 reason = f"pipeline error: {type(err).__name__}: {err}"
                 report.problems.append(Failure(document.id, reason))
@@ -145,7 +177,8 @@ def annotate_items(
 def annotate(
     inputs: List[Path] = typer.Argument(
         ...,
-        help="Text files, directories (searched with --glob), JSONL files, or - for stdin",
+        help="Text, PDF or HTML files, directories (searched with --glob), JSONL files, or - "
+        "for stdin",
         show_default=False,
     ),
     output: Optional[Path] = typer.Option(
@@ -166,11 +199,18 @@ def annotate(
     model: str = typer.Option(
         "en_secner", "--model", "-m", help="Pipeline package name or directory"
     ),
-    glob: str = typer.Option("*.txt", help="Files to read under directories, recursively"),
+    glob: Optional[List[str]] = typer.Option(
+        None,
+        help="Files to read under directories, recursively; repeat for several patterns. "
+        "Default: *.txt, *.pdf, *.html, *.htm (auto); *.pdf (pdf); *.html, *.htm (html); "
+        "*.txt (text, jsonl)",
+        show_default=False,
+    ),
     input_format: InputFormat = typer.Option(
         InputFormat.auto,
-        help='text: a file is a document; jsonl: a line {"id", "text"} is; '
-        "auto: jsonl for .jsonl/.ndjson files, else text",
+        help='text: a file is a document; jsonl: a line {"id", "text"} is; pdf, html: a file '
+        "is a document, its text extracted; auto: jsonl for .jsonl/.ndjson, pdf and html by "
+        "suffix or first bytes, else text",
     ),
     encoding: str = typer.Option("utf-8", help="Encoding of the input files"),
     encoding_errors: EncodingErrors = typer.Option(
@@ -187,23 +227,38 @@ def annotate(
         show_default=False,
         help="Write the failed and skipped documents here as JSONL",
     ),
+    keep_text: bool = typer.Option(
+        False,
+        "--keep-text",
+        help="JSONL: write each document's text (as extracted from a PDF or HTML page) into its "
+        "record, so the offsets can be checked",
+    ),
     quiet: bool = typer.Option(
         False, "--quiet", "-q", help="No progress bar or summary, only the failures"
     ),
 ) -> None:
-    """Find the entities in documents and write them with character offsets and confidence.
+    """Find the entities in documents and write them with character offsets and confidence,
+    and the indicators of compromise where the pipeline has `cti_iocs`.
 
     Exits with 1 if any document failed (undecodable, binary, too large, malformed JSONL line,
+    a PDF that is encrypted, corrupt, truncated or scanned, an HTML page with no main text,
     pipeline error); the others are still annotated. Empty documents are skipped, not failed.
     """
     check_arguments(
         inputs, output=output, errors=errors, encoding=encoding, n_process=n_process, gpu_id=gpu_id
     )
-    paths = find_files(inputs, glob=glob)
-    if not paths:
-        typer.echo(f"secner annotate: no input files (none matched --glob {glob!r})", err=True)
-    nlp = load_pipeline(model, gpu_id=gpu_id)
     fmt = output_format or format_for(output)
+    if keep_text and fmt != OutputFormat.jsonl:
+        raise typer.BadParameter(
+            f"--keep-text writes the text into JSONL records, not {fmt.value}",
+            param_hint="--keep-text",
+        )
+    globs = glob or DEFAULT_GLOBS[input_format.value]
+    paths = find_files(inputs, glob=globs)
+    if not paths:
+        shown = ", ".join(repr(g) for g in globs)
+        typer.echo(f"secner annotate: no input files (none matched --glob {shown})", err=True)
+    nlp = load_pipeline(model, gpu_id=gpu_id)
     items = read_inputs(
         paths,
         input_format=input_format.value,
@@ -222,13 +277,15 @@ def annotate(
             file=sys.stderr,
             disable=quiet or not sys.stderr.isatty(),
         ) as bar:
-            writer = WRITERS[fmt.value](out)
+            writer = WRITERS[fmt.value](out, **({"keep_text": True} if keep_text else {}))
             docs = annotate_items(
                 nlp, items, report=report, batch_size=batch_size, n_process=n_process
             )
             for doc_id, doc in docs:
                 writer.write(doc_id, doc)
                 report.entities.update(ent.label_ for ent in doc.ents)
+                if IOCS_KEY in doc.spans:
+                    report.iocs.update(span.label_ for span in doc.spans[IOCS_KEY])
                 bar.update(report.done - bar.n)
             writer.close()
             bar.update(report.done - bar.n)

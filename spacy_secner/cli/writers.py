@@ -1,4 +1,10 @@
-"""Writing the entities `secner annotate` finds: JSONL, CSV or a displaCy HTML report."""
+"""Writing the entities `secner annotate` finds: JSONL, CSV or a displaCy HTML report.
+
+Besides the entities, JSONL and CSV carry the indicators of compromise of `doc.spans["iocs"]`
+where the pipeline has `cti_iocs`. A doc read from a PDF carries `doc.user_data["page_starts"]`
+and every entity and indicator of it gets its page; `doc.user_data["source"]` names the file.
+"""
+
 import csv
 import html
 import json
@@ -10,6 +16,7 @@ from spacy.displacy.templates import TPL_ENT
 from spacy.tokens import Doc, Span
 
 from ..atomic import atomic_output
+from ..documents import page_at
 from .readers import Failure
 
 # A colour per DNRTI label for the HTML report; other labels get displaCy's grey.
@@ -30,33 +37,81 @@ DNRTI_COLORS: Dict[str, str] = {
 }
 
 
+IOCS_KEY = "iocs"
+# A cell a spreadsheet would read as a formula starts with one of these.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
 def entity_records(doc: Doc) -> List[Dict[str, Any]]:
     """The entities of a doc: label, text, start and end character offsets into `doc.text`,
-    and confidence (the `ner_crf` marginal probability of the span, None if not set)."""
+    and confidence (the `ner_crf` marginal probability of the span, None if not set); and the
+    page, for a doc read from a PDF."""
     has_confidence = Span.has_extension("confidence")
+    pages = doc.user_data.get("page_starts")
     records = []
     for ent in doc.ents:
         confidence = getattr(ent._, "confidence", None) if has_confidence else None
-        records.append(
-            {
-                "label": ent.label_,
-                "text": ent.text,
-                "start": ent.start_char,
-                "end": ent.end_char,
-                "confidence": None if confidence is None else round(float(confidence), 4),
-            }
-        )
+        record = {
+            "label": ent.label_,
+            "text": ent.text,
+            "start": ent.start_char,
+            "end": ent.end_char,
+            "confidence": None if confidence is None else round(float(confidence), 4),
+        }
+        if pages:
+            record["page"] = page_at(pages, ent.start_char)
+        records.append(record)
     return records
 
 
-class JsonlWriter:
-    """One line per document: {"id": ..., "entities": [{label, text, start, end, confidence}]}."""
+def ioc_records(doc: Doc) -> Optional[List[Dict[str, Any]]]:
+    """The indicators of compromise of a doc: label, text, value (refanged, normalised), start
+    and end character offsets into `doc.text`; and the page, for a doc read from a PDF. None
+    when the pipeline set no "iocs" group (it has no `cti_iocs`)."""
+    if IOCS_KEY not in doc.spans:
+        return None
+    pages = doc.user_data.get("page_starts")
+    has_value = Span.has_extension("ioc_value")
+    records = []
+    for span in doc.spans[IOCS_KEY]:
+        record = {
+            "label": span.label_,
+            "text": span.text,
+            "value": getattr(span._, "ioc_value", None) if has_value else None,
+            "start": span.start_char,
+            "end": span.end_char,
+        }
+        if pages:
+            record["page"] = page_at(pages, span.start_char)
+        records.append(record)
+    return records
 
-    def __init__(self, out: TextIO) -> None:
+
+def source_of(doc_id: str, doc: Doc) -> str:
+    """Where a doc was read (file, `file:line`, `<stdin>`); its id if it does not say."""
+    return str(doc.user_data.get("source", doc_id))
+
+
+class JsonlWriter:
+    """One line per document: {"id", "source", "entities": [{label, text, start, end,
+    confidence, page?}], "iocs": [{label, text, value, start, end, page?}], "text"?}; "iocs"
+    only where the pipeline finds them, "text" (what the offsets point into) with `keep_text`."""
+
+    def __init__(self, out: TextIO, *, keep_text: bool = False) -> None:
         self.out = out
+        self.keep_text = keep_text
 
     def write(self, doc_id: str, doc: Doc) -> None:
-        record = {"id": doc_id, "entities": entity_records(doc)}
+        record: Dict[str, Any] = {
+            "id": doc_id,
+            "source": source_of(doc_id, doc),
+            "entities": entity_records(doc),
+        }
+        iocs = ioc_records(doc)
+        if iocs is not None:
+            record["iocs"] = iocs
+        if self.keep_text:
+            record["text"] = doc.text
         self.out.write(json.dumps(record, ensure_ascii=False) + "\n")
 
     def close(self) -> None:
@@ -64,9 +119,12 @@ class JsonlWriter:
 
 
 class CsvWriter:
-    """One row per entity: doc_id, label, text, start, end, confidence (empty if unknown)."""
+    """One row per entity, then one per indicator of compromise: doc_id, label, text, start,
+    end, confidence (empty if unknown or an indicator), kind ("entity" or "ioc"), value (the
+    refanged indicator), page (PDF only). A text cell that a spreadsheet would read as a formula
+    (`=`, `+`, `-`, `@`...) starts with `'`, as reports may be written by an attacker."""
 
-    HEADER = ("doc_id", "label", "text", "start", "end", "confidence")
+    HEADER = ("doc_id", "label", "text", "start", "end", "confidence", "kind", "value", "page")
 
     def __init__(self, out: TextIO) -> None:
         self.out = out
@@ -74,9 +132,11 @@ class CsvWriter:
         self.writer.writerow(self.HEADER)
 
     def write(self, doc_id: str, doc: Doc) -> None:
-        for ent in entity_records(doc):
-            row = [doc_id, *(ent[key] for key in self.HEADER[1:])]
-            self.writer.writerow(["" if value is None else value for value in row])
+        rows = [{**ent, "kind": "entity"} for ent in entity_records(doc)]
+        rows += [{**ioc, "kind": "ioc"} for ioc in ioc_records(doc) or []]
+        for row in rows:
+            cells = [doc_id, *(row.get(key) for key in self.HEADER[1:])]
+            self.writer.writerow([_cell(value) for value in cells])
 
     def close(self) -> None:
         self.out.flush()
@@ -121,6 +181,14 @@ class HtmlWriter:
         markup = markup.replace("<head>\n        <title>displaCy</title>", head, 1)
         self.out.write(markup + "\n")
         self.out.flush()
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 WRITERS = {"jsonl": JsonlWriter, "csv": CsvWriter, "html": HtmlWriter}
