@@ -1,4 +1,4 @@
-"""Write `spacy_secner/data/tlds.txt`, the top-level domains `cti_iocs` accepts in a bare domain,
+"""Write `spacy_secner/resources/tlds.txt`, the top-level domains `cti_iocs` accepts in a bare domain,
 from a copy of the Public Suffix List (its ICANN section: the delegated TLDs).
 
     python scripts/update_tlds.py public_suffix_list.dat
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-OUT = Path(__file__).parent.parent / "spacy_secner" / "data" / "tlds.txt"
+OUT = Path(__file__).parent.parent / "spacy_secner" / "resources" / "tlds.txt"
 
 
 def main(psl: Path = typer.Argument(..., exists=True, dir_okay=False)) -> None:

@@ -14,7 +14,7 @@ two on the labelled sentences.
 
 A token that matches a pattern is not always an indicator. Three rules keep prose out:
 - a bare host (not defanged, no scheme) is a domain only when it is all lower case, ends in a
-  delegated top-level domain (`data/tlds.txt`) and that TLD is not also a common file extension
+  delegated top-level domain (`resources/tlds.txt`) and that TLD is not also a common file extension
   (`.zip`, `.py`, `.sh`...): `svchost.exe`, `Backdoor.APT.Pgift`, `setup.py` are no domains,
   `evil.com` and `Evil[.]zip` are;
 - a plain dotted quad after a word such as "version" or "build" is a version number;
@@ -83,8 +83,8 @@ if not Span.has_extension("ioc_value"):
 
 @lru_cache(maxsize=1)
 def top_level_domains() -> FrozenSet[str]:
-    """The delegated ASCII top-level domains (`data/tlds.txt`, from the Public Suffix List)."""
-    text = files("spacy_secner").joinpath("data", "tlds.txt").read_text(encoding="utf-8")
+    """The delegated ASCII top-level domains (`resources/tlds.txt`, from the Public Suffix List)."""
+    text = files("spacy_secner").joinpath("resources", "tlds.txt").read_text(encoding="utf-8")
     return frozenset(line for line in text.splitlines() if line and not line.startswith("#"))
 
 
