@@ -1,5 +1,6 @@
 """Fit the confidence calibration map on dev, store it in a copy of the pipeline, and report the
 reliability before and after on dev and on the test set's raw text."""
+
 import json
 import shutil
 from pathlib import Path
@@ -27,7 +28,9 @@ def main(
     pipe = nlp.get_pipe("ner_crf")
     pipe.cfg.pop("calibration", None)  # fit on the CRF's own probabilities
     raw = {"dev": gold_confidence_pairs(nlp, dev)}
-    sentences = [([t.text for t in doc], bio_of(doc)) for doc in DocBin().from_disk(test).get_docs(nlp.vocab)]
+    sentences = [
+        ([t.text for t in doc], bio_of(doc)) for doc in DocBin().from_disk(test).get_docs(nlp.vocab)
+    ]
     raw["test (raw text)"] = raw_text_confidence_pairs(nlp, sentences)
     raw[f"test (raw text, {sentences_per_doc}-sentence documents)"] = raw_text_confidence_pairs(
         nlp, sentences, sentences_per_doc=sentences_per_doc
@@ -40,7 +43,9 @@ def main(
         after = reliability([(calibrate(fitted, c), ok) for c, ok in pairs]) if fitted else before
         results["splits"][split] = {"before": before, "after": after}
         curves[split] = {"before": before, "after": after}
-        print(f"{split}: {before['entities']} entities, ECE {before['ece']:.4f} -> {after['ece']:.4f}")
+        print(
+            f"{split}: {before['entities']} entities, ECE {before['ece']:.4f} -> {after['ece']:.4f}"
+        )
     print(f"map: {json.dumps(fitted)[:200]} ({selection})")
     if fitted is not None:
         pipe.cfg["calibration"] = fitted
@@ -51,7 +56,8 @@ def main(
     (metrics_dir / "calibration.json").write_text(json.dumps(results, indent=2))
     method = selection["method"] or "none"
     plot_reliability(
-        curves, metrics_dir / "reliability.png",
+        curves,
+        metrics_dir / "reliability.png",
         title=f"Entity confidence reliability, 10 bins (map: {method}, fitted on dev)",
     )
 

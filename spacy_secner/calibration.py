@@ -11,6 +11,7 @@ the standard library and numpy:
 
 Fitting (`select_calibration`) needs scipy and scikit-learn (the `eval` extra).
 """
+
 import math
 import random
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -115,14 +116,19 @@ def select_calibration(
             if len({ok for _, ok in train}) < 2:
                 continue
             fitted = fit_calibration(train, method)
-            eces.append(expected_calibration_error(
-                [(calibrate(fitted, c), ok) for c, ok in held], n_bins=n_bins
-            ))
+            eces.append(
+                expected_calibration_error(
+                    [(calibrate(fitted, c), ok) for c, ok in held], n_bins=n_bins
+                )
+            )
         scores[method] = float(numpy.mean(eces)) if eces else float("inf")
     best = min(scores.values())
     chosen = next(m for m in methods if scores[m] <= best + tolerance)
     return fit_calibration(pairs, chosen), {
-        "method": chosen, "cv_ece": scores, "folds": folds, "tolerance": tolerance
+        "method": chosen,
+        "cv_ece": scores,
+        "folds": folds,
+        "tolerance": tolerance,
     }
 
 
@@ -140,9 +146,7 @@ def reliability(pairs: Pairs, n_bins: int = 10) -> Dict[str, Any]:
             bins.append(
                 {"low": lo, "high": hi, "count": len(inside), "confidence": conf, "precision": acc}
             )
-    ece = sum(b["count"] * abs(b["precision"] - b["confidence"]) for b in bins) / max(
-        len(pairs), 1
-    )
+    ece = sum(b["count"] * abs(b["precision"] - b["confidence"]) for b in bins) / max(len(pairs), 1)
 
     def above(t: float) -> Dict[str, float]:
         kept = [ok for c, ok in pairs if c > t]

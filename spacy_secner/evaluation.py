@@ -110,8 +110,9 @@ def gold_confidence_pairs(
     """(span._.confidence, right) for each entity predicted on a gold DocBin's own tokens;
     right = same tokens and label as a gold entity. Entities without a confidence are left out."""
     examples = list(Corpus(str(path), gold_preproc=True)(nlp))
+    docs = nlp.pipe((eg.predicted for eg in examples), batch_size=batch_size)
     pairs = []
-    for eg, doc in zip(examples, nlp.pipe((eg.predicted for eg in examples), batch_size=batch_size)):
+    for eg, doc in zip(examples, docs):
         gold = {(e.start, e.end, e.label_) for e in eg.reference.ents}
         pairs.extend(
             (e._.confidence, (e.start, e.end, e.label_) in gold)

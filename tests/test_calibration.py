@@ -1,5 +1,6 @@
 """The confidence calibration map: fitting, choosing, applying in the pipe, serialization,
 pipelines saved without one, and the project's calibrate script."""
+
 import importlib.util
 import json
 import random
@@ -58,7 +59,9 @@ def test_each_map_is_monotone_and_calibrates(method, truth):
     after = expected_calibration_error([(calibrate(fitted, c), ok) for c, ok in pairs])
     assert before > 0.08
     assert after < 0.03
-    held_out = overconfident_pairs(seed=1) if truth is None else overconfident_pairs(seed=1, truth=truth)
+    held_out = (
+        overconfident_pairs(seed=1) if truth is None else overconfident_pairs(seed=1, truth=truth)
+    )
     assert expected_calibration_error([(calibrate(fitted, c), ok) for c, ok in held_out]) < 0.05
 
 
@@ -81,7 +84,9 @@ def test_selection_prefers_the_simplest_map_within_tolerance():
 
 
 @pytest.mark.parametrize(
-    "pairs", [[(0.9, True)] * 10, [(0.9, True)] * 200, [(0.4, False)] * 200], ids=["few", "all-right", "all-wrong"]
+    "pairs",
+    [[(0.9, True)] * 10, [(0.9, True)] * 200, [(0.4, False)] * 200],
+    ids=["few", "all-right", "all-wrong"],
 )
 def test_no_map_from_too_few_or_one_class(pairs):
     fitted, selection = select_calibration(pairs)

@@ -1,5 +1,6 @@
 """STIX 2.1 export: every bundle validates, the mapping table of docs/stix.md is the code's,
 ids are deterministic, confidences are the calibrated ones on the 0-100 scale."""
+
 import importlib
 import json
 import re
@@ -149,7 +150,12 @@ def test_report_maps_entities_as_documented():
 
 def test_confidence_is_calibrated_confidence_on_0_to_100():
     assert [stix_confidence(c) for c in (0.0, 0.004, 0.5, 0.996, 1.0, None)] == [
-        0, 0, 50, 100, 100, None,
+        0,
+        0,
+        50,
+        100,
+        100,
+        None,
     ]
     doc = make_doc(REPORT, REPORT_ENTS)
     data = validate(doc_to_bundle(doc, timestamp=T0))
@@ -207,8 +213,12 @@ def test_ids_follow_the_documented_scheme():
 def test_aliases_are_not_merged():
     doc = make_doc(
         "APT28 , also known as Sofacy , used NetTraveler and NetTraveler Trojan .",
-        [("APT28", "HackOrg", 0.9), ("Sofacy", "HackOrg", 0.9), ("NetTraveler", "Tool", 0.9),
-         ("NetTraveler Trojan", "Tool", 0.9)],
+        [
+            ("APT28", "HackOrg", 0.9),
+            ("Sofacy", "HackOrg", 0.9),
+            ("NetTraveler", "Tool", 0.9),
+            ("NetTraveler Trojan", "Tool", 0.9),
+        ],
     )
     data = validate(doc_to_bundle(doc))
     assert names(data, "intrusion-set") == ["APT28", "Sofacy"]
@@ -216,8 +226,14 @@ def test_aliases_are_not_merged():
 
 
 def test_areas_resolve_to_countries_and_regions_only():
-    text = "Targets in Iranian , U.S. and South Korea firms , Europe , the Middle East and Springfield ."
-    ents = [(p, "Area", 0.9) for p in ("Iranian", "U.S.", "South Korea", "Europe", "Middle East", "Springfield")]
+    text = (
+        "Targets in Iranian , U.S. and South Korea firms , Europe , the Middle East and "
+        "Springfield ."
+    )
+    ents = [
+        (p, "Area", 0.9)
+        for p in ("Iranian", "U.S.", "South Korea", "Europe", "Middle East", "Springfield")
+    ]
     data = validate(doc_to_bundle(make_doc(text, ents)))
     where = sorted(o.get("country") or o.get("region") for o in by_type(data, "location"))
     assert where == ["IR", "KR", "US", "europe"]
@@ -264,7 +280,8 @@ def test_iocs_become_observables_and_indicators_only_behind_the_flag():
     assert {r["relationship_type"] for r in links} == {"based-on"}
     assert {r["source_ref"] for r in links} == set(indicators)
     observable_ids = {
-        o["id"] for o in flagged["objects"]
+        o["id"]
+        for o in flagged["objects"]
         if o["type"] in ("ipv4-addr", "url", "email-addr", "windows-registry-key", "file")
     }
     assert {r["target_ref"] for r in links} == observable_ids
@@ -272,7 +289,8 @@ def test_iocs_become_observables_and_indicators_only_behind_the_flag():
     assert "[ipv4-addr:value = '203.0.113.5']" in patterns
     assert "[windows-registry-key:key = 'HKEY_LOCAL_MACHINE\\\\Software\\\\Run']" in patterns
     assert (
-        "[file:name = 'evil.dll' AND file:parent_directory_ref.path = 'C:\\\\Users\\\\x']" in patterns
+        "[file:name = 'evil.dll' AND file:parent_directory_ref.path = 'C:\\\\Users\\\\x']"
+        in patterns
     )
     (report,) = by_type(flagged, "report")
     assert sorted(report["object_refs"]) == sorted(
@@ -283,7 +301,9 @@ def test_iocs_become_observables_and_indicators_only_behind_the_flag():
 def test_docs_without_iocs_group_or_anything_to_export():
     empty = validate(doc_to_bundle(spacy.blank("en")("Nothing to see here .")))
     assert empty.get("objects", []) == []
-    generic = make_doc("The attackers used malware .", [("attackers", "HackOrg", 0.9), ("malware", "Tool", 0.8)])
+    generic = make_doc(
+        "The attackers used malware .", [("attackers", "HackOrg", 0.9), ("malware", "Tool", 0.8)]
+    )
     assert validate(doc_to_bundle(generic)).get("objects", []) == []
 
 
@@ -291,7 +311,9 @@ def test_per_run_bundle_merges_objects_and_keeps_a_report_per_document():
     one = make_doc("APT28 used X-Agent .", [("APT28", "HackOrg", 0.6), ("X-Agent", "Tool", 0.9)])
     two = make_doc("APT28 hit Japan .", [("APT28", "HackOrg", 0.8), ("Japan", "Area", 0.7)])
     none = spacy.blank("en")("Nothing .")
-    data = validate(docs_to_bundle([("one.txt", one), ("two.txt", two), ("none.txt", none)], timestamp=T0))
+    data = validate(
+        docs_to_bundle([("one.txt", one), ("two.txt", two), ("none.txt", none)], timestamp=T0)
+    )
     assert names(data, "intrusion-set") == ["APT28"]
     assert by_type(data, "intrusion-set")[0]["confidence"] == 80
     reports = {r["name"]: r for r in by_type(data, "report")}
@@ -320,7 +342,7 @@ def markdown_table(path: Path, header: str) -> dict:
     lines = path.read_text().splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(f"| {header}"))
     rows = {}
-    for line in lines[start + 2:]:
+    for line in lines[start + 2 :]:
         if not line.startswith("|"):
             break
         cells = [c.strip() for c in line.strip("|").split("|")]

@@ -1,4 +1,5 @@
 """Turn annotated docs into STIX 2.1 objects, reports and bundles (with the `stix2` library)."""
+
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -163,8 +164,10 @@ def _ioc_object(found: Extraction, label: str, value: str) -> Optional[str]:
     if label in mapping.HASH_NAMES:
         obj = stix2.File(hashes={mapping.HASH_NAMES[label]: value})
     elif label == "file_path":
-        path = PureWindowsPath(value) if "\\" in value or re.match(r"[A-Za-z]:", value) else (
-            PurePosixPath(value)
+        path = (
+            PureWindowsPath(value)
+            if "\\" in value or re.match(r"[A-Za-z]:", value)
+            else (PurePosixPath(value))
         )
         parent = str(path.parent) if path.parent != path and str(path.parent) != "." else ""
         if not path.name:
@@ -200,15 +203,23 @@ def _add_indicator(found: Extraction, observable: Any, confidence: Optional[floa
     if pattern is None:
         return
     indicator_id = stix_id("indicator", pattern=pattern)
-    name = next((observable.get(k) for k in ("value", "name", "key", "path") if k in observable),
-                None) or next(iter(observable.get("hashes", {}).values()), observable.id)
+    name = next(
+        (observable.get(k) for k in ("value", "name", "key", "path") if k in observable), None
+    ) or next(iter(observable.get("hashes", {}).values()), observable.id)
     found.add(indicator_id, confidence, name=name, pattern=pattern, pattern_type="stix")
     relationship_id = stix_id(
-        "relationship", relationship_type="based-on", source_ref=indicator_id,
+        "relationship",
+        relationship_type="based-on",
+        source_ref=indicator_id,
         target_ref=observable.id,
     )
-    found.add(relationship_id, None, relationship_type="based-on", source_ref=indicator_id,
-              target_ref=observable.id)
+    found.add(
+        relationship_id,
+        None,
+        relationship_type="based-on",
+        source_ref=indicator_id,
+        target_ref=observable.id,
+    )
 
 
 def indicator_pattern(observable: Any, found: Extraction) -> Optional[str]:
@@ -221,7 +232,10 @@ def indicator_pattern(observable: Any, found: Extraction) -> Optional[str]:
     if kind == "directory":
         return f"[directory:path = {_quote(observable.path)}]"
     if kind == "file":
-        terms = [f"file:hashes.{_quote(k)} = {_quote(v)}" for k, v in observable.get("hashes", {}).items()]
+        terms = [
+            f"file:hashes.{_quote(k)} = {_quote(v)}"
+            for k, v in observable.get("hashes", {}).items()
+        ]
         if "name" in observable:
             terms.append(f"file:name = {_quote(observable.name)}")
         if "parent_directory_ref" in observable:
@@ -272,7 +286,11 @@ def build_objects(found: Extraction, *, timestamp: datetime) -> List[Any]:
 
 
 def build_report(
-    digest: str, name: str, object_refs: List[str], leftovers: Dict[str, List[str]], *,
+    digest: str,
+    name: str,
+    object_refs: List[str],
+    leftovers: Dict[str, List[str]],
+    *,
     timestamp: datetime,
 ) -> Optional[stix2.Report]:
     """The report of one document, its id from the SHA-256 of its text; None without objects
@@ -320,7 +338,10 @@ def doc_to_bundle(
     found = extract(doc, indicators=indicators)
     objects = build_objects(found, timestamp=timestamp)
     report = build_report(
-        text_digest(doc.text), name or default_name(doc.text), list(found.entries), found.leftovers,
+        text_digest(doc.text),
+        name or default_name(doc.text),
+        list(found.entries),
+        found.leftovers,
         timestamp=timestamp,
     )
     if report is not None:
@@ -351,9 +372,12 @@ class RunCollector:
         self.reports: List[Tuple[str, str, List[str], Dict[str, List[str]]]] = []
 
     def add(self, name: str, doc: Doc) -> None:
-        found = extract(doc, indicators=self.indicators)
+        self.add_extraction(name, doc.text, extract(doc, indicators=self.indicators))
+
+    def add_extraction(self, name: str, text: str, found: Extraction) -> None:
+        """Add a document's extraction (from `extract` with this collector's `indicators`)."""
         self.found.merge(found)
-        self.reports.append((text_digest(doc.text), name, list(found.entries), found.leftovers))
+        self.reports.append((text_digest(text), name, list(found.entries), found.leftovers))
 
     def bundle(self, *, timestamp: datetime) -> stix2.Bundle:
         objects = build_objects(self.found, timestamp=timestamp)

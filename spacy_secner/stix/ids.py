@@ -7,6 +7,7 @@ trimmed, and the identity class or location type), so a platform that deduplicat
 recognises an entity it already has. Observables take the ids the `stix2` library computes,
 which follow the specification's rules for each observable type.
 """
+
 import hashlib
 import uuid
 from typing import Any
