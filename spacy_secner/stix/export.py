@@ -79,6 +79,8 @@ def extract(doc: Doc, *, indicators: bool = False) -> Extraction:
     observables: List[Tuple[str, Optional[float]]] = []
     for ent in doc.ents:
         text = mapping.clean(ent.text)
+        if not text:
+            continue
         confidence = _confidence(ent)
         try:
             object_id = _entity_object(found, ent.label_, text, confidence)
