@@ -1,5 +1,6 @@
 """`secner annotate --format stix`: bundles per document or per run, valid STIX, stable ids, and
 bad input handled as for the other formats (failures listed, nothing lost)."""
+
 import json
 import re
 from pathlib import Path
@@ -118,7 +119,12 @@ def test_one_bundle_per_run_with_indicators(model_dir, inputs, tmp_path):
     result = run(model_dir, str(inputs), "-o", str(out), "--stix-per-run", "--stix-indicators")
     assert result.exit_code == 1, result.output
     bundle = valid(json.loads(out.read_text()))
-    assert {Path(r["name"]).name for r in reports(bundle)} == {"0.txt", "1.txt", "2.txt", "3-ioc.txt"}
+    assert {Path(r["name"]).name for r in reports(bundle)} == {
+        "0.txt",
+        "1.txt",
+        "2.txt",
+        "3-ioc.txt",
+    }
     ids = [o["id"] for o in bundle["objects"]]
     assert len(ids) == len(set(ids))
     (indicator,) = [o for o in bundle["objects"] if o["type"] == "indicator"]

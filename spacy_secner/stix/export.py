@@ -336,19 +336,23 @@ def doc_to_bundle(
         objects; now by default. Ids do not depend on it.
     indicators (bool): Also an `indicator` per observable, linked by `based-on`.
     """
-    timestamp = timestamp or now()
+    name = name or default_name(doc.text)
+    _, objects = document_objects(doc, name, timestamp=timestamp or now(), indicators=indicators)
+    return make_bundle(objects)
+
+
+def document_objects(
+    doc: Doc, name: str, *, timestamp: datetime, indicators: bool = False
+) -> Tuple[Extraction, List[Any]]:
+    """A doc's extraction and its built objects, its report (if any) last."""
     found = extract(doc, indicators=indicators)
     objects = build_objects(found, timestamp=timestamp)
     report = build_report(
-        text_digest(doc.text),
-        name or default_name(doc.text),
-        list(found.entries),
-        found.leftovers,
-        timestamp=timestamp,
+        text_digest(doc.text), name, list(found.entries), found.leftovers, timestamp=timestamp
     )
     if report is not None:
         objects.append(report)
-    return make_bundle(objects)
+    return found, objects
 
 
 def docs_to_bundle(
