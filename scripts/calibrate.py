@@ -4,6 +4,7 @@ reliability before and after on dev and on the test set's raw text."""
 import json
 import shutil
 from pathlib import Path
+from typing import List, Optional, Tuple
 
 import spacy
 import typer
@@ -21,6 +22,9 @@ def main(
     metrics_dir: Path = typer.Argument(Path("metrics")),
     gpu_id: int = typer.Option(-1, help="GPU to use, -1 for CPU"),
     sentences_per_doc: int = typer.Option(13, min=1, help="Sentences per test document text"),
+    train: Optional[Path] = typer.Option(
+        None, help="Training DocBin: also report the dev and test sentences that are not in it"
+    ),
 ) -> None:
     if gpu_id >= 0:
         spacy.require_gpu(gpu_id)
@@ -28,13 +32,19 @@ def main(
     pipe = nlp.get_pipe("ner_crf")
     pipe.cfg.pop("calibration", None)  # fit on the CRF's own probabilities
     raw = {"dev": gold_confidence_pairs(nlp, dev)}
-    sentences = [
-        ([t.text for t in doc], bio_of(doc)) for doc in DocBin().from_disk(test).get_docs(nlp.vocab)
-    ]
-    raw["test (raw text)"] = raw_text_confidence_pairs(nlp, sentences)
+    test_sentences = sentences_of(nlp, test)
+    raw["test (raw text)"] = raw_text_confidence_pairs(nlp, test_sentences)
     raw[f"test (raw text, {sentences_per_doc}-sentence documents)"] = raw_text_confidence_pairs(
-        nlp, sentences, sentences_per_doc=sentences_per_doc
+        nlp, test_sentences, sentences_per_doc=sentences_per_doc
     )
+    if train is not None:
+        # Half of DNRTI's dev and test sentences also occur in train.txt; new text is what
+        # a user brings.
+        seen = {tuple(words) for words, _ in sentences_of(nlp, train)}
+        for split, sentences in (("dev", sentences_of(nlp, dev)), ("test", test_sentences)):
+            new = [s for s in sentences if tuple(s[0]) not in seen]
+            name = f"{split} (raw text, {len(new)} sentences not in train)"
+            raw[name] = raw_text_confidence_pairs(nlp, new)
     fitted, selection = select_calibration(raw["dev"])
     results = {"map": fitted, "selection": selection, "splits": {}}
     curves = {}
@@ -56,10 +66,17 @@ def main(
     (metrics_dir / "calibration.json").write_text(json.dumps(results, indent=2))
     method = selection["method"] or "none"
     plot_reliability(
-        curves,
+        {split: stages for split, stages in curves.items() if "documents" not in split},
         metrics_dir / "reliability.png",
         title=f"Entity confidence reliability, 10 bins (map: {method}, fitted on dev)",
     )
+
+
+def sentences_of(nlp, path: Path) -> List[Tuple[List[str], List[str]]]:
+    """(words, BIO tags) of each doc of a gold DocBin."""
+    return [
+        ([t.text for t in doc], bio_of(doc)) for doc in DocBin().from_disk(path).get_docs(nlp.vocab)
+    ]
 
 
 if __name__ == "__main__":

@@ -174,8 +174,12 @@ def plot_reliability(
     from .plots import _pyplot, _save
 
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 4.6), squeeze=False)
-    for ax, (split, stages) in zip(axes[0], curves.items()):
+    cols = min(len(curves), 2)
+    rows = -(-len(curves) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4.8 * rows), squeeze=False)
+    for ax in axes.flat[len(curves) :]:
+        ax.set_visible(False)
+    for ax, (split, stages) in zip(axes.flat, curves.items()):
         ax.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
         for stage, table in stages.items():
             xs = [b["confidence"] for b in table["bins"]]
@@ -185,7 +189,7 @@ def plot_reliability(
         ax.set_ylim(0, 1)
         ax.set_xlabel("mean confidence in bin")
         ax.set_ylabel("precision in bin")
-        ax.set_title(split)
+        ax.set_title(split, fontsize=10)
         ax.legend(loc="upper left", fontsize=8)
     fig.suptitle(title)
     _save(fig, path)

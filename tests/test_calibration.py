@@ -169,6 +169,7 @@ def test_calibrate_script_fits_on_dev_and_writes_a_calibrated_copy(trained_cnn_n
             dev.append(doc)
     DocBin(docs=dev).to_disk(tmp_path / "dev.spacy")
     DocBin(docs=gold).to_disk(tmp_path / "test.spacy")
+    DocBin(docs=gold[:2]).to_disk(tmp_path / "train.spacy")
     trained_cnn_nlp.to_disk(tmp_path / "model-best")
     before = (tmp_path / "model-best" / "ner_crf" / "cfg").read_text()
     load_script("calibrate").main(
@@ -179,6 +180,7 @@ def test_calibrate_script_fits_on_dev_and_writes_a_calibrated_copy(trained_cnn_n
         metrics_dir=tmp_path / "metrics",
         gpu_id=-1,
         sentences_per_doc=2,
+        train=tmp_path / "train.spacy",
     )
     assert (tmp_path / "model-best" / "ner_crf" / "cfg").read_text() == before
     results = json.loads((tmp_path / "metrics" / "calibration.json").read_text())
@@ -188,6 +190,9 @@ def test_calibrate_script_fits_on_dev_and_writes_a_calibrated_copy(trained_cnn_n
     # confidence down to about one half.
     assert dev_split["before"]["precision"] == pytest.approx(0.5)
     assert dev_split["after"]["ece"] < dev_split["before"]["ece"]
+    # The test sentences not in train: the last three of the five.
+    new_test = results["splits"]["test (raw text, 3 sentences not in train)"]["before"]
+    assert new_test["entities"] == sum(len(ents) for _, ents in TRAIN_DATA[2:])
     assert (tmp_path / "metrics" / "reliability.png").stat().st_size > 0
     calibrated = spacy.load(tmp_path / "model-calibrated")
     assert calibrated.get_pipe("ner_crf").cfg["calibration"] == results["map"]
