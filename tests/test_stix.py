@@ -19,6 +19,7 @@ stix2 = pytest.importorskip("stix2")
 stix2validator = pytest.importorskip("stix2validator")
 
 from spacy_secner.stix import ENTITY_TYPES, IOC_TYPES, doc_to_bundle, docs_to_bundle  # noqa: E402
+from spacy_secner.stix import mapping  # noqa: E402
 from spacy_secner.stix.export import stix_confidence  # noqa: E402
 
 ROOT = Path(__file__).parent.parent
@@ -358,3 +359,44 @@ def test_docs_mapping_tables_are_the_code():
     # Every label of the pipeline's scheme (DNRTI's 13) has a row.
     assert len(ENTITY_TYPES) == 13
     assert re.search(r"STIX 2\.1", doc.read_text())
+
+
+@pytest.mark.parametrize(
+    "phrase,expected",
+    [
+        ("spear-phishing emails", ("T1566", "Phishing")),
+        ("Spear phishing attacks", ("T1566", "Phishing")),
+        ("watering hole attacks", ("T1189", "Drive-by Compromise")),
+        ("watering holes", ("T1189", "Drive-by Compromise")),
+        ("strategic web compromises", ("T1189", "Drive-by Compromise")),
+        ("phishing lures", None),
+        ("social engineering", None),
+        ("attacks", None),
+        ("campaign", None),
+    ],
+)
+def test_techniques_are_resolved_only_from_the_table(phrase, expected):
+    assert mapping.technique(phrase) == expected
+
+
+@pytest.mark.parametrize(
+    "name,kind",
+    [
+        ("PlugX", "malware"),
+        ("plugx", "malware"),
+        ("ZeroT Trojan", "malware"),
+        ("Gh0st RAT", "malware"),
+        ("Mimikatz", "tool"),
+        ("Cobalt Strike", "tool"),
+        ("Trojan", "tool"),  # a bare kind is no name: not exported at all (see is_name)
+    ],
+)
+def test_tools_are_malware_by_list_or_by_their_last_word(name, kind):
+    assert ("malware" if mapping.is_malware(name) else "tool") == kind
+
+
+def test_generic_mentions_are_not_names():
+    for text in ("group", "attackers", "RAT", "Trojan", "malware", "financial institutions", "we"):
+        assert not mapping.is_name(text), text
+    for text in ("APT28", "admin@338", "cmd.exe", "Lazarus Group", "TG-3390"):
+        assert mapping.is_name(text), text

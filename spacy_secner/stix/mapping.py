@@ -222,7 +222,8 @@ SECTOR_WORDS: Dict[str, str] = {
     "utilities": "utilities",
 }
 # MITRE ATT&CK techniques that an OffAct/Way mention names outright, once lower-cased, hyphens
-# made spaces and a trailing word of TECHNIQUE_TAIL dropped: phrase -> (technique id, name).
+# made spaces, a trailing word of TECHNIQUE_TAIL dropped and a plural made singular:
+# phrase -> (technique id, name).
 ATTACK_TECHNIQUES: Dict[str, Tuple[str, str]] = {
     "phishing": ("T1566", "Phishing"),
     "spear phishing": ("T1566", "Phishing"),
@@ -296,7 +297,9 @@ def technique(text: str) -> Optional[Tuple[str, str]]:
     words = text.lower().replace("-", " ").split()
     if len(words) > 1 and words[-1] in TECHNIQUE_TAIL:
         words = words[:-1]
-    return ATTACK_TECHNIQUES.get(" ".join(words))
+    phrase = " ".join(words)
+    # A plural names the same technique ("watering holes").
+    return ATTACK_TECHNIQUES.get(phrase) or ATTACK_TECHNIQUES.get(phrase.removesuffix("s"))
 
 
 def location(text: str) -> Optional[Tuple[str, Dict[str, str]]]:
