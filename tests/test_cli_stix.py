@@ -174,3 +174,20 @@ def test_stix_options_need_the_stix_format(model_dir, inputs):
     )
     assert result.exit_code == 2
     assert "--format stix" in result.output
+
+
+def test_output_is_replaced_only_when_the_run_completes(model_dir, inputs, tmp_path, monkeypatch):
+    from spacy_secner.cli import writers
+
+    out = tmp_path / "out" / "bundle.json"
+    out.parent.mkdir()
+    out.write_text("previous run\n")
+
+    def interrupt(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(writers.StixWriter, "close", interrupt)
+    result = run(model_dir, str(inputs), "-o", str(out), "--stix-per-run")
+    assert result.exit_code == 130
+    assert out.read_text() == "previous run\n"
+    assert [p.name for p in out.parent.iterdir()] == ["bundle.json"]
