@@ -32,7 +32,7 @@ def test_config_validates(path):
 
 def test_project_yml_is_valid_and_all_covers_the_workflow():
     project = load_project_config(ROOT)
-    assert project["workflows"]["all"] == ["convert", "train", "evaluate", "plot", "package"]
+    assert project["workflows"]["all"] == ["convert", "train", "calibrate", "evaluate", "plot", "package"]
     commands = {c["name"]: c for c in project["commands"]}
     # Every dep is an output of another command, an asset, or a file of the repository.
     made = {out for c in commands.values() for out in c.get("outputs", []) + c.get("outputs_no_cache", [])}

@@ -1,15 +1,16 @@
 """`secner annotate`: the entities (and indicators of compromise) a trained pipeline finds in
-text, PDF and HTML files, directories, JSONL or stdin, written as JSONL, CSV or a displaCy HTML
-report."""
+text, PDF and HTML files, directories, JSONL or stdin, written as JSONL, CSV, a displaCy HTML
+report or STIX 2.1 bundles."""
 
 import codecs
+import importlib.util
 import sys
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Deque, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import spacy
 import typer
@@ -29,13 +30,14 @@ from .readers import (
     is_jsonl,
     read_inputs,
 )
-from .writers import IOCS_KEY, WRITERS, write_failures
+from .writers import IOCS_KEY, WRITERS, WriteError, write_failures
 
 
 class OutputFormat(str, Enum):
     jsonl = "jsonl"
     csv = "csv"
     html = "html"
+    stix = "stix"
 
 
 class InputFormat(str, Enum):
@@ -236,13 +238,24 @@ def annotate(
     quiet: bool = typer.Option(
         False, "--quiet", "-q", help="No progress bar or summary, only the failures"
     ),
+    stix_per_run: bool = typer.Option(
+        False,
+        "--stix-per-run",
+        help="--format stix: one bundle for the run, not one per document (a line each)",
+    ),
+    stix_indicators: bool = typer.Option(
+        False,
+        "--stix-indicators",
+        help="--format stix: also an indicator for each observable, linked by based-on",
+    ),
 ) -> None:
     """Find the entities in documents and write them with character offsets and confidence,
     and the indicators of compromise where the pipeline has `cti_iocs`.
 
     Exits with 1 if any document failed (undecodable, binary, too large, malformed JSONL line,
     a PDF that is encrypted, corrupt, truncated or scanned, an HTML page with no main text,
-    pipeline error); the others are still annotated. Empty documents are skipped, not failed.
+    pipeline error, STIX export error); the others are still annotated. Empty documents are
+    skipped, not failed.
     """
     check_arguments(
         inputs, output=output, errors=errors, encoding=encoding, n_process=n_process, gpu_id=gpu_id
@@ -253,6 +266,9 @@ def annotate(
             f"--keep-text writes the text into JSONL records, not {fmt.value}",
             param_hint="--keep-text",
         )
+    writer_options = check_format(fmt, per_run=stix_per_run, indicators=stix_indicators)
+    if keep_text:
+        writer_options["keep_text"] = True
     globs = glob or DEFAULT_GLOBS[input_format.value]
     paths = find_files(inputs, glob=globs)
     if not paths:
@@ -277,15 +293,21 @@ def annotate(
             file=sys.stderr,
             disable=quiet or not sys.stderr.isatty(),
         ) as bar:
-            writer = WRITERS[fmt.value](out, **({"keep_text": True} if keep_text else {}))
+            writer = WRITERS[fmt.value](out, **writer_options)
             docs = annotate_items(
                 nlp, items, report=report, batch_size=batch_size, n_process=n_process
             )
             for doc_id, doc in docs:
-                writer.write(doc_id, doc)
-                report.entities.update(ent.label_ for ent in doc.ents)
-                if IOCS_KEY in doc.spans:
-                    report.iocs.update(span.label_ for span in doc.spans[IOCS_KEY])
+                try:
+                    writer.write(doc_id, doc)
+                except WriteError as err:
+                    # Annotated but not written: it fails like any other document.
+                    report.annotated -= 1
+                    report.problems.append(Failure(doc_id, str(err)))
+                else:
+                    report.entities.update(ent.label_ for ent in doc.ents)
+                    if IOCS_KEY in doc.spans:
+                        report.iocs.update(span.label_ for span in doc.spans[IOCS_KEY])
                 bar.update(report.done - bar.n)
             writer.close()
             bar.update(report.done - bar.n)
@@ -327,6 +349,22 @@ def check_arguments(
         raise typer.BadParameter("--n-process > 1 runs on CPU only", param_hint="--gpu-id")
     if output is not None and errors is not None and output.resolve() == errors.resolve():
         raise typer.BadParameter("--errors must not be the --output file", param_hint="--errors")
+
+
+def check_format(fmt: OutputFormat, *, per_run: bool, indicators: bool) -> Dict[str, Any]:
+    """The writer's options; rejects STIX options without the STIX format, and the STIX format
+    without its extra (exit code 2)."""
+    if fmt != OutputFormat.stix:
+        if per_run or indicators:
+            option = "--stix-per-run" if per_run else "--stix-indicators"
+            raise typer.BadParameter(f"{option} needs --format stix", param_hint=option)
+        return {}
+    if importlib.util.find_spec("stix2") is None:
+        raise typer.BadParameter(
+            "the STIX format needs the stix extra: pip install 'spacy-secner[stix]'",
+            param_hint="--format",
+        )
+    return {"per_run": per_run, "indicators": indicators}
 
 
 def load_pipeline(model: str, *, gpu_id: int) -> Language:

@@ -1,4 +1,5 @@
-"""Writing the entities `secner annotate` finds: JSONL, CSV or a displaCy HTML report.
+"""Writing the entities `secner annotate` finds: JSONL, CSV, a displaCy HTML report or STIX 2.1
+bundles.
 
 Besides the entities, JSONL and CSV carry the indicators of compromise of `doc.spans["iocs"]`
 where the pipeline has `cti_iocs`. A doc read from a PDF carries `doc.user_data["page_starts"]`
@@ -191,7 +192,54 @@ def _cell(value: Any) -> Any:
     return value
 
 
-WRITERS = {"jsonl": JsonlWriter, "csv": CsvWriter, "html": HtmlWriter}
+
+class WriteError(ValueError):
+    """A document its writer could not write, having written nothing of it: the document
+    fails, and the run goes on."""
+
+
+class StixWriter:
+    """STIX 2.1 bundles (docs/stix.md): by default one compact bundle per document, one per
+    line as the documents come; with `per_run`, one indented bundle for all of them, written on
+    `close` (their objects are held until then, not their texts). Needs the `stix` extra.
+
+    indicators (bool): Also an `indicator` per observable, linked to it by `based-on`.
+    """
+
+    def __init__(self, out: TextIO, *, per_run: bool = False, indicators: bool = False) -> None:
+        # Imported here: stix2 is an extra, and only this format needs it.
+        from ..stix import export
+
+        self.export = export
+        self.out = out
+        self.indicators = indicators
+        # One time for the whole run: created, modified, published, valid_from.
+        self.timestamp = export.now()
+        self.collector = export.RunCollector(indicators=indicators) if per_run else None
+
+    def write(self, doc_id: str, doc: Doc) -> None:
+        """RAISES WriteError if the document's objects cannot be built (nothing is written)."""
+        export = self.export
+        try:
+            found, objects = export.document_objects(
+                doc, doc_id, timestamp=self.timestamp, indicators=self.indicators
+            )
+            line = None if self.collector is not None else export.make_bundle(objects).serialize()
+        except Exception as err:
+            raise WriteError(f"STIX export failed: {type(err).__name__}: {err}") from err
+        if self.collector is not None:
+            self.collector.add_extraction(doc_id, doc.text, found)
+        else:
+            self.out.write(line + "\n")
+
+    def close(self) -> None:
+        if self.collector is not None:
+            bundle = self.collector.bundle(timestamp=self.timestamp)
+            self.out.write(bundle.serialize(pretty=True) + "\n")
+        self.out.flush()
+
+
+WRITERS = {"jsonl": JsonlWriter, "csv": CsvWriter, "html": HtmlWriter, "stix": StixWriter}
 
 
 def write_failures(path: Path, failures: Iterable[Failure]) -> None:
