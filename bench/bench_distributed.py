@@ -109,12 +109,12 @@ def one(
 
     from spacy_secner.cli.annotate import Report, annotate_items
     from spacy_secner.cli.readers import read_inputs
-    from spacy_secner.cli.writers import entity_records
+    from spacy_secner.cli.writers import document_record
 
     report = Report()
     items = read_inputs([documents])
     figures: Dict[str, Any] = {"engine": engine, "batch_size": batch_size}
-    out: Dict[str, List[Dict[str, Any]]] = {}
+    out: Dict[str, Dict[str, Any]] = {}
     stamps: List[float] = []
     if engine == "process":
         import spacy
@@ -126,7 +126,7 @@ def one(
         for doc_id, doc in annotate_items(
             nlp, items, report=report, batch_size=batch_size, n_process=1
         ):
-            out[doc_id] = entity_records(doc)
+            out[doc_id] = document_record(doc_id, doc)
             stamps.append(time.perf_counter())
         figures["peak_rss_mb"] = harness.peak_rss_mb()
     else:
@@ -142,8 +142,8 @@ def one(
                 results = distributed.annotate_items_on_ray(
                     items, str(model), report=report, actors=actors, batch_size=batch_size
                 )
-                for doc_id, entities in results:
-                    out[doc_id] = entities
+                for doc_id, record in results:
+                    out[doc_id] = record
                     stamps.append(time.perf_counter())
         figures["actor_peak_rss_mb"] = sorted(round(mb) for mb in memory.peak_mb.values())
     figures["docs"] = report.annotated
@@ -237,9 +237,10 @@ def run(
 
 def render(result: Dict[str, Any]) -> str:
     """The runs as a Markdown table."""
+    before, after = result["load_average"]
     lines = [
         f"{result['docs']} documents, {result['words']} words, all records identical across runs; "
-        f"load average {result['load_average'][0]:.1f} before, {result['load_average'][1]:.1f} after",
+        f"load average {before:.1f} before, {after:.1f} after",
         "",
         "| engine | threads or actors | total s | docs/s | first record s | peak memory MiB |",
         "|---|---|---:|---:|---:|---|",

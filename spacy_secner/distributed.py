@@ -2,9 +2,10 @@
 
 The pipeline runs in a pool of Ray actors, each loading it once (`map_batches` with a callable
 class and `ActorPoolStrategy`). Every actor runs `annotate_rows` on its batches: the same
-failure handling (`annotate_documents`) and the same records (`entity_records`) as the
-in-process `secner annotate`, so a document gets the same entities and confidences wherever it
-runs. A document that fails becomes a row with its error; it never fails the job.
+failure handling (`annotate_documents`) and the same records (`document_record`: entities,
+indicators of compromise) as the in-process `secner annotate`, so a document gets the same
+entities and confidences wherever it runs. A document that fails becomes a row with its error;
+it never fails the job.
 
 Needs the `ray` extra: `pip install "spacy-secner[ray]"`.
 """
@@ -31,7 +32,7 @@ from spacy.language import Language
 
 from .cli.annotate import annotate_documents
 from .cli.readers import Document, Failure, Item, decode
-from .cli.writers import entity_records
+from .cli.writers import document_record
 
 try:
     import pyarrow as pa
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
 
 ANNOTATED, SKIPPED, FAILED = "annotated", "skipped", "failed"
 
+# The fields of `entity_records` and `ioc_records`; "page" is null for a doc without pages.
 ENTITY_TYPE = pa.struct(
     [
         ("label", pa.string()),
@@ -55,6 +57,17 @@ ENTITY_TYPE = pa.struct(
         ("start", pa.int64()),
         ("end", pa.int64()),
         ("confidence", pa.float64()),
+        ("page", pa.int64()),
+    ]
+)
+IOC_TYPE = pa.struct(
+    [
+        ("label", pa.string()),
+        ("text", pa.string()),
+        ("value", pa.string()),
+        ("start", pa.int64()),
+        ("end", pa.int64()),
+        ("page", pa.int64()),
     ]
 )
 # One row per input row. An explicit schema: a batch without entities would otherwise give
@@ -62,9 +75,24 @@ ENTITY_TYPE = pa.struct(
 SCHEMA = pa.schema(
     [
         ("id", pa.string()),
+        ("source", pa.string()),
         ("entities", pa.list_(ENTITY_TYPE)),
+        ("iocs", pa.list_(IOC_TYPE)),
+        ("text", pa.string()),
         ("status", pa.string()),
         ("error", pa.string()),
+    ]
+)
+# Columns the CLI sends besides id and text: where a document was read, and a PDF's pages and
+# a PDF's or HTML page's blocks (see `Document`).
+DOCUMENT_COLUMNS = ("source", "page_starts", "block_starts")
+INPUT_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("text", pa.string()),
+        ("source", pa.string()),
+        ("page_starts", pa.list_(pa.int64())),
+        ("block_starts", pa.list_(pa.int64())),
     ]
 )
 
@@ -79,12 +107,14 @@ def to_item(
     max_chars: int = 1_000_000,
     encoding: str = "utf-8",
     encoding_errors: str = "strict",
+    **fields: Any,
 ) -> Item:
     """One row as the CLI's readers would make it: a `Document`, or a `Failure` when the row
     has no id, no text, bytes that do not decode, or a text longer than `max_chars`.
 
     value (Any): A str, or bytes (e.g. from `ray.data.read_binary_files`) decoded with
         `encoding` and `encoding_errors` as the CLI decodes files.
+    fields: `source`, `page_starts`, `block_starts` of the `Document`, where the row has them.
     """
     if doc_id is None:
         return Failure("", "no id")
@@ -100,7 +130,13 @@ def to_item(
         return Failure(doc_id, 'no "text" string')
     if len(value) > max_chars:
         return Failure(doc_id, f"too large: {len(value)} chars > limit of {max_chars}")
-    return Document(doc_id, value)
+    return Document(
+        doc_id,
+        value,
+        source=fields.get("source"),
+        page_starts=tuple(fields.get("page_starts") or ()),
+        block_starts=tuple(fields.get("block_starts") or ()),
+    )
 
 
 def annotate_rows(
@@ -112,20 +148,32 @@ def annotate_rows(
     max_chars: int = 1_000_000,
     encoding: str = "utf-8",
     encoding_errors: str = "strict",
+    keep_text: bool = False,
+    fields: Optional[Dict[str, Sequence[Any]]] = None,
 ) -> List[Dict[str, Any]]:
     """Annotate one batch of rows: what each Ray actor runs, and what a Spark `mapInPandas`
     function can run.
 
     ids, texts: The rows' ids and texts (str or bytes, see `to_item`).
-    RETURNS (List[Dict[str, Any]]): One record per row, in order: `id`, `entities` (label,
-        text, start, end, confidence, as `secner annotate` writes them), `status`
-        ("annotated", "skipped" for an empty text, "failed") and `error` (None if annotated).
+    keep_text (bool): Put each annotated document's text in its row, as `--keep-text` does.
+    fields (Optional[Dict[str, Sequence[Any]]]): Columns of `DOCUMENT_COLUMNS`, if any.
+    RETURNS (List[Dict[str, Any]]): One row per input row, in order, with the columns of
+        `SCHEMA`: those of `document_record` (id, source, entities, iocs: null where the
+        pipeline has no `cti_iocs`, text), `status` ("annotated", "skipped" for an empty text,
+        "failed") and `error` (None if annotated).
     """
+    fields = fields or {}
     rows: List[Dict[str, Any]] = []
     documents: List[Document] = []
-    for doc_id, text in zip(ids, texts):
+    for i, (doc_id, text) in enumerate(zip(ids, texts)):
+        extra = {name: values[i] for name, values in fields.items()}
         item = to_item(
-            doc_id, text, max_chars=max_chars, encoding=encoding, encoding_errors=encoding_errors
+            doc_id,
+            text,
+            max_chars=max_chars,
+            encoding=encoding,
+            encoding_errors=encoding_errors,
+            **extra,
         )
         if isinstance(item, Failure):
             rows.append(failure_row(item))
@@ -140,9 +188,15 @@ def annotate_rows(
         if isinstance(result, Failure):
             rows[i] = failure_row(result)
         else:
+            record = document_record(document.id, result, keep_text=keep_text)
             rows[i] = {
-                "id": document.id,
-                "entities": entity_records(result),
+                "id": record["id"],
+                "source": record["source"],
+                "entities": [{"page": None, **ent} for ent in record["entities"]],
+                "iocs": None
+                if "iocs" not in record
+                else [{"page": None, **ioc} for ioc in record["iocs"]],
+                "text": record.get("text"),
                 "status": ANNOTATED,
                 "error": None,
             }
@@ -151,14 +205,36 @@ def annotate_rows(
 
 def failure_row(failure: Failure) -> Dict[str, Any]:
     status = SKIPPED if failure.skipped else FAILED
-    return {"id": failure.id, "entities": [], "status": status, "error": failure.reason}
+    return {
+        "id": failure.id,
+        "source": None,
+        "entities": [],
+        "iocs": None,
+        "text": None,
+        "status": status,
+        "error": failure.reason,
+    }
 
 
-def row_result(row: Dict[str, Any]) -> Union[Tuple[str, List[Dict[str, Any]]], Failure]:
-    """A row of `annotate_dataset` back as the CLI reports it: (id, entities) or a Failure."""
-    if row["status"] == ANNOTATED:
-        return row["id"], list(row["entities"])
-    return Failure(row["id"], row["error"], skipped=row["status"] == SKIPPED)
+def row_result(row: Dict[str, Any]) -> Union[Tuple[str, Dict[str, Any]], Failure]:
+    """A row of `annotate_dataset` back as the CLI reports it: (id, `document_record`) or a
+    Failure. The record has the keys, and key order, that the in-process run writes."""
+    if row["status"] != ANNOTATED:
+        return Failure(row["id"], row["error"], skipped=row["status"] == SKIPPED)
+
+    def without_null_page(spans: Iterable[Dict[str, Any]]) -> List[Dict[str, Any]]:
+        return [{k: v for k, v in dict(s).items() if k != "page" or v is not None} for s in spans]
+
+    record: Dict[str, Any] = {
+        "id": row["id"],
+        "source": row["source"],
+        "entities": without_null_page(row["entities"]),
+    }
+    if row["iocs"] is not None:
+        record["iocs"] = without_null_page(row["iocs"])
+    if row["text"] is not None:
+        record["text"] = row["text"]
+    return row["id"], record
 
 
 class PipelineActor:
@@ -174,6 +250,7 @@ class PipelineActor:
         max_chars: int,
         encoding: str,
         encoding_errors: str,
+        keep_text: bool,
         use_gpu: bool,
     ) -> None:
         if use_gpu:
@@ -187,6 +264,7 @@ class PipelineActor:
             "max_chars": max_chars,
             "encoding": encoding,
             "encoding_errors": encoding_errors,
+            "keep_text": keep_text,
         }
 
     def __call__(self, batch: "pa.Table") -> "pa.Table":
@@ -199,6 +277,11 @@ class PipelineActor:
             self.nlp,
             batch.column(self.id_column).to_pylist(),
             batch.column(self.text_column).to_pylist(),
+            fields={
+                name: batch.column(name).to_pylist()
+                for name in DOCUMENT_COLUMNS
+                if name in batch.column_names
+            },
             **self.options,
         )
         return pa.Table.from_pylist(rows, schema=SCHEMA)
@@ -217,6 +300,7 @@ def annotate_dataset(
     max_chars: int = 1_000_000,
     encoding: str = "utf-8",
     encoding_errors: str = "strict",
+    keep_text: bool = False,
 ) -> "ray.data.Dataset":
     """The entities of every row of `ds`, found by a pool of actors that each load `model` once.
 
@@ -229,9 +313,11 @@ def annotate_dataset(
     cpus_per_actor (float): CPUs Ray reserves for each actor.
     batch_size (int): Rows per actor call, and the `nlp.pipe` batch size.
     max_chars (int): Longer texts fail as too large, as in `secner annotate`.
-    RETURNS (ray.data.Dataset): Lazy; one row per input row with `id`, `entities`, `status`
-        and `error` (see `annotate_rows`). Rows keep the input order only if the dataset's
-        context says so (`ds.context.execution_options.preserve_order = True`).
+    keep_text (bool): Also the text of each annotated row.
+    RETURNS (ray.data.Dataset): Lazy; one row per input row with `id`, `source`, `entities`,
+        `iocs`, `text`, `status` and `error` (see `annotate_rows`). Rows keep the input order
+        only if the dataset's context says so
+        (`ds.context.execution_options.preserve_order = True`).
     """
     import ray.data
 
@@ -251,6 +337,7 @@ def annotate_dataset(
             "max_chars": max_chars,
             "encoding": encoding,
             "encoding_errors": encoding_errors,
+            "keep_text": keep_text,
             "use_gpu": gpus_per_actor > 0,
         },
         compute=compute,
@@ -310,7 +397,8 @@ def annotate_items_on_ray(
     gpus_per_actor: float = 0.0,
     batch_size: int = 64,
     max_chars: int = 1_000_000,
-) -> Iterator[Tuple[str, List[Dict[str, Any]]]]:
+    keep_text: bool = False,
+) -> Iterator[Tuple[str, Dict[str, Any]]]:
     """What `secner annotate` does in process (`annotate_items`), on the connected Ray cluster.
 
     The documents are read here, with the CLI's readers, and put into the cluster's object
@@ -318,8 +406,8 @@ def annotate_items_on_ray(
     the results come back in input order. Failures and skipped documents go to `report` in
     input order, as in process.
 
-    YIELDS (Tuple[str, List[Dict[str, Any]]]): The id and the entity records of each
-        annotated document.
+    YIELDS (Tuple[str, Dict[str, Any]]): The id and the `document_record` of each annotated
+        document.
     """
     import ray
     import ray.data
@@ -332,10 +420,14 @@ def annotate_items_on_ray(
     pending: List[Document] = []
 
     def put(documents: List[Document]) -> None:
-        table = pa.table(
-            {"id": [d.id for d in documents], "text": [d.text for d in documents]},
-            schema=pa.schema([("id", pa.string()), ("text", pa.string())]),
-        )
+        columns = {
+            "id": [d.id for d in documents],
+            "text": [d.text for d in documents],
+            "source": [d.source for d in documents],
+            "page_starts": [list(d.page_starts) for d in documents],
+            "block_starts": [list(d.block_starts) for d in documents],
+        }
+        table = pa.table(columns, schema=INPUT_SCHEMA)
         blocks.append(ray.put(table))
 
     source = iter(items)
@@ -366,6 +458,7 @@ def annotate_items_on_ray(
             gpus_per_actor=gpus_per_actor,
             batch_size=batch_size,
             max_chars=max_chars,
+            keep_text=keep_text,
         )
         ds.context.execution_options.preserve_order = True
         # The CLI shows its own progress and summary: Ray Data's info lines and the warning that

@@ -150,12 +150,23 @@ def test_csv_output_one_row_per_entity(model_dir, tmp_path):
     assert result.stdout == ""
     with out.open(encoding="utf8", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["doc_id", "label", "text", "start", "end", "confidence"]
+    assert list(rows[0]) == [
+        "doc_id",
+        "label",
+        "text",
+        "start",
+        "end",
+        "confidence",
+        "kind",
+        "value",
+        "page",
+    ]
     expected = [(path, ent) for path, ents in zip(texts, GOLD_ENTS) for ent in ents]
     assert [(r["doc_id"], (r["text"], r["label"])) for r in rows] == expected
     for row in rows:
         assert texts[row["doc_id"]][int(row["start"]) : int(row["end"])] == row["text"]
         assert row["confidence"] == "" or 0.0 <= float(row["confidence"]) <= 1.0
+        assert (row["kind"], row["value"], row["page"]) == ("entity", "", "")
 
 
 def test_confidence_is_null_when_the_pipe_gives_none(model_dir, tmp_path):

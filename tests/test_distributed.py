@@ -17,8 +17,13 @@ import ray_components  # noqa: F401  (registers the test components here too)
 ray = pytest.importorskip("ray", reason="needs the ray extra: pip install 'spacy-secner[ray]'")
 
 from spacy_secner.cli import app  # noqa: E402
-from spacy_secner.distributed import SCHEMA, annotate_dataset, annotate_rows  # noqa: E402
-from spacy_secner.cli.writers import entity_records  # noqa: E402
+from spacy_secner.cli.writers import document_record, entity_records  # noqa: E402
+from spacy_secner.distributed import (  # noqa: E402
+    SCHEMA,
+    annotate_dataset,
+    annotate_rows,
+    row_result,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -49,11 +54,12 @@ def load_log(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def model_dir(trained_cnn_nlp, load_log, tmp_path_factory) -> Path:
-    """The trained tiny pipeline, plus a component that fails on "BOOM" and one that logs each
-    load of the pipeline to `load_log`."""
+    """The trained tiny pipeline with `cti_iocs`, plus a component that fails on "BOOM" and one
+    that logs each load of the pipeline to `load_log`."""
     path = tmp_path_factory.mktemp("ray_model")
     trained_cnn_nlp.to_disk(path)
     nlp = spacy.load(path)
+    nlp.add_pipe("cti_iocs")
     nlp.add_pipe("secner_test_ray_fail_on_boom")
     nlp.add_pipe("secner_test_load_log", config={"path": str(load_log)})
     nlp.to_disk(path)
@@ -61,12 +67,15 @@ def model_dir(trained_cnn_nlp, load_log, tmp_path_factory) -> Path:
     return path
 
 
+INDICATORS = ["It called 203.0.113.7 .", "It used hxxp://evil[.]example.com/x .", ""]
+
+
 def good_texts(n: int) -> List[str]:
-    """`n` distinct documents of one to three training sentences."""
+    """`n` distinct documents of one to three training sentences, some with indicators."""
     texts = []
     for i in range(n):
         sentences = [TRAIN_TEXTS[(i + k) % len(TRAIN_TEXTS)] for k in range(1 + i % 3)]
-        texts.append(" ".join(sentences) + f" Report {i} .")
+        texts.append(" ".join(sentences) + f" Report {i} . " + INDICATORS[i % 3])
     return texts
 
 
@@ -74,11 +83,12 @@ def read_log(path: Path) -> List[str]:
     return path.read_text(encoding="utf8").split() if path.exists() else []
 
 
-def expected_records(model_dir: Path, texts: Dict[str, str]) -> Dict[str, List[Dict]]:
-    """The entity records of in-process `nlp.pipe` on the same pipeline, by id."""
+def expected_records(model_dir: Path, texts: Dict[str, str]) -> Dict[str, Dict]:
+    """The records of in-process `nlp.pipe` on the same pipeline, by id."""
     nlp = spacy.load(model_dir)
     ids = list(texts)
-    return {i: entity_records(doc) for i, doc in zip(ids, nlp.pipe(texts[i] for i in ids))}
+    docs = nlp.pipe(texts[i] for i in ids)
+    return {i: document_record(i, doc) for i, doc in zip(ids, docs)}
 
 
 def test_annotate_rows_keeps_order_and_isolates_failures(model_dir):
@@ -96,8 +106,9 @@ def test_annotate_rows_keeps_order_and_isolates_failures(model_dir):
         ("7", "annotated"),
     ]
     assert [(e["text"], e["label"]) for e in rows[0]["entities"]] == GOLD_ENTS[0]
-    assert rows[0]["entities"] == entity_records(nlp(TRAIN_TEXTS[0]))
-    assert rows[6]["entities"] == entity_records(nlp(TRAIN_TEXTS[2]))
+    assert row_result(rows[0])[1]["entities"] == entity_records(nlp(TRAIN_TEXTS[0]))
+    assert row_result(rows[6]) == ("7", document_record("7", nlp(TRAIN_TEXTS[2])))
+    assert rows[6]["iocs"] == [] and rows[6]["text"] is None
     assert rows[1]["error"] == "pipeline error: RuntimeError: this doc goes boom"
     assert rows[2]["error"] == "no id"
     assert rows[3]["error"] == "empty"
@@ -122,17 +133,18 @@ def test_dataset_on_two_actors_equals_in_process(ray_cluster, model_dir, load_lo
     rows[10:10] = [{"id": i, "text": value} for i, value in bad.items()]
     ds = ray.data.from_items(rows, override_num_blocks=6)
     out = annotate_dataset(ds, str(model_dir), actors=2, batch_size=4)
-    result = out.to_pandas()
+    result = out.take_all()
 
-    assert list(result.columns) == SCHEMA.names
+    assert out.schema().names == SCHEMA.names
     assert len(result) == len(rows)
-    assert sorted(result["id"]) == sorted(str(r["id"]) for r in rows)  # none lost or doubled
-    by_id = {row["id"]: row for row in result.to_dict("records")}
-    for doc_id, records in expected.items():
+    assert sorted(r["id"] for r in result) == sorted(str(r["id"]) for r in rows)  # none lost
+    by_id = {row["id"]: row for row in result}
+    for doc_id, record in expected.items():
         row = by_id[doc_id]
         assert row["status"] == "annotated" and row["error"] is None
-        assert [dict(e) for e in row["entities"]] == records
-    assert sum(len(r) for r in expected.values()) > 40
+        assert row_result(row) == (doc_id, record)
+    assert sum(len(r["entities"]) for r in expected.values()) > 40
+    assert sum(len(r["iocs"]) for r in expected.values()) > 20
     status = {i: (by_id[i]["status"], by_id[i]["error"]) for i in bad}
     assert status["invalid-utf8"][0] == "failed"
     assert status["invalid-utf8"][1].startswith("cannot decode as utf-8: byte 0xff at offset 6")
@@ -172,6 +184,8 @@ def write_inputs(directory: Path) -> List[str]:
     (texts / "report-05b.txt").write_text("", encoding="utf8")
     (texts / "report-07b.txt").write_text(BOOM, encoding="utf8")
     lines = [json.dumps({"id": f"j{i}", "text": text}) for i, text in enumerate(good_texts(6))]
+    ioc_text = "Fancy Bear used 198.51.100.9 and evil[.]example.org ."
+    lines[0] = json.dumps({"id": "j0", "text": ioc_text})
     lines[2:2] = ["{not json", json.dumps({"id": "no-text"}), json.dumps({"id": "e", "text": ""})]
     jsonl = directory / "feed.jsonl"
     jsonl.write_text("\n".join(lines) + "\n", encoding="utf8")
@@ -181,13 +195,15 @@ def write_inputs(directory: Path) -> List[str]:
 def test_cli_ray_engine_writes_what_in_process_writes(ray_cluster, model_dir, tmp_path):
     inputs = write_inputs(tmp_path)
     base = ["annotate", "--model", str(model_dir), "--batch-size", "4", *inputs]
-    for fmt, actors in (("jsonl", "2"), ("csv", "1")):
+    for fmt, options in (("jsonl", ["--actors", "2", "--keep-text"]), ("csv", ["--actors", "1"])):
         here, there = tmp_path / f"here.{fmt}", tmp_path / f"there.{fmt}"
-        in_process = runner.invoke(app, [*base, "-o", str(here), "--errors", f"{here}.errors"])
+        keep = options[2:]
+        in_process = runner.invoke(
+            app, [*base, *keep, "-o", str(here), "--errors", f"{here}.errors"]
+        )
         on_ray = runner.invoke(
             app,
-            [*base, "-o", str(there), "--errors", f"{there}.errors", "--engine", "ray"]
-            + ["--actors", actors],
+            [*base, *options, "-o", str(there), "--errors", f"{there}.errors", "--engine", "ray"],
         )
         assert in_process.exit_code == 1, in_process.output
         assert on_ray.exit_code == 1, on_ray.output
@@ -196,6 +212,8 @@ def test_cli_ray_engine_writes_what_in_process_writes(ray_cluster, model_dir, tm
         assert summary_lines(on_ray.stderr) == summary_lines(in_process.stderr)
     records = [json.loads(line) for line in (tmp_path / "there.jsonl").read_text().splitlines()]
     assert len(records) == 12 + 6
+    assert all(r["text"] and "iocs" in r for r in records)
+    assert {"label": "ipv4", "value": "198.51.100.9"}.items() <= records[12]["iocs"][0].items()
     assert summary_lines(on_ray.stderr)[0] == (
         "secner annotate: 24 documents read, 18 annotated, 2 skipped, 4 failed"
     )
@@ -207,7 +225,9 @@ def test_cli_rejects_what_ray_cannot_do(model_dir, tmp_path):
     path.write_text(TRAIN_TEXTS[0], encoding="utf8")
     base = ["annotate", "--model", str(model_dir), str(path)]
     result = runner.invoke(app, [*base, "--engine", "ray", "-o", str(tmp_path / "a.html")])
-    assert result.exit_code == 2 and "HTML is written by --engine process only" in message(result)
+    assert result.exit_code == 2 and "html is written by --engine process only" in message(result)
+    result = runner.invoke(app, [*base, "--engine", "ray", "--format", "stix"])
+    assert result.exit_code == 2 and "stix is written by --engine process only" in message(result)
     result = runner.invoke(app, [*base, "--actors", "2"])
     assert result.exit_code == 2 and "need --engine ray" in message(result)
     result = runner.invoke(app, [*base, "--engine", "ray", "--model", str(tmp_path / "nope")])

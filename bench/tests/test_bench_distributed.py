@@ -25,7 +25,7 @@ def test_one_in_process_run_writes_records_and_figures(trained_cnn_nlp, tmp_path
     assert figures["engine"] == "process" and figures["docs"] == len(TRAIN_TEXTS)
     assert figures["failed"] == 0 and figures["total_s"] > 0 and figures["peak_rss_mb"] > 0
     written = json.loads(records.read_text(encoding="utf8"))
-    assert [e["text"] for e in written["d0"]] == ["APT28", "X-Agent", "NATO", "2016"]
+    assert [e["text"] for e in written["d0"]["entities"]] == ["APT28", "X-Agent", "NATO", "2016"]
 
 
 def test_render_lists_every_run():

@@ -1,7 +1,9 @@
-"""`secner annotate`: the entities a trained pipeline finds in text files, directories, JSONL or
-stdin, written as JSONL, CSV or a displaCy HTML report."""
+"""`secner annotate`: the entities (and indicators of compromise) a trained pipeline finds in
+text, PDF and HTML files, directories, JSONL or stdin, written as JSONL, CSV, a displaCy HTML
+report or STIX 2.1 bundles."""
 
 import codecs
+import importlib.util
 import os
 import sys
 import time
@@ -19,19 +21,33 @@ from spacy.tokens import Doc
 from tqdm import tqdm
 
 from ..atomic import atomic_output
-from .readers import STDIN, Document, Failure, Item, find_files, is_jsonl, read_inputs
-from .writers import WRITERS, write_failures
+from ..documents import mark_blocks
+from .readers import (
+    DEFAULT_GLOBS,
+    STDIN,
+    Document,
+    Failure,
+    Item,
+    find_files,
+    is_jsonl,
+    read_inputs,
+)
+from .writers import IOCS_KEY, WRITERS, WriteError, write_failures
+
 
 class OutputFormat(str, Enum):
     jsonl = "jsonl"
     csv = "csv"
     html = "html"
+    stix = "stix"
 
 
 class InputFormat(str, Enum):
     auto = "auto"
     text = "text"
     jsonl = "jsonl"
+    pdf = "pdf"
+    html = "html"
 
 
 class EncodingErrors(str, Enum):
@@ -52,6 +68,7 @@ class Report:
     annotated: int = 0
     problems: List[Failure] = field(default_factory=list)
     entities: Counter = field(default_factory=Counter)
+    iocs: Counter = field(default_factory=Counter)
     seconds: float = 0.0
 
     @property
@@ -76,6 +93,9 @@ class Report:
         lines += problem_lines(self.problems, limit=limit)
         ents = ", ".join(f"{label} {n}" for label, n in self.entities.most_common())
         lines.append(f"entities: {sum(self.entities.values())}" + (f" ({ents})" if ents else ""))
+        if self.iocs:
+            iocs = ", ".join(f"{label} {n}" for label, n in self.iocs.most_common())
+            lines.append(f"indicators: {sum(self.iocs.values())} ({iocs})")
         return "\n".join(lines)
 
 
@@ -90,6 +110,20 @@ def problem_lines(problems: List[Failure], *, limit: int) -> List[str]:
     if len(problems) > limit:
         lines.append(f"  ... and {len(problems) - limit} more (--errors FILE lists them all)")
     return lines
+
+
+def make_input(nlp: Language, document: Document) -> Union[str, Doc]:
+    """What the pipeline reads for a document: its text, or for one that knows where it came
+    from a doc that carries it in `doc.user_data` ("source", and "page_starts" for a PDF), with
+    a sentence starting at each block of a PDF or HTML page."""
+    if document.source is None and not document.page_starts and not document.block_starts:
+        return document.text
+    doc = mark_blocks(nlp.make_doc(document.text), document.block_starts)
+    if document.source is not None:
+        doc.user_data["source"] = document.source
+    if document.page_starts:
+        doc.user_data["page_starts"] = list(document.page_starts)
+    return doc
 
 
 def annotate_items(
@@ -146,7 +180,7 @@ def annotate_documents(
     pending: Deque[Document] = deque()
     source_failed = False
 
-    def feed() -> Iterator[Tuple[str, Document]]:
+    def feed() -> Iterator[Tuple[Union[str, Doc], Document]]:
         nonlocal source_failed
         while True:
             try:
@@ -157,7 +191,7 @@ def annotate_documents(
                 source_failed = True
                 raise
             pending.append(document)
-            yield document.text, document
+            yield make_input(nlp, document), document
 
     while True:
         try:
@@ -173,7 +207,7 @@ def annotate_documents(
         while pending:
             document = pending.popleft()
             try:
-                doc = nlp(document.text)
+                doc = nlp(make_input(nlp, document))
             except Exception as err:
                 yield document, Failure(document.id, f"pipeline error: {type(err).__name__}: {err}")
                 continue
@@ -183,7 +217,8 @@ def annotate_documents(
 def annotate(
     inputs: List[Path] = typer.Argument(
         ...,
-        help="Text files, directories (searched with --glob), JSONL files, or - for stdin",
+        help="Text, PDF or HTML files, directories (searched with --glob), JSONL files, or - "
+        "for stdin",
         show_default=False,
     ),
     output: Optional[Path] = typer.Option(
@@ -204,11 +239,18 @@ def annotate(
     model: str = typer.Option(
         "en_secner", "--model", "-m", help="Pipeline package name or directory"
     ),
-    glob: str = typer.Option("*.txt", help="Files to read under directories, recursively"),
+    glob: Optional[List[str]] = typer.Option(
+        None,
+        help="Files to read under directories, recursively; repeat for several patterns. "
+        "Default: *.txt, *.pdf, *.html, *.htm (auto); *.pdf (pdf); *.html, *.htm (html); "
+        "*.txt (text, jsonl)",
+        show_default=False,
+    ),
     input_format: InputFormat = typer.Option(
         InputFormat.auto,
-        help='text: a file is a document; jsonl: a line {"id", "text"} is; '
-        "auto: jsonl for .jsonl/.ndjson files, else text",
+        help='text: a file is a document; jsonl: a line {"id", "text"} is; pdf, html: a file '
+        "is a document, its text extracted; auto: jsonl for .jsonl/.ndjson, pdf and html by "
+        "suffix or first bytes, else text",
     ),
     encoding: str = typer.Option("utf-8", help="Encoding of the input files"),
     encoding_errors: EncodingErrors = typer.Option(
@@ -246,19 +288,46 @@ def annotate(
         show_default=False,
         help="Write the failed and skipped documents here as JSONL",
     ),
+    keep_text: bool = typer.Option(
+        False,
+        "--keep-text",
+        help="JSONL: write each document's text (as extracted from a PDF or HTML page) into its "
+        "record, so the offsets can be checked",
+    ),
     quiet: bool = typer.Option(
         False, "--quiet", "-q", help="No progress bar or summary, only the failures"
     ),
+    stix_per_run: bool = typer.Option(
+        False,
+        "--stix-per-run",
+        help="--format stix: one bundle for the run, not one per document (a line each)",
+    ),
+    stix_indicators: bool = typer.Option(
+        False,
+        "--stix-indicators",
+        help="--format stix: also an indicator for each observable, linked by based-on",
+    ),
 ) -> None:
-    """Find the entities in documents and write them with character offsets and confidence.
+    """Find the entities in documents and write them with character offsets and confidence,
+    and the indicators of compromise where the pipeline has `cti_iocs`.
 
     Exits with 1 if any document failed (undecodable, binary, too large, malformed JSONL line,
-    pipeline error); the others are still annotated. Empty documents are skipped, not failed.
+    a PDF that is encrypted, corrupt, truncated or scanned, an HTML page with no main text,
+    pipeline error, STIX export error); the others are still annotated. Empty documents are
+    skipped, not failed.
     """
-    fmt = output_format or format_for(output)
     check_arguments(
         inputs, output=output, errors=errors, encoding=encoding, n_process=n_process, gpu_id=gpu_id
     )
+    fmt = output_format or format_for(output)
+    if keep_text and fmt != OutputFormat.jsonl:
+        raise typer.BadParameter(
+            f"--keep-text writes the text into JSONL records, not {fmt.value}",
+            param_hint="--keep-text",
+        )
+    writer_options = check_format(fmt, per_run=stix_per_run, indicators=stix_indicators)
+    if keep_text:
+        writer_options["keep_text"] = True
     if engine is Engine.ray:
         check_ray_arguments(
             model, output_format=fmt, address=address, n_process=n_process, gpu_id=gpu_id
@@ -267,9 +336,11 @@ def annotate(
         raise typer.BadParameter(
             "--address, --actors and --gpus-per-actor need --engine ray", param_hint="--engine"
         )
-    paths = find_files(inputs, glob=glob)
+    globs = glob or DEFAULT_GLOBS[input_format.value]
+    paths = find_files(inputs, glob=globs)
     if not paths:
-        typer.echo(f"secner annotate: no input files (none matched --glob {glob!r})", err=True)
+        shown = ", ".join(repr(g) for g in globs)
+        typer.echo(f"secner annotate: no input files (none matched --glob {shown})", err=True)
     items = read_inputs(
         paths,
         input_format=input_format.value,
@@ -281,7 +352,7 @@ def annotate(
     total = None if any(is_jsonl(p, input_format.value) for p in paths) else len(paths)
     report = Report()
     with ExitStack() as stack:
-        results: Iterator[Tuple[str, Union[Doc, List[Dict[str, Any]]]]]
+        results: Iterator[Tuple[str, Union[Doc, Dict[str, Any]]]]
         engine_errors: Tuple[type, ...] = ()
         if engine is Engine.ray:
             import ray.exceptions
@@ -298,6 +369,7 @@ def annotate(
                 gpus_per_actor=gpus_per_actor,
                 batch_size=batch_size,
                 max_chars=max_chars,
+                keep_text=keep_text,
             )
         else:
             nlp = load_pipeline(model, gpu_id=gpu_id)
@@ -312,15 +384,9 @@ def annotate(
                 file=sys.stderr,
                 disable=quiet or not sys.stderr.isatty(),
             ) as bar:
-                writer = WRITERS[fmt.value](out)
+                writer = WRITERS[fmt.value](out, **writer_options)
                 for doc_id, result in results:
-                    # A Doc annotated here, or the entity records of a Ray actor.
-                    if isinstance(result, Doc):
-                        writer.write(doc_id, result)
-                        report.entities.update(ent.label_ for ent in result.ents)
-                    else:
-                        writer.write_entities(doc_id, result)
-                        report.entities.update(ent["label"] for ent in result)
+                    write_result(writer, doc_id, result, report=report)
                     bar.update(report.done - bar.n)
                 writer.close()
                 bar.update(report.done - bar.n)
@@ -344,6 +410,27 @@ def annotate(
     else:
         typer.echo(report.summary(), err=True)
     raise typer.Exit(1 if report.failed else 0)
+
+
+def write_result(
+    writer: Any, doc_id: str, result: Union[Doc, Dict[str, Any]], *, report: Report
+) -> None:
+    """Write a doc annotated here, or the `document_record` a Ray actor made, and count it."""
+    if isinstance(result, Doc):
+        try:
+            writer.write(doc_id, result)
+        except WriteError as err:
+            # Annotated but not written: it fails like any other document.
+            report.annotated -= 1
+            report.problems.append(Failure(doc_id, str(err)))
+            return
+        report.entities.update(ent.label_ for ent in result.ents)
+        if IOCS_KEY in result.spans:
+            report.iocs.update(span.label_ for span in result.spans[IOCS_KEY])
+    else:
+        writer.write_record(result)
+        report.entities.update(ent["label"] for ent in result["entities"])
+        report.iocs.update(ioc["label"] for ioc in result.get("iocs") or [])
 
 
 def check_arguments(
@@ -371,23 +458,40 @@ def check_arguments(
         raise typer.BadParameter("--errors must not be the --output file", param_hint="--errors")
 
 
+def check_format(fmt: OutputFormat, *, per_run: bool, indicators: bool) -> Dict[str, Any]:
+    """The writer's options; rejects STIX options without the STIX format, and the STIX format
+    without its extra (exit code 2)."""
+    if fmt != OutputFormat.stix:
+        if per_run or indicators:
+            option = "--stix-per-run" if per_run else "--stix-indicators"
+            raise typer.BadParameter(f"{option} needs --format stix", param_hint=option)
+        return {}
+    if importlib.util.find_spec("stix2") is None:
+        raise typer.BadParameter(
+            "the STIX format needs the stix extra: pip install 'spacy-secner[stix]'",
+            param_hint="--format",
+        )
+    return {"per_run": per_run, "indicators": indicators}
+
+
 def check_ray_arguments(
     model: str, *, output_format: OutputFormat, address: Optional[str], n_process: int, gpu_id: int
 ) -> None:
     """Reject what `--engine ray` cannot do (exit code 2)."""
-    if output_format is OutputFormat.html:
-        # The page holds every text until the end: it is made in one process.
-        raise typer.BadParameter("HTML is written by --engine process only", param_hint="--format")
+    if output_format in (OutputFormat.html, OutputFormat.stix):
+        # Both are made from the docs themselves (the HTML page holds every text until the end),
+        # while the actors send back records.
+        raise typer.BadParameter(
+            f"{output_format.value} is written by --engine process only", param_hint="--format"
+        )
     if n_process > 1:
         raise typer.BadParameter("use --actors with --engine ray", param_hint="--n-process")
     if gpu_id >= 0:
         raise typer.BadParameter("use --gpus-per-actor with --engine ray", param_hint="--gpu-id")
-    try:
-        import ray  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("ray") is None:
         raise typer.BadParameter(
             "needs Ray: pip install 'spacy-secner[ray]'", param_hint="--engine"
-        ) from None
+        )
     # A local cluster runs where this command does, so the pipeline must be found here; a
     # remote one may have it installed where this machine has not.
     local = address is None and "RAY_ADDRESS" not in os.environ
