@@ -359,7 +359,12 @@ def annotate(
 
             from .. import distributed
 
-            stack.enter_context(distributed.cluster(address))
+            try:
+                stack.enter_context(distributed.cluster(address))
+            except Exception as err:  # ray.init raises plain exceptions (timeouts, connection)
+                where = address or os.environ.get("RAY_ADDRESS") or "a new local cluster"
+                typer.echo(f"secner annotate: cannot start or reach Ray ({where}): {err}", err=True)
+                raise typer.Exit(1) from None
             engine_errors = (ray.exceptions.RayError,)
             results = distributed.annotate_items_on_ray(
                 items,
