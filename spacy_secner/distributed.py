@@ -451,6 +451,9 @@ def annotate_items_on_ray(
         put(pending)
     rows: Iterator[Dict[str, Any]] = iter(())
     if blocks:
+        if isinstance(actors, int):
+            # A block is one actor call: more actors than blocks would start and load for nothing.
+            actors = min(actors, len(blocks))
         ds = annotate_dataset(
             ray.data.from_arrow_refs(blocks),
             model,
