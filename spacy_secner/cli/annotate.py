@@ -4,9 +4,11 @@ report or STIX 2.1 bundles."""
 
 import codecs
 import importlib.util
+import os
 import sys
 import time
 from collections import Counter, deque
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -51,6 +53,11 @@ class InputFormat(str, Enum):
 class EncodingErrors(str, Enum):
     strict = "strict"
     replace = "replace"
+
+
+class Engine(str, Enum):
+    process = "process"
+    ray = "ray"
 
 
 @dataclass
@@ -122,18 +129,16 @@ def make_input(nlp: Language, document: Document) -> Union[str, Doc]:
 def annotate_items(
     nlp: Language, items: Iterable[Item], *, report: Report, batch_size: int, n_process: int
 ) -> Iterator[Tuple[str, Doc]]:
-    """Run the pipeline over the documents among `items`, in order.
+    """Run the pipeline over the documents among `items`, in order (see `annotate_documents`).
 
-    Failures and empty documents go to `report` instead. When the pipeline raises, the
-    documents it had taken but not returned are retried one at a time, so only the one that
-    raises fails, and the run goes on. An error from `items` itself (InputError) ends the run.
+    Failures and empty documents go to `report` instead. An error from `items` itself
+    (InputError) ends the run.
 
     YIELDS (Tuple[str, Doc]): The id and the annotated doc of each document.
     """
     source = iter(items)
-    pending: Deque[Document] = deque()
 
-    def feed() -> Iterator[Tuple[Union[str, Doc], str]]:
+    def documents() -> Iterator[Document]:
         while True:
             try:
                 item = next(source)
@@ -147,33 +152,66 @@ def annotate_items(
             elif not item.text.strip():
                 report.problems.append(Failure(item.id, "empty", skipped=True))
             else:
-                pending.append(item)
-                yield make_input(nlp, item), item.id
+                yield item
+
+    results = annotate_documents(nlp, documents(), batch_size=batch_size, n_process=n_process)
+    for document, result in results:
+        if isinstance(result, Failure):
+            report.problems.append(result)
+        else:
+            report.annotated += 1
+            yield document.id, result
+
+
+def annotate_documents(
+    nlp: Language, documents: Iterable[Document], *, batch_size: int, n_process: int = 1
+) -> Iterator[Tuple[Document, Union[Doc, Failure]]]:
+    """Run the pipeline over `documents` with `nlp.pipe`, isolating the documents that fail:
+    the per-batch code of `secner annotate`, in process and in each Ray actor alike.
+
+    When the pipeline raises, the documents it had taken but not returned are retried one at a
+    time, so only the one that raises fails, and the run goes on. An error raised by
+    `documents` itself is not the pipeline's and ends the run.
+
+    YIELDS (Tuple[Document, Union[Doc, Failure]]): Each document, in order, with its doc or
+        its failure.
+    """
+    source = iter(documents)
+    pending: Deque[Document] = deque()
+    source_failed = False
+
+    def feed() -> Iterator[Tuple[Union[str, Doc], Document]]:
+        nonlocal source_failed
+        while True:
+            try:
+                document = next(source)
+            except StopIteration:
+                return
+            except BaseException:
+                source_failed = True
+                raise
+            pending.append(document)
+            yield make_input(nlp, document), document
 
     while True:
         try:
-            for doc, doc_id in nlp.pipe(
+            for doc, document in nlp.pipe(
                 feed(), as_tuples=True, batch_size=batch_size, n_process=n_process
             ):
                 pending.popleft()
-                report.annotated += 1
-                yield doc_id, doc
+                yield document, doc
             return
-        except InputError:
-            raise
         except Exception:
-            if not pending:
-                raise  # not a document's fault: the pipeline cannot run at all
+            if source_failed or not pending:
+                raise  # not a document's fault: the input ended or the pipeline cannot run
         while pending:
             document = pending.popleft()
             try:
                 doc = nlp(make_input(nlp, document))
             except Exception as err:
-                reason = f"pipeline error: {type(err).__name__}: {err}"
-                report.problems.append(Failure(document.id, reason))
+                yield document, Failure(document.id, f"pipeline error: {type(err).__name__}: {err}")
                 continue
-            report.annotated += 1
-            yield document.id, doc
+            yield document, doc
 
 
 def annotate(
@@ -223,6 +261,27 @@ def annotate(
     batch_size: int = typer.Option(32, min=1, help="Documents per nlp.pipe batch"),
     n_process: int = typer.Option(1, min=1, help="Processes for nlp.pipe (CPU only)"),
     gpu_id: int = typer.Option(-1, help="GPU to run on, -1 for CPU"),
+    engine: Engine = typer.Option(
+        Engine.process,
+        help="process: annotate here; ray: on a pool of actors of a Ray cluster "
+        "(pip install 'spacy-secner[ray]'; JSONL and CSV only)",
+    ),
+    address: Optional[str] = typer.Option(
+        None,
+        help="--engine ray: the cluster (auto, ray://HOST:10001). "
+        "Default: $RAY_ADDRESS, else a new local cluster",
+        show_default=False,
+    ),
+    actors: Optional[int] = typer.Option(
+        None,
+        min=1,
+        help="--engine ray: actors, each loading the pipeline once. "
+        "Default: one per CPU of the cluster (per GPU share with --gpus-per-actor)",
+        show_default=False,
+    ),
+    gpus_per_actor: float = typer.Option(
+        0.0, min=0.0, help="--engine ray: GPUs per actor; a fraction shares a GPU"
+    ),
     errors: Optional[Path] = typer.Option(
         None,
         dir_okay=False,
@@ -269,12 +328,19 @@ def annotate(
     writer_options = check_format(fmt, per_run=stix_per_run, indicators=stix_indicators)
     if keep_text:
         writer_options["keep_text"] = True
+    if engine is Engine.ray:
+        check_ray_arguments(
+            model, output_format=fmt, address=address, n_process=n_process, gpu_id=gpu_id
+        )
+    elif address is not None or actors is not None or gpus_per_actor:
+        raise typer.BadParameter(
+            "--address, --actors and --gpus-per-actor need --engine ray", param_hint="--engine"
+        )
     globs = glob or DEFAULT_GLOBS[input_format.value]
     paths = find_files(inputs, glob=globs)
     if not paths:
         shown = ", ".join(repr(g) for g in globs)
         typer.echo(f"secner annotate: no input files (none matched --glob {shown})", err=True)
-    nlp = load_pipeline(model, gpu_id=gpu_id)
     items = read_inputs(
         paths,
         input_format=input_format.value,
@@ -285,37 +351,62 @@ def annotate(
     # A text file is one document; a JSONL file holds an unknown number.
     total = None if any(is_jsonl(p, input_format.value) for p in paths) else len(paths)
     report = Report()
-    start = time.perf_counter()
-    try:
-        with atomic_output(output) as out, tqdm(
-            total=total,
-            unit=" docs",
-            file=sys.stderr,
-            disable=quiet or not sys.stderr.isatty(),
-        ) as bar:
-            writer = WRITERS[fmt.value](out, **writer_options)
-            docs = annotate_items(
+    with ExitStack() as stack:
+        results: Iterator[Tuple[str, Union[Doc, Dict[str, Any]]]]
+        engine_errors: Tuple[type, ...] = ()
+        if engine is Engine.ray:
+            import ray.exceptions
+
+            from .. import distributed
+
+            try:
+                stack.enter_context(distributed.cluster(address))
+            except Exception as err:  # ray.init raises plain exceptions (timeouts, connection)
+                where = address or os.environ.get("RAY_ADDRESS") or "a new local cluster"
+                typer.echo(f"secner annotate: cannot start or reach Ray ({where}): {err}", err=True)
+                raise typer.Exit(1) from None
+            engine_errors = (ray.exceptions.RayError,)
+            results = distributed.annotate_items_on_ray(
+                items,
+                model,
+                report=report,
+                actors=actors or distributed.default_actors(gpus_per_actor),
+                gpus_per_actor=gpus_per_actor,
+                batch_size=batch_size,
+                max_chars=max_chars,
+                keep_text=keep_text,
+            )
+        else:
+            nlp = load_pipeline(model, gpu_id=gpu_id)
+            results = annotate_items(
                 nlp, items, report=report, batch_size=batch_size, n_process=n_process
             )
-            for doc_id, doc in docs:
-                try:
-                    writer.write(doc_id, doc)
-                except WriteError as err:
-                    # Annotated but not written: it fails like any other document.
-                    report.annotated -= 1
-                    report.problems.append(Failure(doc_id, str(err)))
-                else:
-                    report.entities.update(ent.label_ for ent in doc.ents)
-                    if IOCS_KEY in doc.spans:
-                        report.iocs.update(span.label_ for span in doc.spans[IOCS_KEY])
+        start = time.perf_counter()
+        try:
+            with atomic_output(output) as out, tqdm(
+                total=total,
+                unit=" docs",
+                file=sys.stderr,
+                disable=quiet or not sys.stderr.isatty(),
+            ) as bar:
+                writer = WRITERS[fmt.value](out, **writer_options)
+                for doc_id, result in results:
+                    write_result(writer, doc_id, result, report=report)
+                    bar.update(report.done - bar.n)
+                writer.close()
                 bar.update(report.done - bar.n)
-            writer.close()
-            bar.update(report.done - bar.n)
-    except KeyboardInterrupt:
-        kept = "output on stdout is incomplete" if output is None else f"{output} not written"
-        typer.echo(f"\nsecner annotate: interrupted, {kept}", err=True)
-        raise typer.Exit(130) from None
-    report.seconds = time.perf_counter() - start
+        except KeyboardInterrupt:
+            kept = "output on stdout is incomplete" if output is None else f"{output} not written"
+            typer.echo(f"\nsecner annotate: interrupted, {kept}", err=True)
+            raise typer.Exit(130) from None
+        except engine_errors as err:
+            kept = "output on stdout is incomplete" if output is None else f"{output} not written"
+            # Ray's message holds the remote traceback: its first and last lines say what broke.
+            lines = str(err).strip().splitlines() or [type(err).__name__]
+            cause = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+            typer.echo(f"secner annotate: the Ray run failed, {kept}: {cause}", err=True)
+            raise typer.Exit(1) from None
+        report.seconds = time.perf_counter() - start
     if errors is not None:
         write_failures(errors, report.problems)
     if quiet:
@@ -324,6 +415,27 @@ def annotate(
     else:
         typer.echo(report.summary(), err=True)
     raise typer.Exit(1 if report.failed else 0)
+
+
+def write_result(
+    writer: Any, doc_id: str, result: Union[Doc, Dict[str, Any]], *, report: Report
+) -> None:
+    """Write a doc annotated here, or the `document_record` a Ray actor made, and count it."""
+    if isinstance(result, Doc):
+        try:
+            writer.write(doc_id, result)
+        except WriteError as err:
+            # Annotated but not written: it fails like any other document.
+            report.annotated -= 1
+            report.problems.append(Failure(doc_id, str(err)))
+            return
+        report.entities.update(ent.label_ for ent in result.ents)
+        if IOCS_KEY in result.spans:
+            report.iocs.update(span.label_ for span in result.spans[IOCS_KEY])
+    else:
+        writer.write_record(result)
+        report.entities.update(ent["label"] for ent in result["entities"])
+        report.iocs.update(ioc["label"] for ioc in result.get("iocs") or [])
 
 
 def check_arguments(
@@ -365,6 +477,33 @@ def check_format(fmt: OutputFormat, *, per_run: bool, indicators: bool) -> Dict[
             param_hint="--format",
         )
     return {"per_run": per_run, "indicators": indicators}
+
+
+def check_ray_arguments(
+    model: str, *, output_format: OutputFormat, address: Optional[str], n_process: int, gpu_id: int
+) -> None:
+    """Reject what `--engine ray` cannot do (exit code 2)."""
+    if output_format in (OutputFormat.html, OutputFormat.stix):
+        # Both are made from the docs themselves (the HTML page holds every text until the end),
+        # while the actors send back records.
+        raise typer.BadParameter(
+            f"{output_format.value} is written by --engine process only", param_hint="--format"
+        )
+    if n_process > 1:
+        raise typer.BadParameter("use --actors with --engine ray", param_hint="--n-process")
+    if gpu_id >= 0:
+        raise typer.BadParameter("use --gpus-per-actor with --engine ray", param_hint="--gpu-id")
+    if importlib.util.find_spec("ray") is None:
+        raise typer.BadParameter(
+            "needs Ray: pip install 'spacy-secner[ray]'", param_hint="--engine"
+        )
+    # A local cluster runs where this command does, so the pipeline must be found here; a
+    # remote one may have it installed where this machine has not.
+    local = address is None and "RAY_ADDRESS" not in os.environ
+    if local and not (Path(model).exists() or spacy.util.is_package(model)):
+        raise typer.BadParameter(
+            f"no pipeline package or directory named {model!r}", param_hint="--model"
+        )
 
 
 def load_pipeline(model: str, *, gpu_id: int) -> Language:

@@ -191,7 +191,7 @@ def read_text(
     if b"\x00" in data:
         return Failure(doc_id, "binary file (contains NUL bytes)")
     try:
-        text = _decode(data, encoding, encoding_errors)
+        text = decode(data, encoding, encoding_errors)
     except ValueError as err:
         return Failure(doc_id, str(err))
     if len(text) > max_chars:
@@ -254,7 +254,7 @@ def read_jsonl(
             if not raw.strip():
                 continue
             try:
-                line = _decode(raw, encoding, encoding_errors)
+                line = decode(raw, encoding, encoding_errors)
             except ValueError as err:
                 yield Failure(where, str(err))
                 continue
@@ -281,7 +281,7 @@ def read_jsonl(
             lines.close()
 
 
-def _decode(data: bytes, encoding: str, errors: str) -> str:
+def decode(data: bytes, encoding: str, errors: str) -> str:
     """The text of `data`; RAISES ValueError with a reason for a person if it is undecodable."""
     if encoding.replace("_", "-").lower() in ("utf-8", "utf8"):
         # A byte-order mark is not text: offsets count from the first character after it.

@@ -93,6 +93,23 @@ def source_of(doc_id: str, doc: Doc) -> str:
     return str(doc.user_data.get("source", doc_id))
 
 
+def document_record(doc_id: str, doc: Doc, *, keep_text: bool = False) -> Dict[str, Any]:
+    """What JSONL and CSV write for a document, made where the doc was annotated (here or in a
+    Ray actor): {"id", "source", "entities", "iocs"?, "text"?}; "iocs" only where the pipeline
+    sets the group, "text" with `keep_text`."""
+    record: Dict[str, Any] = {
+        "id": doc_id,
+        "source": source_of(doc_id, doc),
+        "entities": entity_records(doc),
+    }
+    iocs = ioc_records(doc)
+    if iocs is not None:
+        record["iocs"] = iocs
+    if keep_text:
+        record["text"] = doc.text
+    return record
+
+
 class JsonlWriter:
     """One line per document: {"id", "source", "entities": [{label, text, start, end,
     confidence, page?}], "iocs": [{label, text, value, start, end, page?}], "text"?}; "iocs"
@@ -103,16 +120,10 @@ class JsonlWriter:
         self.keep_text = keep_text
 
     def write(self, doc_id: str, doc: Doc) -> None:
-        record: Dict[str, Any] = {
-            "id": doc_id,
-            "source": source_of(doc_id, doc),
-            "entities": entity_records(doc),
-        }
-        iocs = ioc_records(doc)
-        if iocs is not None:
-            record["iocs"] = iocs
-        if self.keep_text:
-            record["text"] = doc.text
+        self.write_record(document_record(doc_id, doc, keep_text=self.keep_text))
+
+    def write_record(self, record: Dict[str, Any]) -> None:
+        """Write a `document_record`."""
         self.out.write(json.dumps(record, ensure_ascii=False) + "\n")
 
     def close(self) -> None:
@@ -133,10 +144,14 @@ class CsvWriter:
         self.writer.writerow(self.HEADER)
 
     def write(self, doc_id: str, doc: Doc) -> None:
-        rows = [{**ent, "kind": "entity"} for ent in entity_records(doc)]
-        rows += [{**ioc, "kind": "ioc"} for ioc in ioc_records(doc) or []]
+        self.write_record(document_record(doc_id, doc))
+
+    def write_record(self, record: Dict[str, Any]) -> None:
+        """Write the rows of a `document_record`."""
+        rows = [{**ent, "kind": "entity"} for ent in record["entities"]]
+        rows += [{**ioc, "kind": "ioc"} for ioc in record.get("iocs") or []]
         for row in rows:
-            cells = [doc_id, *(row.get(key) for key in self.HEADER[1:])]
+            cells = [record["id"], *(row.get(key) for key in self.HEADER[1:])]
             self.writer.writerow([_cell(value) for value in cells])
 
     def close(self) -> None:
