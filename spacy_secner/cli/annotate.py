@@ -7,13 +7,15 @@ import importlib.util
 import os
 import sys
 import time
+import traceback
 from collections import Counter, deque
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
+import click
 import spacy
 import typer
 from spacy.language import Language
@@ -22,6 +24,7 @@ from tqdm import tqdm
 
 from ..atomic import atomic_output
 from ..documents import mark_blocks
+from ..long_docs import DEFAULT_MAX_PIECE_TOKENS, pipe_in_pieces
 from .readers import (
     DEFAULT_GLOBS,
     STDIN,
@@ -112,6 +115,47 @@ def problem_lines(problems: List[Failure], *, limit: int) -> List[str]:
     return lines
 
 
+class CliError(Exception):
+    """An error `secner annotate` reports in one line, with its exit code."""
+
+    def __init__(self, message: str, *, code: int = 2, traceback_hint: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.traceback_hint = traceback_hint
+
+
+@contextmanager
+def errors_in_one_line(*, debug: bool) -> Iterator[None]:
+    """Report an error as one line on stderr and exit with its code: 2 for an error in the
+    arguments, 1 for the rest. `debug` prints the traceback first (without local variables:
+    they could hold report text). Typer's and click's own exits and usage errors go through."""
+    try:
+        yield
+    except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        raise
+    except Exception as err:
+        if isinstance(err, CliError):
+            message, code, hint = str(err), err.code, err.traceback_hint
+        else:
+            message, code, hint = one_line(err), 1, True
+        if debug:
+            traceback.print_exc(file=sys.stderr)
+        elif hint:
+            message += " (--debug shows the traceback)"
+        typer.echo(f"secner annotate: error: {message}", err=True)
+        raise typer.Exit(code) from None
+
+
+def one_line(err: BaseException, *, limit: int = 300) -> str:
+    """An exception as one short line: its type and message, whitespace runs collapsed."""
+    if isinstance(err, OSError) and err.strerror:
+        message = err.strerror + (f": {err.filename}" if err.filename else "")
+    else:
+        message = str(err)
+    text = " ".join(f"{type(err).__name__}: {message}".split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def make_input(nlp: Language, document: Document) -> Union[str, Doc]:
     """What the pipeline reads for a document: its text, or for one that knows where it came
     from a doc that carries it in `doc.user_data` ("source", and "page_starts" for a PDF), with
@@ -127,7 +171,13 @@ def make_input(nlp: Language, document: Document) -> Union[str, Doc]:
 
 
 def annotate_items(
-    nlp: Language, items: Iterable[Item], *, report: Report, batch_size: int, n_process: int
+    nlp: Language,
+    items: Iterable[Item],
+    *,
+    report: Report,
+    batch_size: int,
+    n_process: int,
+    max_piece_tokens: int = DEFAULT_MAX_PIECE_TOKENS,
 ) -> Iterator[Tuple[str, Doc]]:
     """Run the pipeline over the documents among `items`, in order (see `annotate_documents`).
 
@@ -154,7 +204,13 @@ def annotate_items(
             else:
                 yield item
 
-    results = annotate_documents(nlp, documents(), batch_size=batch_size, n_process=n_process)
+    results = annotate_documents(
+        nlp,
+        documents(),
+        batch_size=batch_size,
+        n_process=n_process,
+        max_piece_tokens=max_piece_tokens,
+    )
     for document, result in results:
         if isinstance(result, Failure):
             report.problems.append(result)
@@ -164,10 +220,17 @@ def annotate_items(
 
 
 def annotate_documents(
-    nlp: Language, documents: Iterable[Document], *, batch_size: int, n_process: int = 1
+    nlp: Language,
+    documents: Iterable[Document],
+    *,
+    batch_size: int,
+    n_process: int = 1,
+    max_piece_tokens: int = DEFAULT_MAX_PIECE_TOKENS,
 ) -> Iterator[Tuple[Document, Union[Doc, Failure]]]:
-    """Run the pipeline over `documents` with `nlp.pipe`, isolating the documents that fail:
-    the per-batch code of `secner annotate`, in process and in each Ray actor alike.
+    """Run the pipeline over `documents`, isolating the documents that fail: the per-batch
+    code of `secner annotate`, in process and in each Ray actor alike. Documents longer than
+    `max_piece_tokens` tokens are annotated in pieces of whole sentences (`pipe_in_pieces`),
+    so memory does not grow with the longest document.
 
     When the pipeline raises, the documents it had taken but not returned are retried one at a
     time, so only the one that raises fails, and the run goes on. An error raised by
@@ -195,8 +258,13 @@ def annotate_documents(
 
     while True:
         try:
-            for doc, document in nlp.pipe(
-                feed(), as_tuples=True, batch_size=batch_size, n_process=n_process
+            for doc, document in pipe_in_pieces(
+                nlp,
+                feed(),
+                as_tuples=True,
+                batch_size=batch_size,
+                n_process=n_process,
+                max_piece_tokens=max_piece_tokens,
             ):
                 pending.popleft()
                 yield document, doc
@@ -207,9 +275,14 @@ def annotate_documents(
         while pending:
             document = pending.popleft()
             try:
-                doc = nlp(make_input(nlp, document))
+                (doc,) = pipe_in_pieces(
+                    nlp,
+                    [make_input(nlp, document)],
+                    batch_size=batch_size,
+                    max_piece_tokens=max_piece_tokens,
+                )
             except Exception as err:
-                yield document, Failure(document.id, f"pipeline error: {type(err).__name__}: {err}")
+                yield document, Failure(document.id, "pipeline error: " + one_line(err))
                 continue
             yield document, doc
 
@@ -258,7 +331,15 @@ def annotate(
         help="strict: an undecodable document fails; replace: its bad bytes become U+FFFD",
     ),
     max_chars: int = typer.Option(1_000_000, min=1, help="Longer documents fail as too large"),
-    batch_size: int = typer.Option(32, min=1, help="Documents per nlp.pipe batch"),
+    batch_size: int = typer.Option(
+        32, min=1, help="Documents (or pieces of long ones) per nlp.pipe batch"
+    ),
+    max_piece_tokens: int = typer.Option(
+        DEFAULT_MAX_PIECE_TOKENS,
+        min=1,
+        help="Longer documents are annotated in pieces of whole sentences of at most this many "
+        "tokens, so memory does not grow with the document",
+    ),
     n_process: int = typer.Option(1, min=1, help="Processes for nlp.pipe (CPU only)"),
     gpu_id: int = typer.Option(-1, help="GPU to run on, -1 for CPU"),
     engine: Engine = typer.Option(
@@ -307,6 +388,7 @@ def annotate(
         "--stix-indicators",
         help="--format stix: also an indicator for each observable, linked by based-on",
     ),
+    debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error"),
 ) -> None:
     """Find the entities in documents and write them with character offsets and confidence,
     and the indicators of compromise where the pipeline has `cti_iocs`.
@@ -316,105 +398,116 @@ def annotate(
     pipeline error, STIX export error); the others are still annotated. Empty documents are
     skipped, not failed.
     """
-    check_arguments(
-        inputs, output=output, errors=errors, encoding=encoding, n_process=n_process, gpu_id=gpu_id
-    )
-    fmt = output_format or format_for(output)
-    if keep_text and fmt != OutputFormat.jsonl:
-        raise typer.BadParameter(
-            f"--keep-text writes the text into JSONL records, not {fmt.value}",
-            param_hint="--keep-text",
+    with errors_in_one_line(debug=debug):
+        check_arguments(
+            inputs, output=output, errors=errors, encoding=encoding, n_process=n_process, gpu_id=gpu_id
         )
-    writer_options = check_format(fmt, per_run=stix_per_run, indicators=stix_indicators)
-    if keep_text:
-        writer_options["keep_text"] = True
-    if engine is Engine.ray:
-        check_ray_arguments(
-            model, output_format=fmt, address=address, n_process=n_process, gpu_id=gpu_id
-        )
-    elif address is not None or actors is not None or gpus_per_actor:
-        raise typer.BadParameter(
-            "--address, --actors and --gpus-per-actor need --engine ray", param_hint="--engine"
-        )
-    globs = glob or DEFAULT_GLOBS[input_format.value]
-    paths = find_files(inputs, glob=globs)
-    if not paths:
-        shown = ", ".join(repr(g) for g in globs)
-        typer.echo(f"secner annotate: no input files (none matched --glob {shown})", err=True)
-    items = read_inputs(
-        paths,
-        input_format=input_format.value,
-        encoding=encoding,
-        encoding_errors=encoding_errors.value,
-        max_chars=max_chars,
-    )
-    # A text file is one document; a JSONL file holds an unknown number.
-    total = None if any(is_jsonl(p, input_format.value) for p in paths) else len(paths)
-    report = Report()
-    with ExitStack() as stack:
-        results: Iterator[Tuple[str, Union[Doc, Dict[str, Any]]]]
-        engine_errors: Tuple[type, ...] = ()
+        fmt = output_format or format_for(output)
+        if keep_text and fmt != OutputFormat.jsonl:
+            raise typer.BadParameter(
+                f"--keep-text writes the text into JSONL records, not {fmt.value}",
+                param_hint="--keep-text",
+            )
+        writer_options = check_format(fmt, per_run=stix_per_run, indicators=stix_indicators)
+        if keep_text:
+            writer_options["keep_text"] = True
         if engine is Engine.ray:
-            import ray.exceptions
+            check_ray_arguments(
+                model, output_format=fmt, address=address, n_process=n_process, gpu_id=gpu_id
+            )
+        elif address is not None or actors is not None or gpus_per_actor:
+            raise typer.BadParameter(
+                "--address, --actors and --gpus-per-actor need --engine ray", param_hint="--engine"
+            )
+        globs = glob or DEFAULT_GLOBS[input_format.value]
+        paths = find_files(inputs, glob=globs)
+        if not paths:
+            shown = ", ".join(repr(g) for g in globs)
+            typer.echo(f"secner annotate: no input files (none matched --glob {shown})", err=True)
+        items = read_inputs(
+            paths,
+            input_format=input_format.value,
+            encoding=encoding,
+            encoding_errors=encoding_errors.value,
+            max_chars=max_chars,
+        )
+        # A text file is one document; a JSONL file holds an unknown number.
+        total = None if any(is_jsonl(p, input_format.value) for p in paths) else len(paths)
+        report = Report()
+        with ExitStack() as stack:
+            results: Iterator[Tuple[str, Union[Doc, Dict[str, Any]]]]
+            engine_errors: Tuple[type, ...] = ()
+            if engine is Engine.ray:
+                import ray.exceptions
 
-            from .. import distributed
+                from .. import distributed
 
+                try:
+                    stack.enter_context(distributed.cluster(address))
+                except Exception as err:  # ray.init raises plain exceptions (timeouts, connection)
+                    where = address or os.environ.get("RAY_ADDRESS") or "a new local cluster"
+                    typer.echo(f"secner annotate: cannot start or reach Ray ({where}): {err}", err=True)
+                    raise typer.Exit(1) from None
+                engine_errors = (ray.exceptions.RayError,)
+                results = distributed.annotate_items_on_ray(
+                    items,
+                    model,
+                    report=report,
+                    actors=actors or distributed.default_actors(gpus_per_actor),
+                    gpus_per_actor=gpus_per_actor,
+                    batch_size=batch_size,
+                    max_chars=max_chars,
+                    keep_text=keep_text,
+                )
+            else:
+                nlp = load_pipeline(model, gpu_id=gpu_id)
+                # Long documents are annotated in pieces: --max-chars is the only length limit.
+                nlp.max_length = max(nlp.max_length, max_chars)
+                results = annotate_items(
+                    nlp,
+                    items,
+                    report=report,
+                    batch_size=batch_size,
+                    n_process=n_process,
+                    max_piece_tokens=max_piece_tokens,
+                )
+            start = time.perf_counter()
             try:
-                stack.enter_context(distributed.cluster(address))
-            except Exception as err:  # ray.init raises plain exceptions (timeouts, connection)
-                where = address or os.environ.get("RAY_ADDRESS") or "a new local cluster"
-                typer.echo(f"secner annotate: cannot start or reach Ray ({where}): {err}", err=True)
-                raise typer.Exit(1) from None
-            engine_errors = (ray.exceptions.RayError,)
-            results = distributed.annotate_items_on_ray(
-                items,
-                model,
-                report=report,
-                actors=actors or distributed.default_actors(gpus_per_actor),
-                gpus_per_actor=gpus_per_actor,
-                batch_size=batch_size,
-                max_chars=max_chars,
-                keep_text=keep_text,
-            )
-        else:
-            nlp = load_pipeline(model, gpu_id=gpu_id)
-            results = annotate_items(
-                nlp, items, report=report, batch_size=batch_size, n_process=n_process
-            )
-        start = time.perf_counter()
-        try:
-            with atomic_output(output) as out, tqdm(
-                total=total,
-                unit=" docs",
-                file=sys.stderr,
-                disable=quiet or not sys.stderr.isatty(),
-            ) as bar:
-                writer = WRITERS[fmt.value](out, **writer_options)
-                for doc_id, result in results:
-                    write_result(writer, doc_id, result, report=report)
+                with atomic_output(output) as out, tqdm(
+                    total=total,
+                    unit=" docs",
+                    file=sys.stderr,
+                    disable=quiet or not sys.stderr.isatty(),
+                ) as bar:
+                    writer = WRITERS[fmt.value](out, **writer_options)
+                    for doc_id, result in results:
+                        write_result(writer, doc_id, result, report=report)
+                        bar.update(report.done - bar.n)
+                    writer.close()
                     bar.update(report.done - bar.n)
-                writer.close()
-                bar.update(report.done - bar.n)
-        except KeyboardInterrupt:
-            kept = "output on stdout is incomplete" if output is None else f"{output} not written"
-            typer.echo(f"\nsecner annotate: interrupted, {kept}", err=True)
-            raise typer.Exit(130) from None
-        except engine_errors as err:
-            kept = "output on stdout is incomplete" if output is None else f"{output} not written"
-            # Ray's message holds the remote traceback: its first and last lines say what broke.
-            lines = str(err).strip().splitlines() or [type(err).__name__]
-            cause = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
-            typer.echo(f"secner annotate: the Ray run failed, {kept}: {cause}", err=True)
-            raise typer.Exit(1) from None
-        report.seconds = time.perf_counter() - start
-    if errors is not None:
-        write_failures(errors, report.problems)
-    if quiet:
-        for line in problem_lines(report.failed, limit=len(report.failed)):
-            typer.echo(line, err=True)
-    else:
-        typer.echo(report.summary(), err=True)
-    raise typer.Exit(1 if report.failed else 0)
+            except KeyboardInterrupt:
+                kept = "output on stdout is incomplete" if output is None else f"{output} not written"
+                typer.echo(f"\nsecner annotate: interrupted, {kept}", err=True)
+                raise typer.Exit(130) from None
+            except engine_errors as err:
+                kept = "output on stdout is incomplete" if output is None else f"{output} not written"
+                # Ray's message holds the remote traceback: its first and last lines say what broke.
+                lines = str(err).strip().splitlines() or [type(err).__name__]
+                cause = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+                typer.echo(f"secner annotate: the Ray run failed, {kept}: {cause}", err=True)
+                raise typer.Exit(1) from None
+            except Exception as err:
+                kept = "output on stdout is incomplete" if output is None else f"{output} not written"
+                raise CliError(f"{one_line(err)}; {kept}", code=1, traceback_hint=True) from err
+            report.seconds = time.perf_counter() - start
+        if errors is not None:
+            write_failures(errors, report.problems)
+        if quiet:
+            for line in problem_lines(report.failed, limit=len(report.failed)):
+                typer.echo(line, err=True)
+        else:
+            typer.echo(report.summary(), err=True)
+        raise typer.Exit(1 if report.failed else 0)
 
 
 def write_result(
@@ -461,6 +554,23 @@ def check_arguments(
         raise typer.BadParameter("--n-process > 1 runs on CPU only", param_hint="--gpu-id")
     if output is not None and errors is not None and output.resolve() == errors.resolve():
         raise typer.BadParameter("--errors must not be the --output file", param_hint="--errors")
+    for option, path in (("--output", output), ("--errors", errors)):
+        if path is not None:
+            check_writable(path, option)
+
+
+def check_writable(path: Path, option: str) -> None:
+    """Whether a file can be created at `path` (its missing parents are made when it is
+    written); RAISES CliError naming the path if not (before the pipeline loads)."""
+    if path.is_dir():
+        raise CliError(f"{option}: {path} is a directory")
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CliError(f"{option}: cannot create {path}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CliError(f"{option}: cannot create {path}: no permission to write in {existing}")
 
 
 def check_format(fmt: OutputFormat, *, per_run: bool, indicators: bool) -> Dict[str, Any]:

@@ -140,7 +140,7 @@ class CsvWriter:
 
     def __init__(self, out: TextIO) -> None:
         self.out = out
-        self.writer = csv.writer(out)
+        self.writer = csv.writer(out, quoting=csv.QUOTE_ALL)
         self.writer.writerow(self.HEADER)
 
     def write(self, doc_id: str, doc: Doc) -> None:
