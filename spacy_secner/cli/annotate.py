@@ -2,21 +2,15 @@
 text, PDF and HTML files, directories, JSONL or stdin, written as JSONL, CSV, a displaCy HTML
 report or STIX 2.1 bundles."""
 
-import codecs
-import importlib.util
 import os
 import sys
 import time
-import traceback
 from collections import Counter, deque
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
-import click
-import spacy
 import typer
 from spacy.language import Language
 from spacy.tokens import Doc
@@ -25,9 +19,22 @@ from tqdm import tqdm
 from ..atomic import atomic_output
 from ..documents import mark_blocks
 from ..long_docs import DEFAULT_MAX_PIECE_TOKENS, pipe_in_pieces
+from .options import (
+    CliError,
+    EncodingErrors,
+    Engine,
+    InputFormat,
+    OutputFormat,
+    check_arguments,
+    check_format,
+    check_ray_arguments,
+    errors_in_one_line,
+    format_for,
+    load_pipeline,
+    one_line,
+)
 from .readers import (
     DEFAULT_GLOBS,
-    STDIN,
     Document,
     Failure,
     Item,
@@ -36,31 +43,6 @@ from .readers import (
     read_inputs,
 )
 from .writers import IOCS_KEY, WRITERS, WriteError, write_failures
-
-
-class OutputFormat(str, Enum):
-    jsonl = "jsonl"
-    csv = "csv"
-    html = "html"
-    stix = "stix"
-
-
-class InputFormat(str, Enum):
-    auto = "auto"
-    text = "text"
-    jsonl = "jsonl"
-    pdf = "pdf"
-    html = "html"
-
-
-class EncodingErrors(str, Enum):
-    strict = "strict"
-    replace = "replace"
-
-
-class Engine(str, Enum):
-    process = "process"
-    ray = "ray"
 
 
 @dataclass
@@ -113,47 +95,6 @@ def problem_lines(problems: List[Failure], *, limit: int) -> List[str]:
     if len(problems) > limit:
         lines.append(f"  ... and {len(problems) - limit} more (--errors FILE lists them all)")
     return lines
-
-
-class CliError(Exception):
-    """An error `secner annotate` reports in one line, with its exit code."""
-
-    def __init__(self, message: str, *, code: int = 2, traceback_hint: bool = False) -> None:
-        super().__init__(message)
-        self.code = code
-        self.traceback_hint = traceback_hint
-
-
-@contextmanager
-def errors_in_one_line(*, debug: bool) -> Iterator[None]:
-    """Report an error as one line on stderr and exit with its code: 2 for an error in the
-    arguments, 1 for the rest. `debug` prints the traceback first (without local variables:
-    they could hold report text). Typer's and click's own exits and usage errors go through."""
-    try:
-        yield
-    except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
-        raise
-    except Exception as err:
-        if isinstance(err, CliError):
-            message, code, hint = str(err), err.code, err.traceback_hint
-        else:
-            message, code, hint = one_line(err), 1, True
-        if debug:
-            traceback.print_exc(file=sys.stderr)
-        elif hint:
-            message += " (--debug shows the traceback)"
-        typer.echo(f"secner annotate: error: {message}", err=True)
-        raise typer.Exit(code) from None
-
-
-def one_line(err: BaseException, *, limit: int = 300) -> str:
-    """An exception as one short line: its type and message, whitespace runs collapsed."""
-    if isinstance(err, OSError) and err.strerror:
-        message = err.strerror + (f": {err.filename}" if err.filename else "")
-    else:
-        message = str(err)
-    text = " ".join(f"{type(err).__name__}: {message}".split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def make_input(nlp: Language, document: Document) -> Union[str, Doc]:
@@ -531,110 +472,3 @@ def write_result(
         report.iocs.update(ioc["label"] for ioc in result.get("iocs") or [])
 
 
-def check_arguments(
-    inputs: List[Path],
-    *,
-    output: Optional[Path],
-    errors: Optional[Path],
-    encoding: str,
-    n_process: int,
-    gpu_id: int,
-) -> None:
-    """Reject what cannot work before the pipeline loads (exit code 2)."""
-    missing = [str(p) for p in inputs if p != STDIN and not p.exists()]
-    if missing:
-        raise typer.BadParameter(f"no such file or directory: {', '.join(missing)}")
-    if inputs.count(STDIN) > 1:
-        raise typer.BadParameter("stdin (-) can be read only once")
-    try:
-        codecs.lookup(encoding)
-    except LookupError:
-        raise typer.BadParameter(f"unknown encoding: {encoding}", param_hint="--encoding") from None
-    if n_process > 1 and gpu_id >= 0:
-        raise typer.BadParameter("--n-process > 1 runs on CPU only", param_hint="--gpu-id")
-    if output is not None and errors is not None and output.resolve() == errors.resolve():
-        raise typer.BadParameter("--errors must not be the --output file", param_hint="--errors")
-    for option, path in (("--output", output), ("--errors", errors)):
-        if path is not None:
-            check_writable(path, option)
-
-
-def check_writable(path: Path, option: str) -> None:
-    """Whether a file can be created at `path` (its missing parents are made when it is
-    written); RAISES CliError naming the path if not (before the pipeline loads)."""
-    if path.is_dir():
-        raise CliError(f"{option}: {path} is a directory")
-    existing = path.parent
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise CliError(f"{option}: cannot create {path}: {existing} is not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise CliError(f"{option}: cannot create {path}: no permission to write in {existing}")
-
-
-def check_format(fmt: OutputFormat, *, per_run: bool, indicators: bool) -> Dict[str, Any]:
-    """The writer's options; rejects STIX options without the STIX format, and the STIX format
-    without its extra (exit code 2)."""
-    if fmt != OutputFormat.stix:
-        if per_run or indicators:
-            option = "--stix-per-run" if per_run else "--stix-indicators"
-            raise typer.BadParameter(f"{option} needs --format stix", param_hint=option)
-        return {}
-    if importlib.util.find_spec("stix2") is None:
-        raise typer.BadParameter(
-            "the STIX format needs the stix extra: pip install 'spacy-secner[stix]'",
-            param_hint="--format",
-        )
-    return {"per_run": per_run, "indicators": indicators}
-
-
-def check_ray_arguments(
-    model: str, *, output_format: OutputFormat, address: Optional[str], n_process: int, gpu_id: int
-) -> None:
-    """Reject what `--engine ray` cannot do (exit code 2)."""
-    if output_format in (OutputFormat.html, OutputFormat.stix):
-        # Both are made from the docs themselves (the HTML page holds every text until the end),
-        # while the actors send back records.
-        raise typer.BadParameter(
-            f"{output_format.value} is written by --engine process only", param_hint="--format"
-        )
-    if n_process > 1:
-        raise typer.BadParameter("use --actors with --engine ray", param_hint="--n-process")
-    if gpu_id >= 0:
-        raise typer.BadParameter("use --gpus-per-actor with --engine ray", param_hint="--gpu-id")
-    if importlib.util.find_spec("ray") is None:
-        raise typer.BadParameter(
-            "needs Ray: pip install 'spacy-secner[ray]'", param_hint="--engine"
-        )
-    # A local cluster runs where this command does, so the pipeline must be found here; a
-    # remote one may have it installed where this machine has not.
-    local = address is None and "RAY_ADDRESS" not in os.environ
-    if local and not (Path(model).exists() or spacy.util.is_package(model)):
-        raise typer.BadParameter(
-            f"no pipeline package or directory named {model!r}", param_hint="--model"
-        )
-
-
-def load_pipeline(model: str, *, gpu_id: int) -> Language:
-    if gpu_id >= 0:
-        try:
-            spacy.require_gpu(gpu_id)
-        except Exception as err:
-            raise typer.BadParameter(
-                f"GPU {gpu_id} is not usable: {err}", param_hint="--gpu-id"
-            ) from err
-    try:
-        return spacy.load(model)
-    except OSError as err:
-        # spaCy's E050: neither an installed package nor a pipeline directory.
-        raise typer.BadParameter(str(err), param_hint="--model") from err
-
-
-def format_for(output: Optional[Path]) -> OutputFormat:
-    suffix = output.suffix.lower() if output is not None else ""
-    if suffix == ".csv":
-        return OutputFormat.csv
-    if suffix in (".html", ".htm"):
-        return OutputFormat.html
-    return OutputFormat.jsonl
