@@ -5,12 +5,15 @@ the `secner annotate` command itself.
     python bench/bench_long_docs.py build --output metrics/long_docs/model
     python bench/bench_long_docs.py run --model metrics/long_docs/model \
         --sizes 10,100,1000 --output metrics/long_docs/long_docs.json
+    python bench/bench_long_docs.py accuracy --model training/model-best \
+        --max-piece-tokens 2048,256,64 --output metrics/long_docs/accuracy.json
 
 Speed and memory do not depend on what the model learned, so `build` initializes
 `configs/minilm_cpu.cfg` on a few DNRTI training sentences, without training, and saves it.
 The reports are DNRTI test sentences as raw text, joined with spaces into one line and cut at
 a sentence to at most SIZE x 1,000 characters (DNRTI's sentences are shuffled: only the length
-is realistic).
+is realistic). `accuracy` scores a trained pipeline on DNRTI's test set joined into one document,
+annotated whole and in pieces of several sizes.
 """
 
 import json
@@ -116,6 +119,57 @@ def measure(
         "peak_rss_mb": round(harness.peak_rss_mb(), 1),
     }
     print(json.dumps(result))
+
+
+@app.command()
+def accuracy(
+    model: Path = typer.Option(..., help="A trained pipeline"),
+    max_piece_tokens: str = typer.Option("2048,256,64", help="Piece sizes to score"),
+    dnrti_dir: str = typer.Option("", help="DNRTI directory (empty: $DNRTI_DIR)"),
+    output: Path = typer.Option(Path("metrics/long_docs/accuracy.json"), help="JSON report"),
+) -> None:
+    """Entity P/R/F1 on DNRTI's test set as one raw-text document (exact character spans and
+    label), annotated whole with `nlp.pipe` and with `pipe_in_pieces` at each piece size."""
+    import spacy
+
+    from spacy_secner.bio import entity_bounds
+    from spacy_secner.detokenize import join_tokens, token_offsets
+    from spacy_secner.long_docs import pipe_in_pieces
+
+    test = data.dnrti_dir(dnrti_dir or None) / "test.txt"
+    parts, gold, shift = [], set(), 0
+    for words, tags in data.read_sentences(test):
+        text, spaces = join_tokens(words)
+        offsets = token_offsets(words, spaces)
+        for start, end in entity_bounds(tags):
+            gold.add((offsets[start][0] + shift, offsets[end - 1][1] + shift, tags[start][2:]))
+        parts.append(text)
+        shift += len(text) + 1
+    text = " ".join(parts)
+    nlp = spacy.load(model)
+    runs = {"whole": lambda: next(iter(nlp.pipe([text])))}
+    for size in [int(s) for s in _split(max_piece_tokens)]:
+        runs[f"pieces {size}"] = lambda size=size: next(
+            iter(pipe_in_pieces(nlp, [text], max_piece_tokens=size))
+        )
+    rows = []
+    for name, annotate in runs.items():
+        found = {(e.start_char, e.end_char, e.label_) for e in annotate().ents}
+        tp = len(found & gold)
+        p, r = tp / max(len(found), 1), tp / max(len(gold), 1)
+        f1 = 2 * p * r / max(p + r, 1e-12)
+        rows.append({"run": name, "precision": p, "recall": r, "f1": f1, "predicted": len(found)})
+        typer.echo(json.dumps(rows[-1]), err=True)
+    report = {"command": shlex.join([Path(sys.executable).name, *sys.argv]), "model": str(model)}
+    report.update({"gold": len(gold), "chars": len(text), "rows": rows})
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2) + "\n")
+    typer.echo("| run | P | R | F1 | entities |\n|---|---:|---:|---:|---:|")
+    for row in rows:
+        typer.echo(
+            f"| {row['run']} | {row['precision']:.4f} | {row['recall']:.4f} | {row['f1']:.4f} | "
+            f"{row['predicted']:,} |"
+        )
 
 
 def _run_child(args: List[str], env: Dict[str, str]) -> Dict[str, Any]:

@@ -55,3 +55,22 @@ def test_each_mode_on_a_tiny_pipeline(tiny_bert_dir, tmp_path):
     assert len({row["entities"] for row in rows}) == 1
     assert all(row["peak_rss_mb"] > 0 and row["seconds"] > 0 for row in rows)
     assert "| cli | 1 KB |" in result.stdout
+
+
+def test_accuracy_whole_and_in_pieces(tiny_bert_dir, tmp_path):
+    dnrti = write_dnrti(tmp_path / "dnrti")
+    model = tmp_path / "model"
+    make_grouped_trf_nlp(tiny_bert_dir, 512).to_disk(model)
+    output = tmp_path / "accuracy.json"
+    args = ["accuracy", "--model", str(model), "--max-piece-tokens", "2048,3"]
+    result = CliRunner().invoke(
+        bench_long_docs.app, [*args, "--dnrti-dir", str(dnrti), "--output", str(output)]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(output.read_text())
+    assert report["gold"] == 4  # APT28, X-Agent, Lazarus Group, banks
+    rows = {row["run"]: row for row in report["rows"]}
+    assert list(rows) == ["whole", "pieces 2048", "pieces 3"]
+    # The document fits in one piece of 2048 tokens: the same entities as whole.
+    assert rows["pieces 2048"] == {**rows["whole"], "run": "pieces 2048"}
+    assert all(0.0 <= row["f1"] <= 1.0 for row in rows.values())
