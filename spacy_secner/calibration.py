@@ -93,35 +93,23 @@ def select_calibration(
 ) -> Tuple[Optional[Dict[str, Any]], Dict[str, Any]]:
     """Choose a map by cross-validated ECE on the pairs, then fit it on all of them.
 
-    Each method is fitted on `folds - 1` folds and scored on the one left out; the simplest
-    method (in `methods` order) within `tolerance` of the best mean ECE wins: a map with fewer
-    parameters that calibrates as well overfits dev less.
+    Each method's cross-fitted confidences (see `cross_fitted`) are scored together; the
+    simplest method (in `methods` order) within `tolerance` of the best ECE wins: a map with
+    fewer parameters that calibrates as well overfits dev less.
 
     RETURNS (Tuple[Optional[Dict], Dict]): The fitted map (None when the pairs are too few or
-        all right or all wrong), and the selection: mean held-out ECE per method, or why none.
+        all right or all wrong), and the selection: the cross-fitted ECE per method, or why none.
     """
     n_right = sum(ok for _, ok in pairs)
     if len(pairs) < MIN_PAIRS or n_right in (0, len(pairs)):
         reason = f"{len(pairs)} entities, {n_right} right: too few to fit a map (or one class)"
         return None, {"method": None, "reason": reason}
-    order = list(range(len(pairs)))
-    random.Random(seed).shuffle(order)
-    fold_of = {i: k % folds for k, i in enumerate(order)}
-    scores: Dict[str, float] = {}
-    for method in methods:
-        eces = []
-        for k in range(folds):
-            train = [pairs[i] for i in range(len(pairs)) if fold_of[i] != k]
-            held = [pairs[i] for i in range(len(pairs)) if fold_of[i] == k]
-            if len({ok for _, ok in train}) < 2:
-                continue
-            fitted = fit_calibration(train, method)
-            eces.append(
-                expected_calibration_error(
-                    [(calibrate(fitted, c), ok) for c, ok in held], n_bins=n_bins
-                )
-            )
-        scores[method] = float(numpy.mean(eces)) if eces else float("inf")
+    scores = {
+        method: expected_calibration_error(
+            cross_fitted(pairs, method, folds=folds, seed=seed), n_bins=n_bins
+        )
+        for method in methods
+    }
     best = min(scores.values())
     chosen = next(m for m in methods if scores[m] <= best + tolerance)
     return fit_calibration(pairs, chosen), {
@@ -130,6 +118,26 @@ def select_calibration(
         "folds": folds,
         "tolerance": tolerance,
     }
+
+
+def cross_fitted(pairs: Pairs, method: str, *, folds: int = 5, seed: int = 0) -> Pairs:
+    """Each pair's confidence through a map fitted on the other folds: held-out calibrated
+    confidences for every pair, to score a method on the data it is fitted on without
+    scoring it on what it saw. A fold whose complement has one class only keeps its raw
+    confidences."""
+    order = list(range(len(pairs)))
+    random.Random(seed).shuffle(order)
+    fold_of = {i: k % folds for k, i in enumerate(order)}
+    result: Pairs = list(pairs)
+    for k in range(folds):
+        train = [pairs[i] for i in range(len(pairs)) if fold_of[i] != k]
+        if len({ok for _, ok in train}) < 2:
+            continue
+        fitted = fit_calibration(train, method)
+        for i in range(len(pairs)):
+            if fold_of[i] == k:
+                result[i] = (calibrate(fitted, pairs[i][0]), pairs[i][1])
+    return result
 
 
 def reliability(pairs: Pairs, n_bins: int = 10) -> Dict[str, Any]:

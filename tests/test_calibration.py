@@ -15,6 +15,7 @@ from spacy_secner.calibration import (
     METHODS,
     apply_calibration,
     calibrate,
+    cross_fitted,
     expected_calibration_error,
     fit_calibration,
     reliability,
@@ -92,6 +93,17 @@ def test_no_map_from_too_few_or_one_class(pairs):
     fitted, selection = select_calibration(pairs)
     assert fitted is None
     assert selection["method"] is None and "too few" in selection["reason"]
+
+
+def test_cross_fitted_confidences_come_from_the_other_folds():
+    pairs = overconfident_pairs(n=500)
+    held_out = cross_fitted(pairs, "platt", folds=5)
+    assert [ok for _, ok in held_out] == [ok for _, ok in pairs]
+    # Each fold's map differs a little from the map of all pairs, and fixes the same bias.
+    everything = fit_calibration(pairs, "platt")
+    in_sample = [calibrate(everything, c) for c, _ in pairs]
+    assert [c for c, _ in held_out] != pytest.approx(in_sample, abs=1e-9)
+    assert [c for c, _ in held_out] == pytest.approx(in_sample, abs=0.05)
 
 
 def test_apply_without_a_map_is_the_identity():
@@ -190,6 +202,8 @@ def test_calibrate_script_fits_on_dev_and_writes_a_calibrated_copy(trained_cnn_n
     # confidence down to about one half.
     assert dev_split["before"]["precision"] == pytest.approx(0.5)
     assert dev_split["after"]["ece"] < dev_split["before"]["ece"]
+    held_out = dev_split["after, cross-fitted"]
+    assert held_out["entities"] == dev_split["before"]["entities"]
     # The test sentences not in train: the last three of the five.
     new_test = results["splits"]["test (raw text, 3 sentences not in train)"]["before"]
     assert new_test["entities"] == sum(len(ents) for _, ents in TRAIN_DATA[2:])

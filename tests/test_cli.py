@@ -369,12 +369,15 @@ def test_output_is_replaced_only_when_the_run_completes(model_dir, tmp_path, mon
         written.append(doc_id)
         write(self, doc_id, doc)
 
+    # A crash while the output is written: one line, and the old output stays whole.
     monkeypatch.setattr(writers.JsonlWriter, "write", crash_on_third)
     result = run(model_dir, str(tmp_path / "in"), "-o", str(out))
-    assert isinstance(result.exception, RuntimeError)
+    assert result.exit_code == 1
     assert written == list(texts)[:2]
     assert out.read_text() == "previous run\n"
     assert os.listdir(out.parent) == ["ents.jsonl"]
+    (line,) = result.stderr.splitlines()
+    assert "RuntimeError: simulated crash" in line and f"{out} not written" in line
 
     def interrupt(self, doc_id, doc):
         raise KeyboardInterrupt
@@ -386,7 +389,7 @@ def test_output_is_replaced_only_when_the_run_completes(model_dir, tmp_path, mon
     assert out.read_text() == "previous run\n"
     assert os.listdir(out.parent) == ["ents.jsonl"]
 
-    monkeypatch.setattr(writers.JsonlWriter, "write", write)
+    monkeypatch.undo()
     new = tmp_path / "out" / "new.jsonl"
     assert run(model_dir, str(tmp_path / "in"), "-o", str(new)).exit_code == 0
     assert len(read_jsonl(new.read_text())) == len(TRAIN_TEXTS)
@@ -405,7 +408,9 @@ def test_an_error_reading_the_inputs_ends_the_run(model_dir, tmp_path, monkeypat
     monkeypatch.setattr("spacy_secner.cli.annotate.read_inputs", broken_reader)
     out = tmp_path / "out.jsonl"
     result = run(model_dir, "-", "-o", str(out), input="")
-    assert "disk on fire" in str(result.exception)
+    assert result.exit_code == 1
+    (line,) = result.stderr.splitlines()
+    assert "reading the inputs failed: disk on fire" in line
     assert os.listdir(tmp_path) == []
 
 

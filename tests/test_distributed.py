@@ -1,5 +1,5 @@
 """Annotation on Ray (`spacy_secner.distributed`, `secner annotate --engine ray`), against a real
-local Ray cluster of 2 CPUs, started once per test session."""
+local Ray cluster of 2 CPUs, started once for the whole pytest run."""
 
 import json
 import os

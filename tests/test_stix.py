@@ -400,3 +400,15 @@ def test_generic_mentions_are_not_names():
         assert not mapping.is_name(text), text
     for text in ("APT28", "admin@338", "cmd.exe", "Lazarus Group", "TG-3390"):
         assert mapping.is_name(text), text
+
+
+def test_a_sample_file_that_is_an_indicator_span_is_exported_once_as_the_indicator():
+    text = "It fetched hxxp://evil[.]example/a.exe and dropped b.exe ."
+    doc = make_doc(
+        text,
+        [("hxxp://evil[.]example/a.exe", "SamFile", 0.6), ("b.exe", "SamFile", 0.7)],
+        [("hxxp://evil[.]example/a.exe", "url", "http://evil.example/a.exe")],
+    )
+    data = validate(doc_to_bundle(doc, indicators=True))
+    assert [o["value"] for o in by_type(data, "url")] == ["http://evil.example/a.exe"]
+    assert [o["name"] for o in by_type(data, "file")] == ["b.exe"]

@@ -2,19 +2,15 @@
 text, PDF and HTML files, directories, JSONL or stdin, written as JSONL, CSV, a displaCy HTML
 report or STIX 2.1 bundles."""
 
-import codecs
-import importlib.util
 import os
 import sys
 import time
 from collections import Counter, deque
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
-import spacy
 import typer
 from spacy.language import Language
 from spacy.tokens import Doc
@@ -22,9 +18,23 @@ from tqdm import tqdm
 
 from ..atomic import atomic_output
 from ..documents import mark_blocks
+from ..long_docs import DEFAULT_MAX_PIECE_TOKENS, pipe_in_pieces
+from .options import (
+    CliError,
+    EncodingErrors,
+    Engine,
+    InputFormat,
+    OutputFormat,
+    check_arguments,
+    check_format,
+    check_ray_arguments,
+    errors_in_one_line,
+    format_for,
+    load_pipeline,
+    one_line,
+)
 from .readers import (
     DEFAULT_GLOBS,
-    STDIN,
     Document,
     Failure,
     Item,
@@ -33,31 +43,6 @@ from .readers import (
     read_inputs,
 )
 from .writers import IOCS_KEY, WRITERS, WriteError, write_failures
-
-
-class OutputFormat(str, Enum):
-    jsonl = "jsonl"
-    csv = "csv"
-    html = "html"
-    stix = "stix"
-
-
-class InputFormat(str, Enum):
-    auto = "auto"
-    text = "text"
-    jsonl = "jsonl"
-    pdf = "pdf"
-    html = "html"
-
-
-class EncodingErrors(str, Enum):
-    strict = "strict"
-    replace = "replace"
-
-
-class Engine(str, Enum):
-    process = "process"
-    ray = "ray"
 
 
 @dataclass
@@ -127,7 +112,13 @@ def make_input(nlp: Language, document: Document) -> Union[str, Doc]:
 
 
 def annotate_items(
-    nlp: Language, items: Iterable[Item], *, report: Report, batch_size: int, n_process: int
+    nlp: Language,
+    items: Iterable[Item],
+    *,
+    report: Report,
+    batch_size: int,
+    n_process: int,
+    max_piece_tokens: int = DEFAULT_MAX_PIECE_TOKENS,
 ) -> Iterator[Tuple[str, Doc]]:
     """Run the pipeline over the documents among `items`, in order (see `annotate_documents`).
 
@@ -154,7 +145,13 @@ def annotate_items(
             else:
                 yield item
 
-    results = annotate_documents(nlp, documents(), batch_size=batch_size, n_process=n_process)
+    results = annotate_documents(
+        nlp,
+        documents(),
+        batch_size=batch_size,
+        n_process=n_process,
+        max_piece_tokens=max_piece_tokens,
+    )
     for document, result in results:
         if isinstance(result, Failure):
             report.problems.append(result)
@@ -164,10 +161,17 @@ def annotate_items(
 
 
 def annotate_documents(
-    nlp: Language, documents: Iterable[Document], *, batch_size: int, n_process: int = 1
+    nlp: Language,
+    documents: Iterable[Document],
+    *,
+    batch_size: int,
+    n_process: int = 1,
+    max_piece_tokens: int = DEFAULT_MAX_PIECE_TOKENS,
 ) -> Iterator[Tuple[Document, Union[Doc, Failure]]]:
-    """Run the pipeline over `documents` with `nlp.pipe`, isolating the documents that fail:
-    the per-batch code of `secner annotate`, in process and in each Ray actor alike.
+    """Run the pipeline over `documents`, isolating the documents that fail: the per-batch
+    code of `secner annotate`, in process and in each Ray actor alike. Documents longer than
+    `max_piece_tokens` tokens are annotated in pieces of whole sentences (`pipe_in_pieces`),
+    so memory does not grow with the longest document.
 
     When the pipeline raises, the documents it had taken but not returned are retried one at a
     time, so only the one that raises fails, and the run goes on. An error raised by
@@ -195,8 +199,13 @@ def annotate_documents(
 
     while True:
         try:
-            for doc, document in nlp.pipe(
-                feed(), as_tuples=True, batch_size=batch_size, n_process=n_process
+            for doc, document in pipe_in_pieces(
+                nlp,
+                feed(),
+                as_tuples=True,
+                batch_size=batch_size,
+                n_process=n_process,
+                max_piece_tokens=max_piece_tokens,
             ):
                 pending.popleft()
                 yield document, doc
@@ -207,9 +216,14 @@ def annotate_documents(
         while pending:
             document = pending.popleft()
             try:
-                doc = nlp(make_input(nlp, document))
+                (doc,) = pipe_in_pieces(
+                    nlp,
+                    [make_input(nlp, document)],
+                    batch_size=batch_size,
+                    max_piece_tokens=max_piece_tokens,
+                )
             except Exception as err:
-                yield document, Failure(document.id, f"pipeline error: {type(err).__name__}: {err}")
+                yield document, Failure(document.id, "pipeline error: " + one_line(err))
                 continue
             yield document, doc
 
@@ -258,7 +272,15 @@ def annotate(
         help="strict: an undecodable document fails; replace: its bad bytes become U+FFFD",
     ),
     max_chars: int = typer.Option(1_000_000, min=1, help="Longer documents fail as too large"),
-    batch_size: int = typer.Option(32, min=1, help="Documents per nlp.pipe batch"),
+    batch_size: int = typer.Option(
+        32, min=1, help="Documents (or pieces of long ones) per nlp.pipe batch"
+    ),
+    max_piece_tokens: int = typer.Option(
+        DEFAULT_MAX_PIECE_TOKENS,
+        min=1,
+        help="Longer documents are annotated in pieces of whole sentences of at most this many "
+        "tokens, so memory does not grow with the document",
+    ),
     n_process: int = typer.Option(1, min=1, help="Processes for nlp.pipe (CPU only)"),
     gpu_id: int = typer.Option(-1, help="GPU to run on, -1 for CPU"),
     engine: Engine = typer.Option(
@@ -307,6 +329,7 @@ def annotate(
         "--stix-indicators",
         help="--format stix: also an indicator for each observable, linked by based-on",
     ),
+    debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error"),
 ) -> None:
     """Find the entities in documents and write them with character offsets and confidence,
     and the indicators of compromise where the pipeline has `cti_iocs`.
@@ -316,105 +339,116 @@ def annotate(
     pipeline error, STIX export error); the others are still annotated. Empty documents are
     skipped, not failed.
     """
-    check_arguments(
-        inputs, output=output, errors=errors, encoding=encoding, n_process=n_process, gpu_id=gpu_id
-    )
-    fmt = output_format or format_for(output)
-    if keep_text and fmt != OutputFormat.jsonl:
-        raise typer.BadParameter(
-            f"--keep-text writes the text into JSONL records, not {fmt.value}",
-            param_hint="--keep-text",
+    with errors_in_one_line(debug=debug):
+        check_arguments(
+            inputs, output=output, errors=errors, encoding=encoding, n_process=n_process, gpu_id=gpu_id
         )
-    writer_options = check_format(fmt, per_run=stix_per_run, indicators=stix_indicators)
-    if keep_text:
-        writer_options["keep_text"] = True
-    if engine is Engine.ray:
-        check_ray_arguments(
-            model, output_format=fmt, address=address, n_process=n_process, gpu_id=gpu_id
-        )
-    elif address is not None or actors is not None or gpus_per_actor:
-        raise typer.BadParameter(
-            "--address, --actors and --gpus-per-actor need --engine ray", param_hint="--engine"
-        )
-    globs = glob or DEFAULT_GLOBS[input_format.value]
-    paths = find_files(inputs, glob=globs)
-    if not paths:
-        shown = ", ".join(repr(g) for g in globs)
-        typer.echo(f"secner annotate: no input files (none matched --glob {shown})", err=True)
-    items = read_inputs(
-        paths,
-        input_format=input_format.value,
-        encoding=encoding,
-        encoding_errors=encoding_errors.value,
-        max_chars=max_chars,
-    )
-    # A text file is one document; a JSONL file holds an unknown number.
-    total = None if any(is_jsonl(p, input_format.value) for p in paths) else len(paths)
-    report = Report()
-    with ExitStack() as stack:
-        results: Iterator[Tuple[str, Union[Doc, Dict[str, Any]]]]
-        engine_errors: Tuple[type, ...] = ()
+        fmt = output_format or format_for(output)
+        if keep_text and fmt != OutputFormat.jsonl:
+            raise typer.BadParameter(
+                f"--keep-text writes the text into JSONL records, not {fmt.value}",
+                param_hint="--keep-text",
+            )
+        writer_options = check_format(fmt, per_run=stix_per_run, indicators=stix_indicators)
+        if keep_text:
+            writer_options["keep_text"] = True
         if engine is Engine.ray:
-            import ray.exceptions
+            check_ray_arguments(
+                model, output_format=fmt, address=address, n_process=n_process, gpu_id=gpu_id
+            )
+        elif address is not None or actors is not None or gpus_per_actor:
+            raise typer.BadParameter(
+                "--address, --actors and --gpus-per-actor need --engine ray", param_hint="--engine"
+            )
+        globs = glob or DEFAULT_GLOBS[input_format.value]
+        paths = find_files(inputs, glob=globs)
+        if not paths:
+            shown = ", ".join(repr(g) for g in globs)
+            typer.echo(f"secner annotate: no input files (none matched --glob {shown})", err=True)
+        items = read_inputs(
+            paths,
+            input_format=input_format.value,
+            encoding=encoding,
+            encoding_errors=encoding_errors.value,
+            max_chars=max_chars,
+        )
+        # A text file is one document; a JSONL file holds an unknown number.
+        total = None if any(is_jsonl(p, input_format.value) for p in paths) else len(paths)
+        report = Report()
+        with ExitStack() as stack:
+            results: Iterator[Tuple[str, Union[Doc, Dict[str, Any]]]]
+            engine_errors: Tuple[type, ...] = ()
+            if engine is Engine.ray:
+                import ray.exceptions
 
-            from .. import distributed
+                from .. import distributed
 
+                try:
+                    stack.enter_context(distributed.cluster(address))
+                except Exception as err:  # ray.init raises plain exceptions (timeouts, connection)
+                    where = address or os.environ.get("RAY_ADDRESS") or "a new local cluster"
+                    typer.echo(f"secner annotate: cannot start or reach Ray ({where}): {err}", err=True)
+                    raise typer.Exit(1) from None
+                engine_errors = (ray.exceptions.RayError,)
+                results = distributed.annotate_items_on_ray(
+                    items,
+                    model,
+                    report=report,
+                    actors=actors or distributed.default_actors(gpus_per_actor),
+                    gpus_per_actor=gpus_per_actor,
+                    batch_size=batch_size,
+                    max_chars=max_chars,
+                    keep_text=keep_text,
+                )
+            else:
+                nlp = load_pipeline(model, gpu_id=gpu_id)
+                # Long documents are annotated in pieces: --max-chars is the only length limit.
+                nlp.max_length = max(nlp.max_length, max_chars)
+                results = annotate_items(
+                    nlp,
+                    items,
+                    report=report,
+                    batch_size=batch_size,
+                    n_process=n_process,
+                    max_piece_tokens=max_piece_tokens,
+                )
+            start = time.perf_counter()
             try:
-                stack.enter_context(distributed.cluster(address))
-            except Exception as err:  # ray.init raises plain exceptions (timeouts, connection)
-                where = address or os.environ.get("RAY_ADDRESS") or "a new local cluster"
-                typer.echo(f"secner annotate: cannot start or reach Ray ({where}): {err}", err=True)
-                raise typer.Exit(1) from None
-            engine_errors = (ray.exceptions.RayError,)
-            results = distributed.annotate_items_on_ray(
-                items,
-                model,
-                report=report,
-                actors=actors or distributed.default_actors(gpus_per_actor),
-                gpus_per_actor=gpus_per_actor,
-                batch_size=batch_size,
-                max_chars=max_chars,
-                keep_text=keep_text,
-            )
-        else:
-            nlp = load_pipeline(model, gpu_id=gpu_id)
-            results = annotate_items(
-                nlp, items, report=report, batch_size=batch_size, n_process=n_process
-            )
-        start = time.perf_counter()
-        try:
-            with atomic_output(output) as out, tqdm(
-                total=total,
-                unit=" docs",
-                file=sys.stderr,
-                disable=quiet or not sys.stderr.isatty(),
-            ) as bar:
-                writer = WRITERS[fmt.value](out, **writer_options)
-                for doc_id, result in results:
-                    write_result(writer, doc_id, result, report=report)
+                with atomic_output(output) as out, tqdm(
+                    total=total,
+                    unit=" docs",
+                    file=sys.stderr,
+                    disable=quiet or not sys.stderr.isatty(),
+                ) as bar:
+                    writer = WRITERS[fmt.value](out, **writer_options)
+                    for doc_id, result in results:
+                        write_result(writer, doc_id, result, report=report)
+                        bar.update(report.done - bar.n)
+                    writer.close()
                     bar.update(report.done - bar.n)
-                writer.close()
-                bar.update(report.done - bar.n)
-        except KeyboardInterrupt:
-            kept = "output on stdout is incomplete" if output is None else f"{output} not written"
-            typer.echo(f"\nsecner annotate: interrupted, {kept}", err=True)
-            raise typer.Exit(130) from None
-        except engine_errors as err:
-            kept = "output on stdout is incomplete" if output is None else f"{output} not written"
-            # Ray's message holds the remote traceback: its first and last lines say what broke.
-            lines = str(err).strip().splitlines() or [type(err).__name__]
-            cause = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
-            typer.echo(f"secner annotate: the Ray run failed, {kept}: {cause}", err=True)
-            raise typer.Exit(1) from None
-        report.seconds = time.perf_counter() - start
-    if errors is not None:
-        write_failures(errors, report.problems)
-    if quiet:
-        for line in problem_lines(report.failed, limit=len(report.failed)):
-            typer.echo(line, err=True)
-    else:
-        typer.echo(report.summary(), err=True)
-    raise typer.Exit(1 if report.failed else 0)
+            except KeyboardInterrupt:
+                kept = "output on stdout is incomplete" if output is None else f"{output} not written"
+                typer.echo(f"\nsecner annotate: interrupted, {kept}", err=True)
+                raise typer.Exit(130) from None
+            except engine_errors as err:
+                kept = "output on stdout is incomplete" if output is None else f"{output} not written"
+                # Ray's message holds the remote traceback: its first and last lines say what broke.
+                lines = str(err).strip().splitlines() or [type(err).__name__]
+                cause = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+                typer.echo(f"secner annotate: the Ray run failed, {kept}: {cause}", err=True)
+                raise typer.Exit(1) from None
+            except Exception as err:
+                kept = "output on stdout is incomplete" if output is None else f"{output} not written"
+                raise CliError(f"{one_line(err)}; {kept}", code=1, traceback_hint=True) from err
+            report.seconds = time.perf_counter() - start
+        if errors is not None:
+            write_failures(errors, report.problems)
+        if quiet:
+            for line in problem_lines(report.failed, limit=len(report.failed)):
+                typer.echo(line, err=True)
+        else:
+            typer.echo(report.summary(), err=True)
+        raise typer.Exit(1 if report.failed else 0)
 
 
 def write_result(
@@ -438,93 +472,3 @@ def write_result(
         report.iocs.update(ioc["label"] for ioc in result.get("iocs") or [])
 
 
-def check_arguments(
-    inputs: List[Path],
-    *,
-    output: Optional[Path],
-    errors: Optional[Path],
-    encoding: str,
-    n_process: int,
-    gpu_id: int,
-) -> None:
-    """Reject what cannot work before the pipeline loads (exit code 2)."""
-    missing = [str(p) for p in inputs if p != STDIN and not p.exists()]
-    if missing:
-        raise typer.BadParameter(f"no such file or directory: {', '.join(missing)}")
-    if inputs.count(STDIN) > 1:
-        raise typer.BadParameter("stdin (-) can be read only once")
-    try:
-        codecs.lookup(encoding)
-    except LookupError:
-        raise typer.BadParameter(f"unknown encoding: {encoding}", param_hint="--encoding") from None
-    if n_process > 1 and gpu_id >= 0:
-        raise typer.BadParameter("--n-process > 1 runs on CPU only", param_hint="--gpu-id")
-    if output is not None and errors is not None and output.resolve() == errors.resolve():
-        raise typer.BadParameter("--errors must not be the --output file", param_hint="--errors")
-
-
-def check_format(fmt: OutputFormat, *, per_run: bool, indicators: bool) -> Dict[str, Any]:
-    """The writer's options; rejects STIX options without the STIX format, and the STIX format
-    without its extra (exit code 2)."""
-    if fmt != OutputFormat.stix:
-        if per_run or indicators:
-            option = "--stix-per-run" if per_run else "--stix-indicators"
-            raise typer.BadParameter(f"{option} needs --format stix", param_hint=option)
-        return {}
-    if importlib.util.find_spec("stix2") is None:
-        raise typer.BadParameter(
-            "the STIX format needs the stix extra: pip install 'spacy-secner[stix]'",
-            param_hint="--format",
-        )
-    return {"per_run": per_run, "indicators": indicators}
-
-
-def check_ray_arguments(
-    model: str, *, output_format: OutputFormat, address: Optional[str], n_process: int, gpu_id: int
-) -> None:
-    """Reject what `--engine ray` cannot do (exit code 2)."""
-    if output_format in (OutputFormat.html, OutputFormat.stix):
-        # Both are made from the docs themselves (the HTML page holds every text until the end),
-        # while the actors send back records.
-        raise typer.BadParameter(
-            f"{output_format.value} is written by --engine process only", param_hint="--format"
-        )
-    if n_process > 1:
-        raise typer.BadParameter("use --actors with --engine ray", param_hint="--n-process")
-    if gpu_id >= 0:
-        raise typer.BadParameter("use --gpus-per-actor with --engine ray", param_hint="--gpu-id")
-    if importlib.util.find_spec("ray") is None:
-        raise typer.BadParameter(
-            "needs Ray: pip install 'spacy-secner[ray]'", param_hint="--engine"
-        )
-    # A local cluster runs where this command does, so the pipeline must be found here; a
-    # remote one may have it installed where this machine has not.
-    local = address is None and "RAY_ADDRESS" not in os.environ
-    if local and not (Path(model).exists() or spacy.util.is_package(model)):
-        raise typer.BadParameter(
-            f"no pipeline package or directory named {model!r}", param_hint="--model"
-        )
-
-
-def load_pipeline(model: str, *, gpu_id: int) -> Language:
-    if gpu_id >= 0:
-        try:
-            spacy.require_gpu(gpu_id)
-        except Exception as err:
-            raise typer.BadParameter(
-                f"GPU {gpu_id} is not usable: {err}", param_hint="--gpu-id"
-            ) from err
-    try:
-        return spacy.load(model)
-    except OSError as err:
-        # spaCy's E050: neither an installed package nor a pipeline directory.
-        raise typer.BadParameter(str(err), param_hint="--model") from err
-
-
-def format_for(output: Optional[Path]) -> OutputFormat:
-    suffix = output.suffix.lower() if output is not None else ""
-    if suffix == ".csv":
-        return OutputFormat.csv
-    if suffix in (".html", ".htm"):
-        return OutputFormat.html
-    return OutputFormat.jsonl

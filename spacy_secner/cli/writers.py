@@ -140,7 +140,7 @@ class CsvWriter:
 
     def __init__(self, out: TextIO) -> None:
         self.out = out
-        self.writer = csv.writer(out)
+        self.writer = csv.writer(out, quoting=csv.QUOTE_ALL)
         self.writer.writerow(self.HEADER)
 
     def write(self, doc_id: str, doc: Doc) -> None:
@@ -199,12 +199,16 @@ class HtmlWriter:
         self.out.flush()
 
 
+def neutralize_cell(value: str) -> str:
+    """A text cell that a spreadsheet shows as text: one that starts like a formula gets a
+    leading single quote, as OWASP recommends against CSV injection."""
+    return "'" + value if value.startswith(FORMULA_STARTS) else value
+
+
 def _cell(value: Any) -> Any:
     if value is None:
         return ""
-    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
-        return "'" + value
-    return value
+    return neutralize_cell(value) if isinstance(value, str) else value
 
 
 

@@ -77,10 +77,14 @@ def extract(doc: Doc, *, indicators: bool = False) -> Extraction:
     """
     found = Extraction()
     observables: List[Tuple[str, Optional[float]]] = []
+    ioc_spans = list(doc.spans.get(IOC_GROUP, []))
+    ioc_ranges = {(span.start_char, span.end_char) for span in ioc_spans}
     for ent in doc.ents:
         text = mapping.clean(ent.text)
         if not text:
             continue
+        if ent.label_ == "SamFile" and (ent.start_char, ent.end_char) in ioc_ranges:
+            continue  # the indicator span's observable (refanged, typed) stands for it
         confidence = _confidence(ent)
         try:
             object_id = _entity_object(found, ent.label_, text, confidence)
@@ -90,7 +94,7 @@ def extract(doc: Doc, *, indicators: bool = False) -> Extraction:
             found.leave(ent.label_, text)
         elif object_id.split("--")[0] in mapping.OBSERVABLE_TYPES:
             observables.append((object_id, confidence))
-    for span in doc.spans.get(IOC_GROUP, []):
+    for span in ioc_spans:
         value = _ioc_value(span)
         try:
             object_id = _ioc_object(found, span.label_, value)
