@@ -209,7 +209,9 @@ def write_inputs(directory: Path) -> List[str]:
 
 def test_cli_ray_engine_writes_what_in_process_writes(ray_cluster, model_dir, tmp_path):
     inputs = write_inputs(tmp_path)
+    # Pieces of at most 12 tokens: long documents are cut alike in process and in the actors.
     base = ["annotate", "--model", str(model_dir), "--batch-size", "4", *inputs]
+    base += ["--max-piece-tokens", "12"]
     for fmt, options in (("jsonl", ["--actors", "2", "--keep-text"]), ("csv", ["--actors", "1"])):
         here, there = tmp_path / f"here.{fmt}", tmp_path / f"there.{fmt}"
         keep = options[2:]
