@@ -31,6 +31,7 @@ import spacy
 from spacy.language import Language
 
 from .cli.annotate import annotate_documents
+from .long_docs import DEFAULT_MAX_PIECE_TOKENS
 from .cli.readers import Document, Failure, Item, decode
 from .cli.writers import document_record
 
@@ -149,6 +150,7 @@ def annotate_rows(
     encoding: str = "utf-8",
     encoding_errors: str = "strict",
     keep_text: bool = False,
+    max_piece_tokens: int = DEFAULT_MAX_PIECE_TOKENS,
     fields: Optional[Dict[str, Sequence[Any]]] = None,
 ) -> List[Dict[str, Any]]:
     """Annotate one batch of rows: what each Ray actor runs, and what a Spark `mapInPandas`
@@ -156,6 +158,7 @@ def annotate_rows(
 
     ids, texts: The rows' ids and texts (str or bytes, see `to_item`).
     keep_text (bool): Put each annotated document's text in its row, as `--keep-text` does.
+    max_piece_tokens (int): Longer documents are annotated in pieces (`--max-piece-tokens`).
     fields (Optional[Dict[str, Sequence[Any]]]): Columns of `DOCUMENT_COLUMNS`, if any.
     RETURNS (List[Dict[str, Any]]): One row per input row, in order, with the columns of
         `SCHEMA`: those of `document_record` (id, source, entities, iocs: null where the
@@ -182,7 +185,9 @@ def annotate_rows(
         else:
             rows.append({})  # filled in below, in the same order
             documents.append(item)
-    results = annotate_documents(nlp, documents, batch_size=batch_size)
+    results = annotate_documents(
+        nlp, documents, batch_size=batch_size, max_piece_tokens=max_piece_tokens
+    )
     slots = (i for i, row in enumerate(rows) if not row)
     for (document, result), i in zip(results, slots):
         if isinstance(result, Failure):
@@ -251,12 +256,15 @@ class PipelineActor:
         encoding: str,
         encoding_errors: str,
         keep_text: bool,
+        max_piece_tokens: int,
         use_gpu: bool,
     ) -> None:
         if use_gpu:
             # Ray sets CUDA_VISIBLE_DEVICES to the actor's GPU, so it is device 0 here.
             spacy.require_gpu(0)
         self.nlp = spacy.load(model)
+        # As in process: long documents are annotated in pieces, --max-chars is the only limit.
+        self.nlp.max_length = max(self.nlp.max_length, max_chars)
         self.text_column = text_column
         self.id_column = id_column
         self.options = {
@@ -265,6 +273,7 @@ class PipelineActor:
             "encoding": encoding,
             "encoding_errors": encoding_errors,
             "keep_text": keep_text,
+            "max_piece_tokens": max_piece_tokens,
         }
 
     def __call__(self, batch: "pa.Table") -> "pa.Table":
@@ -301,6 +310,7 @@ def annotate_dataset(
     encoding: str = "utf-8",
     encoding_errors: str = "strict",
     keep_text: bool = False,
+    max_piece_tokens: int = DEFAULT_MAX_PIECE_TOKENS,
 ) -> "ray.data.Dataset":
     """The entities of every row of `ds`, found by a pool of actors that each load `model` once.
 
@@ -314,6 +324,7 @@ def annotate_dataset(
     batch_size (int): Rows per actor call, and the `nlp.pipe` batch size.
     max_chars (int): Longer texts fail as too large, as in `secner annotate`.
     keep_text (bool): Also the text of each annotated row.
+    max_piece_tokens (int): Longer documents are annotated in pieces of whole sentences.
     RETURNS (ray.data.Dataset): Lazy; one row per input row with `id`, `source`, `entities`,
         `iocs`, `text`, `status` and `error` (see `annotate_rows`). Rows keep the input order
         only if the dataset's context says so
@@ -338,6 +349,7 @@ def annotate_dataset(
             "encoding": encoding,
             "encoding_errors": encoding_errors,
             "keep_text": keep_text,
+            "max_piece_tokens": max_piece_tokens,
             "use_gpu": gpus_per_actor > 0,
         },
         compute=compute,
@@ -398,6 +410,7 @@ def annotate_items_on_ray(
     batch_size: int = 64,
     max_chars: int = 1_000_000,
     keep_text: bool = False,
+    max_piece_tokens: int = DEFAULT_MAX_PIECE_TOKENS,
 ) -> Iterator[Tuple[str, Dict[str, Any]]]:
     """What `secner annotate` does in process (`annotate_items`), on the connected Ray cluster.
 
@@ -451,6 +464,9 @@ def annotate_items_on_ray(
         put(pending)
     rows: Iterator[Dict[str, Any]] = iter(())
     if blocks:
+        if isinstance(actors, int):
+            # A block is one actor call: more actors than blocks would start and load for nothing.
+            actors = min(actors, len(blocks))
         ds = annotate_dataset(
             ray.data.from_arrow_refs(blocks),
             model,
@@ -459,6 +475,7 @@ def annotate_items_on_ray(
             batch_size=batch_size,
             max_chars=max_chars,
             keep_text=keep_text,
+            max_piece_tokens=max_piece_tokens,
         )
         ds.context.execution_options.preserve_order = True
         # The CLI shows its own progress and summary: Ray Data's info lines and the warning that

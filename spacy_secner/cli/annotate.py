@@ -399,6 +399,7 @@ def annotate(
                     batch_size=batch_size,
                     max_chars=max_chars,
                     keep_text=keep_text,
+                    max_piece_tokens=max_piece_tokens,
                 )
             else:
                 nlp = load_pipeline(model, gpu_id=gpu_id)
