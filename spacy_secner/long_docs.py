@@ -63,10 +63,13 @@ def pipe_in_pieces(
                 doc = proc(doc)
             bounds = piece_bounds(doc, max_piece_tokens)
             if len(bounds) == 1:
-                yield doc, (0, 1, context)
+                yield doc, (0, 1, context, None)
                 continue
+            # What the caller put in user_data under plain keys (not extensions) goes to the
+            # joined doc: the pieces do not carry it.
+            plain = {k: v for k, v in doc.user_data.items() if not isinstance(k, tuple)}
             for k, (start, end) in enumerate(bounds):
-                yield doc[start:end].as_doc(), (k, len(bounds), context)
+                yield doc[start:end].as_doc(), (k, len(bounds), context, plain)
 
     outputs = nlp.pipe(
         pieces(),
@@ -76,7 +79,7 @@ def pipe_in_pieces(
         n_process=n_process,
     )
     done: List[Doc] = []
-    for piece, (k, n, context) in outputs:
+    for piece, (k, n, context, plain) in outputs:
         if n == 1:
             doc = piece
         else:
@@ -84,6 +87,7 @@ def pipe_in_pieces(
             if k < n - 1:
                 continue
             doc = join_pieces(done)
+            doc.user_data.update(plain)
             done = []
         yield (doc, context) if as_tuples else doc
 

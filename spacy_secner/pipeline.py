@@ -18,6 +18,7 @@ from thinc.types import Floats2d, Ints1d
 
 from .batching import padded_batches
 from .bio import bio_tags, biluo_to_bio, repair_bio
+from .calibration import apply_calibration
 from .layers import build_heads, crf_loss, crf_nll, decode_by_sentence, has_heads, head_layers
 from .layers import set_tags
 
@@ -160,7 +161,8 @@ class CRFEntityRecognizer(TrainablePipe):
 
     def predict(self, docs: Iterable[Doc]) -> Tuple[List[Ints1d], List[List[float]]]:
         """Best BIO tag indices per doc and, if `confidence` is on, each entity's marginal
-        probability under the CRF. Does not modify the docs.
+        probability under the CRF, through the calibration map of `cfg["calibration"]` when
+        there is one (see `calibration.py`). Does not modify the docs.
         """
         docs = list(docs)
         self._require_initialized()
@@ -177,7 +179,7 @@ class CRFEntityRecognizer(TrainablePipe):
             ids, found = decode_by_sentence(self.model, chunk_docs, scores, self.cfg["confidence"])
             for j, i in enumerate(chunk):
                 tag_ids[i], confidences[i] = ids[j], found[j]
-        return tag_ids, confidences
+        return tag_ids, apply_calibration(self.cfg.get("calibration"), confidences)
 
     def set_annotations(
         self, docs: Iterable[Doc], predictions: Tuple[List[Ints1d], List[List[float]]]

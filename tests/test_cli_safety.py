@@ -68,11 +68,11 @@ def test_csv_writer_neutralizes_every_text_cell_and_quotes_every_field():
     plain = {"label": "Tool", "text": "X", "start": 0, "end": 1, "confidence": None}
     writer.write_record({"id": "doc", "entities": [plain]})
     rows = list(csv.reader(io.StringIO(out.getvalue())))
-    assert rows[0] == ["doc_id", "label", "text", "start", "end", "confidence"]
+    assert rows[0] == ["doc_id", "label", "text", "start", "end", "confidence", "kind", "value", "page"]
     assert [row[2] for row in rows[1:-1]] == ["'" + value for value in FORMULAS]
     assert {row[0] for row in rows[1:-1]} == {"'=cmd|' /C calc'!A0"}
     assert {row[1] for row in rows[1:-1]} == {"'@Label"}
-    assert rows[-1] == ["doc", "Tool", "X", "0", "1", ""]
+    assert rows[-1] == ["doc", "Tool", "X", "0", "1", "", "entity", "", ""]
     # Every field quoted (OWASP), quotes inside doubled.
     expected = "".join(
         ",".join('"' + field.replace('"', '""') + '"' for field in row) + "\r\n" for row in rows
@@ -208,7 +208,6 @@ def test_usage_errors_are_one_line(model_dir, tmp_path):
     cases = [
         (["-", "--encoding", "no-such-codec"], "--encoding: unknown encoding 'no-such-codec'"),
         ([str(tmp_path / "missing.txt")], f"no such file or directory: {tmp_path / 'missing.txt'}"),
-        (["-", "--resume"], "--resume needs --output"),
     ]
     for args, message in cases:
         result = run(model_dir, *args, input="x")

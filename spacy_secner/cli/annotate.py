@@ -1,47 +1,48 @@
-"""`secner annotate`: the entities a trained pipeline finds in text files, directories, JSONL or
-stdin, written as JSONL, CSV or a displaCy HTML report."""
+"""`secner annotate`: the entities (and indicators of compromise) a trained pipeline finds in
+text, PDF and HTML files, directories, JSONL or stdin, written as JSONL, CSV, a displaCy HTML
+report or STIX 2.1 bundles."""
 
-import codecs
 import os
 import sys
 import time
-import traceback
 from collections import Counter, deque
-from contextlib import contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
-from typing import Deque, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
-import click
-import spacy
 import typer
 from spacy.language import Language
 from spacy.tokens import Doc
 from tqdm import tqdm
 
-from ..atomic import atomic_output, leftover_temporaries
+from ..atomic import atomic_output
+from ..documents import mark_blocks
 from ..long_docs import DEFAULT_MAX_PIECE_TOKENS, pipe_in_pieces
-from .journal import Journal, JournalError, journal_path
-from .readers import STDIN, Document, Failure, Item, find_files, is_jsonl, read_inputs
-from .writers import WRITERS, document_record, write_failures
-
-
-class OutputFormat(str, Enum):
-    jsonl = "jsonl"
-    csv = "csv"
-    html = "html"
-
-
-class InputFormat(str, Enum):
-    auto = "auto"
-    text = "text"
-    jsonl = "jsonl"
-
-
-class EncodingErrors(str, Enum):
-    strict = "strict"
-    replace = "replace"
+from .options import (
+    CliError,
+    EncodingErrors,
+    Engine,
+    InputFormat,
+    OutputFormat,
+    check_arguments,
+    check_format,
+    check_ray_arguments,
+    errors_in_one_line,
+    format_for,
+    load_pipeline,
+    one_line,
+)
+from .readers import (
+    DEFAULT_GLOBS,
+    Document,
+    Failure,
+    Item,
+    find_files,
+    is_jsonl,
+    read_inputs,
+)
+from .writers import IOCS_KEY, WRITERS, WriteError, write_failures
 
 
 @dataclass
@@ -52,8 +53,8 @@ class Report:
     annotated: int = 0
     problems: List[Failure] = field(default_factory=list)
     entities: Counter = field(default_factory=Counter)
+    iocs: Counter = field(default_factory=Counter)
     seconds: float = 0.0
-    resumed: int = 0
 
     @property
     def failed(self) -> List[Failure]:
@@ -68,31 +69,23 @@ class Report:
         return self.annotated + len(self.problems)
 
     def summary(self, *, limit: int = 20) -> str:
-        new = self.annotated - self.resumed
-        rate = new / self.seconds if self.seconds > 0 else 0.0
-        resumed = f" ({self.resumed} from the journal)" if self.resumed else ""
+        rate = self.annotated / self.seconds if self.seconds > 0 else 0.0
         lines = [
-            f"secner annotate: {self.read} documents read, {self.annotated} annotated{resumed}, "
+            f"secner annotate: {self.read} documents read, {self.annotated} annotated, "
             f"{len(self.skipped)} skipped, {len(self.failed)} failed in {self.seconds:.1f} s "
             f"({rate:.1f} docs/s)"
         ]
         lines += problem_lines(self.problems, limit=limit)
         ents = ", ".join(f"{label} {n}" for label, n in self.entities.most_common())
         lines.append(f"entities: {sum(self.entities.values())}" + (f" ({ents})" if ents else ""))
+        if self.iocs:
+            iocs = ", ".join(f"{label} {n}" for label, n in self.iocs.most_common())
+            lines.append(f"indicators: {sum(self.iocs.values())} ({iocs})")
         return "\n".join(lines)
 
 
 class InputError(RuntimeError):
     """The inputs could not be read on: unlike a pipeline error, no retry can help."""
-
-
-class CliError(Exception):
-    """An error `secner annotate` reports in one line, with its exit code."""
-
-    def __init__(self, message: str, *, code: int = 2, traceback_hint: bool = False) -> None:
-        super().__init__(message)
-        self.code = code
-        self.traceback_hint = traceback_hint
 
 
 def problem_lines(problems: List[Failure], *, limit: int) -> List[str]:
@@ -104,14 +97,18 @@ def problem_lines(problems: List[Failure], *, limit: int) -> List[str]:
     return lines
 
 
-def one_line(err: BaseException, *, limit: int = 300) -> str:
-    """An exception as one short line: its type and message, whitespace runs collapsed."""
-    if isinstance(err, OSError) and err.strerror:
-        message = err.strerror + (f": {err.filename}" if err.filename else "")
-    else:
-        message = str(err)
-    text = " ".join(f"{type(err).__name__}: {message}".split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def make_input(nlp: Language, document: Document) -> Union[str, Doc]:
+    """What the pipeline reads for a document: its text, or for one that knows where it came
+    from a doc that carries it in `doc.user_data` ("source", and "page_starts" for a PDF), with
+    a sentence starting at each block of a PDF or HTML page."""
+    if document.source is None and not document.page_starts and not document.block_starts:
+        return document.text
+    doc = mark_blocks(nlp.make_doc(document.text), document.block_starts)
+    if document.source is not None:
+        doc.user_data["source"] = document.source
+    if document.page_starts:
+        doc.user_data["page_starts"] = list(document.page_starts)
+    return doc
 
 
 def annotate_items(
@@ -123,20 +120,16 @@ def annotate_items(
     n_process: int,
     max_piece_tokens: int = DEFAULT_MAX_PIECE_TOKENS,
 ) -> Iterator[Tuple[str, Doc]]:
-    """Run the pipeline over the documents among `items`, in order.
+    """Run the pipeline over the documents among `items`, in order (see `annotate_documents`).
 
-    Failures and empty documents go to `report` instead. When the pipeline raises, the
-    documents it had taken but not returned are retried one at a time, so only the one that
-    raises fails, and the run goes on. An error from `items` itself (InputError) ends the run.
-    Documents longer than `max_piece_tokens` tokens are annotated in pieces of whole sentences
-    (`pipe_in_pieces`), so memory does not grow with the longest document.
+    Failures and empty documents go to `report` instead. An error from `items` itself
+    (InputError) ends the run.
 
     YIELDS (Tuple[str, Doc]): The id and the annotated doc of each document.
     """
     source = iter(items)
-    pending: Deque[Document] = deque()
 
-    def feed() -> Iterator[Tuple[str, str]]:
+    def documents() -> Iterator[Document]:
         while True:
             try:
                 item = next(source)
@@ -150,12 +143,63 @@ def annotate_items(
             elif not item.text.strip():
                 report.problems.append(Failure(item.id, "empty", skipped=True))
             else:
-                pending.append(item)
-                yield item.text, item.id
+                yield item
+
+    results = annotate_documents(
+        nlp,
+        documents(),
+        batch_size=batch_size,
+        n_process=n_process,
+        max_piece_tokens=max_piece_tokens,
+    )
+    for document, result in results:
+        if isinstance(result, Failure):
+            report.problems.append(result)
+        else:
+            report.annotated += 1
+            yield document.id, result
+
+
+def annotate_documents(
+    nlp: Language,
+    documents: Iterable[Document],
+    *,
+    batch_size: int,
+    n_process: int = 1,
+    max_piece_tokens: int = DEFAULT_MAX_PIECE_TOKENS,
+) -> Iterator[Tuple[Document, Union[Doc, Failure]]]:
+    """Run the pipeline over `documents`, isolating the documents that fail: the per-batch
+    code of `secner annotate`, in process and in each Ray actor alike. Documents longer than
+    `max_piece_tokens` tokens are annotated in pieces of whole sentences (`pipe_in_pieces`),
+    so memory does not grow with the longest document.
+
+    When the pipeline raises, the documents it had taken but not returned are retried one at a
+    time, so only the one that raises fails, and the run goes on. An error raised by
+    `documents` itself is not the pipeline's and ends the run.
+
+    YIELDS (Tuple[Document, Union[Doc, Failure]]): Each document, in order, with its doc or
+        its failure.
+    """
+    source = iter(documents)
+    pending: Deque[Document] = deque()
+    source_failed = False
+
+    def feed() -> Iterator[Tuple[Union[str, Doc], Document]]:
+        nonlocal source_failed
+        while True:
+            try:
+                document = next(source)
+            except StopIteration:
+                return
+            except BaseException:
+                source_failed = True
+                raise
+            pending.append(document)
+            yield make_input(nlp, document), document
 
     while True:
         try:
-            for doc, doc_id in pipe_in_pieces(
+            for doc, document in pipe_in_pieces(
                 nlp,
                 feed(),
                 as_tuples=True,
@@ -164,45 +208,31 @@ def annotate_items(
                 max_piece_tokens=max_piece_tokens,
             ):
                 pending.popleft()
-                report.annotated += 1
-                yield doc_id, doc
+                yield document, doc
             return
-        except InputError:
-            raise
         except Exception:
-            if not pending:
-                raise  # not a document's fault: the pipeline cannot run at all
+            if source_failed or not pending:
+                raise  # not a document's fault: the input ended or the pipeline cannot run
         while pending:
             document = pending.popleft()
             try:
                 (doc,) = pipe_in_pieces(
-                    nlp, [document.text], batch_size=batch_size, max_piece_tokens=max_piece_tokens
+                    nlp,
+                    [make_input(nlp, document)],
+                    batch_size=batch_size,
+                    max_piece_tokens=max_piece_tokens,
                 )
             except Exception as err:
-                reason = "pipeline error: " + one_line(err)
-                report.problems.append(Failure(document.id, reason))
+                yield document, Failure(document.id, "pipeline error: " + one_line(err))
                 continue
-            report.annotated += 1
-            yield document.id, doc
-
-
-def skip_finished(items: Iterable[Item], finished: Counter, report: Report) -> Iterator[Item]:
-    """The items, less the documents a resumed journal already holds: the n-th document with
-    an id is taken as done when the journal holds at least n documents with that id."""
-    left = Counter(finished)
-    for item in items:
-        if isinstance(item, Document) and left[item.id] > 0 and item.text.strip():
-            left[item.id] -= 1
-            report.read += 1
-            report.annotated += 1
-            continue
-        yield item
+            yield document, doc
 
 
 def annotate(
     inputs: List[Path] = typer.Argument(
         ...,
-        help="Text files, directories (searched with --glob), JSONL files, or - for stdin",
+        help="Text, PDF or HTML files, directories (searched with --glob), JSONL files, or - "
+        "for stdin",
         show_default=False,
     ),
     output: Optional[Path] = typer.Option(
@@ -223,11 +253,18 @@ def annotate(
     model: str = typer.Option(
         "en_secner", "--model", "-m", help="Pipeline package name or directory"
     ),
-    glob: str = typer.Option("*.txt", help="Files to read under directories, recursively"),
+    glob: Optional[List[str]] = typer.Option(
+        None,
+        help="Files to read under directories, recursively; repeat for several patterns. "
+        "Default: *.txt, *.pdf, *.html, *.htm (auto); *.pdf (pdf); *.html, *.htm (html); "
+        "*.txt (text, jsonl)",
+        show_default=False,
+    ),
     input_format: InputFormat = typer.Option(
         InputFormat.auto,
-        help='text: a file is a document; jsonl: a line {"id", "text"} is; '
-        "auto: jsonl for .jsonl/.ndjson files, else text",
+        help='text: a file is a document; jsonl: a line {"id", "text"} is; pdf, html: a file '
+        "is a document, its text extracted; auto: jsonl for .jsonl/.ndjson, pdf and html by "
+        "suffix or first bytes, else text",
     ),
     encoding: str = typer.Option("utf-8", help="Encoding of the input files"),
     encoding_errors: EncodingErrors = typer.Option(
@@ -246,51 +283,88 @@ def annotate(
     ),
     n_process: int = typer.Option(1, min=1, help="Processes for nlp.pipe (CPU only)"),
     gpu_id: int = typer.Option(-1, help="GPU to run on, -1 for CPU"),
+    engine: Engine = typer.Option(
+        Engine.process,
+        help="process: annotate here; ray: on a pool of actors of a Ray cluster "
+        "(pip install 'spacy-secner[ray]'; JSONL and CSV only)",
+    ),
+    address: Optional[str] = typer.Option(
+        None,
+        help="--engine ray: the cluster (auto, ray://HOST:10001). "
+        "Default: $RAY_ADDRESS, else a new local cluster",
+        show_default=False,
+    ),
+    actors: Optional[int] = typer.Option(
+        None,
+        min=1,
+        help="--engine ray: actors, each loading the pipeline once. "
+        "Default: one per CPU of the cluster (per GPU share with --gpus-per-actor)",
+        show_default=False,
+    ),
+    gpus_per_actor: float = typer.Option(
+        0.0, min=0.0, help="--engine ray: GPUs per actor; a fraction shares a GPU"
+    ),
     errors: Optional[Path] = typer.Option(
         None,
         dir_okay=False,
         show_default=False,
         help="Write the failed and skipped documents here as JSONL",
     ),
-    resume: bool = typer.Option(
+    keep_text: bool = typer.Option(
         False,
-        "--resume",
-        help="Continue an interrupted run from the journal it left beside --output",
+        "--keep-text",
+        help="JSONL: write each document's text (as extracted from a PDF or HTML page) into its "
+        "record, so the offsets can be checked",
     ),
     quiet: bool = typer.Option(
         False, "--quiet", "-q", help="No progress bar or summary, only the failures"
     ),
+    stix_per_run: bool = typer.Option(
+        False,
+        "--stix-per-run",
+        help="--format stix: one bundle for the run, not one per document (a line each)",
+    ),
+    stix_indicators: bool = typer.Option(
+        False,
+        "--stix-indicators",
+        help="--format stix: also an indicator for each observable, linked by based-on",
+    ),
     debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error"),
 ) -> None:
-    """Find the entities in documents and write them with character offsets and confidence.
+    """Find the entities in documents and write them with character offsets and confidence,
+    and the indicators of compromise where the pipeline has `cti_iocs`.
 
     Exits with 1 if any document failed (undecodable, binary, too large, malformed JSONL line,
-    pipeline error); the others are still annotated. Empty documents are skipped, not failed.
+    a PDF that is encrypted, corrupt, truncated or scanned, an HTML page with no main text,
+    pipeline error, STIX export error); the others are still annotated. Empty documents are
+    skipped, not failed.
     """
     with errors_in_one_line(debug=debug):
         check_arguments(
-            inputs,
-            output=output,
-            errors=errors,
-            encoding=encoding,
-            n_process=n_process,
-            gpu_id=gpu_id,
-            resume=resume,
+            inputs, output=output, errors=errors, encoding=encoding, n_process=n_process, gpu_id=gpu_id
         )
         fmt = output_format or format_for(output)
-        journal: Optional[Journal] = None
-        finished: Counter = Counter()
-        if output is not None:
-            settings = {"format": fmt.value, "model": model}
-            journal, finished = open_journal(
-                output, settings, resume=resume, sync_every=batch_size, quiet=quiet
+        if keep_text and fmt != OutputFormat.jsonl:
+            raise typer.BadParameter(
+                f"--keep-text writes the text into JSONL records, not {fmt.value}",
+                param_hint="--keep-text",
             )
-        paths = find_files(inputs, glob=glob)
+        writer_options = check_format(fmt, per_run=stix_per_run, indicators=stix_indicators)
+        if keep_text:
+            writer_options["keep_text"] = True
+        if engine is Engine.ray:
+            check_ray_arguments(
+                model, output_format=fmt, address=address, n_process=n_process, gpu_id=gpu_id
+            )
+        elif address is not None or actors is not None or gpus_per_actor:
+            raise typer.BadParameter(
+                "--address, --actors and --gpus-per-actor need --engine ray", param_hint="--engine"
+            )
+        globs = glob or DEFAULT_GLOBS[input_format.value]
+        paths = find_files(inputs, glob=globs)
         if not paths:
-            typer.echo(f"secner annotate: no input files (none matched --glob {glob!r})", err=True)
-        nlp = load_pipeline(model, gpu_id=gpu_id)
-        # Long documents are annotated in pieces: --max-chars is the only length limit.
-        nlp.max_length = max(nlp.max_length, max_chars)
+            shown = ", ".join(repr(g) for g in globs)
+            typer.echo(f"secner annotate: no input files (none matched --glob {shown})", err=True)
         items = read_inputs(
             paths,
             input_format=input_format.value,
@@ -298,23 +372,40 @@ def annotate(
             encoding_errors=encoding_errors.value,
             max_chars=max_chars,
         )
-        report = Report()
-        if journal is not None and journal.count:
-            report.resumed = journal.count
-            for record in journal.records():
-                report.entities.update(ent["label"] for ent in record["entities"])
-            items = skip_finished(items, finished, report)
         # A text file is one document; a JSONL file holds an unknown number.
         total = None if any(is_jsonl(p, input_format.value) for p in paths) else len(paths)
-        start = time.perf_counter()
-        try:
-            with tqdm(
-                total=total,
-                unit=" docs",
-                file=sys.stderr,
-                disable=quiet or not sys.stderr.isatty(),
-            ) as bar:
-                docs = annotate_items(
+        report = Report()
+        with ExitStack() as stack:
+            results: Iterator[Tuple[str, Union[Doc, Dict[str, Any]]]]
+            engine_errors: Tuple[type, ...] = ()
+            if engine is Engine.ray:
+                import ray.exceptions
+
+                from .. import distributed
+
+                try:
+                    stack.enter_context(distributed.cluster(address))
+                except Exception as err:  # ray.init raises plain exceptions (timeouts, connection)
+                    where = address or os.environ.get("RAY_ADDRESS") or "a new local cluster"
+                    typer.echo(f"secner annotate: cannot start or reach Ray ({where}): {err}", err=True)
+                    raise typer.Exit(1) from None
+                engine_errors = (ray.exceptions.RayError,)
+                results = distributed.annotate_items_on_ray(
+                    items,
+                    model,
+                    report=report,
+                    actors=actors or distributed.default_actors(gpus_per_actor),
+                    gpus_per_actor=gpus_per_actor,
+                    batch_size=batch_size,
+                    max_chars=max_chars,
+                    keep_text=keep_text,
+                    max_piece_tokens=max_piece_tokens,
+                )
+            else:
+                nlp = load_pipeline(model, gpu_id=gpu_id)
+                # Long documents are annotated in pieces: --max-chars is the only length limit.
+                nlp.max_length = max(nlp.max_length, max_chars)
+                results = annotate_items(
                     nlp,
                     items,
                     report=report,
@@ -322,202 +413,63 @@ def annotate(
                     n_process=n_process,
                     max_piece_tokens=max_piece_tokens,
                 )
-                if journal is None:
-                    write_stream(docs, fmt, report=report, bar=bar)
-                else:
-                    write_journal(docs, journal, fmt, report=report, bar=bar)
-                    write_from_journal(journal, fmt, output)
-                bar.update(report.done - bar.n)
-        except KeyboardInterrupt:
-            typer.echo(f"\nsecner annotate: interrupted, {stopped(output, journal)}", err=True)
-            raise typer.Exit(130) from None
-        except Exception as err:
-            message = f"{one_line(err)}; {stopped(output, journal)}"
-            raise CliError(message, code=1, traceback_hint=True) from err
-        report.seconds = time.perf_counter() - start
+            start = time.perf_counter()
+            try:
+                with atomic_output(output) as out, tqdm(
+                    total=total,
+                    unit=" docs",
+                    file=sys.stderr,
+                    disable=quiet or not sys.stderr.isatty(),
+                ) as bar:
+                    writer = WRITERS[fmt.value](out, **writer_options)
+                    for doc_id, result in results:
+                        write_result(writer, doc_id, result, report=report)
+                        bar.update(report.done - bar.n)
+                    writer.close()
+                    bar.update(report.done - bar.n)
+            except KeyboardInterrupt:
+                kept = "output on stdout is incomplete" if output is None else f"{output} not written"
+                typer.echo(f"\nsecner annotate: interrupted, {kept}", err=True)
+                raise typer.Exit(130) from None
+            except engine_errors as err:
+                kept = "output on stdout is incomplete" if output is None else f"{output} not written"
+                # Ray's message holds the remote traceback: its first and last lines say what broke.
+                lines = str(err).strip().splitlines() or [type(err).__name__]
+                cause = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+                typer.echo(f"secner annotate: the Ray run failed, {kept}: {cause}", err=True)
+                raise typer.Exit(1) from None
+            except Exception as err:
+                kept = "output on stdout is incomplete" if output is None else f"{output} not written"
+                raise CliError(f"{one_line(err)}; {kept}", code=1, traceback_hint=True) from err
+            report.seconds = time.perf_counter() - start
         if errors is not None:
             write_failures(errors, report.problems)
-    if quiet:
-        for line in problem_lines(report.failed, limit=len(report.failed)):
-            typer.echo(line, err=True)
-    else:
-        typer.echo(report.summary(), err=True)
-    raise typer.Exit(1 if report.failed else 0)
-
-
-def write_stream(
-    docs: Iterable[Tuple[str, Doc]], fmt: OutputFormat, *, report: Report, bar: tqdm
-) -> None:
-    """Write each document to stdout as soon as it is annotated."""
-    with atomic_output(None) as out:
-        writer = WRITERS[fmt.value](out)
-        for doc_id, doc in docs:
-            writer.write(doc_id, doc)
-            report.entities.update(ent.label_ for ent in doc.ents)
-            bar.update(report.done - bar.n)
-        writer.close()
-
-
-def write_journal(
-    docs: Iterable[Tuple[str, Doc]],
-    journal: Journal,
-    fmt: OutputFormat,
-    *,
-    report: Report,
-    bar: tqdm,
-) -> None:
-    """Add each document to the journal as soon as it is annotated."""
-    with_text = WRITERS[fmt.value].needs_text
-    for doc_id, doc in docs:
-        journal.append(document_record(doc_id, doc, with_text=with_text))
-        report.entities.update(ent.label_ for ent in doc.ents)
-        bar.update(report.done - bar.n)
-
-
-def write_from_journal(journal: Journal, fmt: OutputFormat, output: Path) -> None:
-    """Write the output from the finished journal, atomically, then remove the journal."""
-    journal.close()
-    with atomic_output(output) as out:
-        writer = WRITERS[fmt.value](out)
-        for record in journal.records():
-            writer.write_record(record)
-        writer.close()
-    journal.remove()
-
-
-def stopped(output: Optional[Path], journal: Optional[Journal]) -> str:
-    """What a run that stops early leaves behind, for its last message."""
-    if output is None:
-        return "output on stdout is incomplete"
-    message = f"{output} not written"
-    if journal is not None:
-        journal.close()
-        if journal.count:
-            message += (
-                f"; the {journal.count} finished documents are kept in {journal.path}: "
-                "rerun with --resume to continue"
-            )
-    return message
-
-
-def open_journal(
-    output: Path, settings: Dict[str, str], *, resume: bool, sync_every: int, quiet: bool
-) -> Tuple[Journal, Counter]:
-    """The journal of a run writing to `output`, and the documents it holds already (with
-    `resume`). A journal left by an interrupted run is never reused without `resume`."""
-    journal = Journal(journal_path(output), settings, sync_every=sync_every)
-    if not journal.path.exists():
-        if resume and not quiet:
-            typer.echo(
-                f"secner annotate: no journal at {journal.path}: nothing to resume, "
-                "starting from the first document",
-                err=True,
-            )
-        return journal, Counter()
-    if not resume:
-        raise CliError(
-            f"{journal.path} holds the documents finished by an interrupted run: add --resume "
-            "to continue it, or delete it to start over"
-        )
-    # The output's temporary file, if the run was killed while writing it.
-    for temporary in leftover_temporaries(output):
-        temporary.unlink(missing_ok=True)
-    try:
-        return journal, journal.resume()
-    except JournalError as err:
-        raise CliError(str(err)) from None
-    except OSError as err:
-        raise CliError(f"cannot read the journal {journal.path}: {err.strerror}") from None
-
-
-@contextmanager
-def errors_in_one_line(*, debug: bool) -> Iterator[None]:
-    """Report an error as one line on stderr and exit with its code: 2 for an error in the
-    arguments, 1 for the rest. `debug` prints the traceback first (without local variables:
-    they could hold report text). Typer's and click's own exits go through."""
-    try:
-        yield
-    except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
-        raise
-    except Exception as err:
-        if isinstance(err, CliError):
-            message, code, hint = str(err), err.code, err.traceback_hint
+        if quiet:
+            for line in problem_lines(report.failed, limit=len(report.failed)):
+                typer.echo(line, err=True)
         else:
-            message, code, hint = one_line(err), 1, True
-        if debug:
-            traceback.print_exc(file=sys.stderr)
-        elif hint:
-            message += " (--debug shows the traceback)"
-        typer.echo(f"secner annotate: error: {message}", err=True)
-        raise typer.Exit(code) from None
+            typer.echo(report.summary(), err=True)
+        raise typer.Exit(1 if report.failed else 0)
 
 
-def check_arguments(
-    inputs: List[Path],
-    *,
-    output: Optional[Path],
-    errors: Optional[Path],
-    encoding: str,
-    n_process: int,
-    gpu_id: int,
-    resume: bool,
+def write_result(
+    writer: Any, doc_id: str, result: Union[Doc, Dict[str, Any]], *, report: Report
 ) -> None:
-    """Reject what cannot work before the pipeline loads (exit code 2)."""
-    missing = [str(p) for p in inputs if p != STDIN and not p.exists()]
-    if missing:
-        raise CliError(f"no such file or directory: {', '.join(missing)}")
-    if inputs.count(STDIN) > 1:
-        raise CliError("stdin (-) can be read only once")
-    try:
-        codecs.lookup(encoding)
-    except LookupError:
-        raise CliError(f"--encoding: unknown encoding {encoding!r}") from None
-    if n_process > 1 and gpu_id >= 0:
-        raise CliError("--n-process > 1 runs on CPU only: drop it or --gpu-id")
-    if output is not None and errors is not None and output.resolve() == errors.resolve():
-        raise CliError("--errors must not be the --output file")
-    if resume and output is None:
-        raise CliError("--resume needs --output: the journal it resumes is kept beside it")
-    for option, path in (("--output", output), ("--errors", errors)):
-        if path is not None:
-            check_writable(path, option)
-
-
-def check_writable(path: Path, option: str) -> None:
-    """Whether a file can be created at `path` (its missing parents are made when it is
-    written); RAISES CliError naming the path if not."""
-    if path.is_dir():
-        raise CliError(f"{option}: {path} is a directory")
-    existing = path.parent
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise CliError(f"{option}: cannot create {path}: {existing} is not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise CliError(f"{option}: cannot create {path}: no permission to write in {existing}")
-
-
-def load_pipeline(model: str, *, gpu_id: int) -> Language:
-    if gpu_id >= 0:
+    """Write a doc annotated here, or the `document_record` a Ray actor made, and count it."""
+    if isinstance(result, Doc):
         try:
-            spacy.require_gpu(gpu_id)
-        except Exception as err:
-            raise CliError(f"--gpu-id: GPU {gpu_id} is not usable: {one_line(err)}") from err
-    try:
-        return spacy.load(model)
-    except Exception as err:
-        # spaCy's E050 (neither an installed package nor a pipeline directory) is an OSError;
-        # anything else is a pipeline that is there but cannot be loaded.
-        if isinstance(err, OSError) and "E050" in str(err):
-            raise CliError(f"--model: {err}") from err
-        message = f"--model: cannot load the pipeline {model}: {one_line(err)}"
-        raise CliError(message, traceback_hint=True) from err
+            writer.write(doc_id, result)
+        except WriteError as err:
+            # Annotated but not written: it fails like any other document.
+            report.annotated -= 1
+            report.problems.append(Failure(doc_id, str(err)))
+            return
+        report.entities.update(ent.label_ for ent in result.ents)
+        if IOCS_KEY in result.spans:
+            report.iocs.update(span.label_ for span in result.spans[IOCS_KEY])
+    else:
+        writer.write_record(result)
+        report.entities.update(ent["label"] for ent in result["entities"])
+        report.iocs.update(ioc["label"] for ioc in result.get("iocs") or [])
 
 
-def format_for(output: Optional[Path]) -> OutputFormat:
-    suffix = output.suffix.lower() if output is not None else ""
-    if suffix == ".csv":
-        return OutputFormat.csv
-    if suffix in (".html", ".htm"):
-        return OutputFormat.html
-    return OutputFormat.jsonl
