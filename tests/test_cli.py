@@ -358,36 +358,45 @@ def test_usage_errors_exit_2(model_dir, tmp_path):
 def test_output_is_replaced_only_when_the_run_completes(model_dir, tmp_path, monkeypatch):
     texts = write_texts(tmp_path / "in", {f"{i}.txt": text for i, text in enumerate(TRAIN_TEXTS)})
     out = tmp_path / "out" / "ents.jsonl"
+    journal = tmp_path / "out" / ".ents.jsonl.journal"
     out.parent.mkdir()
     out.write_text("previous run\n")
-    write = writers.JsonlWriter.write
+    write_record = writers.JsonlWriter.write_record
     written = []
 
-    def crash_on_third(self, doc_id, doc):
+    def crash_on_third(self, record):
         if len(written) == 2:
             raise RuntimeError("simulated crash")
-        written.append(doc_id)
-        write(self, doc_id, doc)
+        written.append(record["id"])
+        write_record(self, record)
 
-    # A crash while the output is written: one line, and the old output stays whole.
-    monkeypatch.setattr(writers.JsonlWriter, "write", crash_on_third)
+    # A crash while the output is written: the old output stays, the journal is kept.
+    monkeypatch.setattr(writers.JsonlWriter, "write_record", crash_on_third)
     result = run(model_dir, str(tmp_path / "in"), "-o", str(out))
     assert result.exit_code == 1
     assert written == list(texts)[:2]
     assert out.read_text() == "previous run\n"
-    assert os.listdir(out.parent) == ["ents.jsonl"]
+    assert sorted(os.listdir(out.parent)) == [journal.name, "ents.jsonl"]
     (line,) = result.stderr.splitlines()
-    assert "RuntimeError: simulated crash" in line and f"{out} not written" in line
+    assert "RuntimeError: simulated crash" in line
+    assert f"the 5 finished documents are kept in {journal}: rerun with --resume" in line
 
-    def interrupt(self, doc_id, doc):
+    monkeypatch.setattr(writers.JsonlWriter, "write_record", write_record)
+    result = run(model_dir, str(tmp_path / "in"), "-o", str(out), "--resume")
+    assert result.exit_code == 0, result.output
+    assert [r["id"] for r in read_jsonl(out.read_text())] == list(texts)
+    assert os.listdir(out.parent) == ["ents.jsonl"]
+
+    def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(writers.JsonlWriter, "write", interrupt)
+    monkeypatch.setattr("spacy_secner.cli.annotate.Journal.append", interrupt)
+    before = out.read_text()
     result = run(model_dir, str(tmp_path / "in"), "-o", str(out))
     assert result.exit_code == 130
     assert f"interrupted, {out} not written" in result.stderr
-    assert out.read_text() == "previous run\n"
-    assert os.listdir(out.parent) == ["ents.jsonl"]
+    assert out.read_text() == before
+    assert os.listdir(out.parent) == ["ents.jsonl"]  # no journal: nothing was finished
 
     monkeypatch.undo()
     new = tmp_path / "out" / "new.jsonl"

@@ -208,6 +208,7 @@ def test_usage_errors_are_one_line(model_dir, tmp_path):
     cases = [
         (["-", "--encoding", "no-such-codec"], "--encoding: unknown encoding 'no-such-codec'"),
         ([str(tmp_path / "missing.txt")], f"no such file or directory: {tmp_path / 'missing.txt'}"),
+        (["-", "--resume"], "--resume needs --output"),
     ]
     for args, message in cases:
         result = run(model_dir, *args, input="x")

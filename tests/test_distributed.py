@@ -237,6 +237,35 @@ def test_cli_ray_engine_writes_what_in_process_writes(ray_cluster, model_dir, tm
     assert not list(tmp_path.glob(".there.*"))  # no temporary file left beside the output
 
 
+def test_cli_ray_engine_resumes_an_interrupted_run(ray_cluster, model_dir, tmp_path, monkeypatch):
+    """The journal holds the actors' records: a run killed mid-way resumes on Ray to the file an
+    uninterrupted run in process writes."""
+    from spacy_secner.cli.journal import Journal
+
+    inputs = write_inputs(tmp_path)
+    base = ["annotate", "--model", str(model_dir), "--batch-size", "4", *inputs]
+    reference = tmp_path / "reference.jsonl"
+    assert runner.invoke(app, [*base, "-o", str(reference)]).exit_code == 1
+    out = tmp_path / "out.jsonl"
+    ray_options = ["-o", str(out), "--engine", "ray", "--actors", "1"]
+    append = Journal.append
+
+    def append_then_die(self, record):
+        if self.count >= 5:
+            raise SystemExit("killed")
+        append(self, record)
+
+    monkeypatch.setattr(Journal, "append", append_then_die)
+    runner.invoke(app, [*base, *ray_options])
+    monkeypatch.undo()
+    assert not out.exists()
+    result = runner.invoke(app, [*base, *ray_options, "--resume"])
+    assert result.exit_code == 1, result.output
+    assert out.read_text(encoding="utf8") == reference.read_text(encoding="utf8")
+    assert "18 annotated (5 from the journal)" in result.stderr
+    assert not list(tmp_path.glob(".out.*"))  # neither the journal nor a temporary file
+
+
 def test_cli_rejects_what_ray_cannot_do(model_dir, tmp_path):
     path = tmp_path / "a.txt"
     path.write_text(TRAIN_TEXTS[0], encoding="utf8")

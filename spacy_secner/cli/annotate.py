@@ -16,7 +16,7 @@ from spacy.language import Language
 from spacy.tokens import Doc
 from tqdm import tqdm
 
-from ..atomic import atomic_output
+from ..atomic import atomic_output, leftover_temporaries
 from ..documents import mark_blocks
 from ..long_docs import DEFAULT_MAX_PIECE_TOKENS, pipe_in_pieces
 from .options import (
@@ -42,7 +42,8 @@ from .readers import (
     is_jsonl,
     read_inputs,
 )
-from .writers import IOCS_KEY, WRITERS, WriteError, write_failures
+from .journal import Journal, JournalError, journal_path
+from .writers import IOCS_KEY, WRITERS, WriteError, document_record, write_failures
 
 
 @dataclass
@@ -55,6 +56,7 @@ class Report:
     entities: Counter = field(default_factory=Counter)
     iocs: Counter = field(default_factory=Counter)
     seconds: float = 0.0
+    resumed: int = 0
 
     @property
     def failed(self) -> List[Failure]:
@@ -69,9 +71,10 @@ class Report:
         return self.annotated + len(self.problems)
 
     def summary(self, *, limit: int = 20) -> str:
-        rate = self.annotated / self.seconds if self.seconds > 0 else 0.0
+        rate = (self.annotated - self.resumed) / self.seconds if self.seconds > 0 else 0.0
+        resumed = f" ({self.resumed} from the journal)" if self.resumed else ""
         lines = [
-            f"secner annotate: {self.read} documents read, {self.annotated} annotated, "
+            f"secner annotate: {self.read} documents read, {self.annotated} annotated{resumed}, "
             f"{len(self.skipped)} skipped, {len(self.failed)} failed in {self.seconds:.1f} s "
             f"({rate:.1f} docs/s)"
         ]
@@ -329,6 +332,11 @@ def annotate(
         "--stix-indicators",
         help="--format stix: also an indicator for each observable, linked by based-on",
     ),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Continue an interrupted run from the journal it left beside --output",
+    ),
     debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error"),
 ) -> None:
     """Find the entities in documents and write them with character offsets and confidence,
@@ -360,6 +368,15 @@ def annotate(
             raise typer.BadParameter(
                 "--address, --actors and --gpus-per-actor need --engine ray", param_hint="--engine"
             )
+        journal, finished = open_journal(
+            output,
+            fmt,
+            model=model,
+            keep_text=keep_text,
+            resume=resume,
+            sync_every=batch_size,
+            quiet=quiet,
+        )
         globs = glob or DEFAULT_GLOBS[input_format.value]
         paths = find_files(inputs, glob=globs)
         if not paths:
@@ -375,6 +392,11 @@ def annotate(
         # A text file is one document; a JSONL file holds an unknown number.
         total = None if any(is_jsonl(p, input_format.value) for p in paths) else len(paths)
         report = Report()
+        if journal is not None and journal.count:
+            report.resumed = journal.count
+            for record in journal.records():
+                count_record(record, report=report)
+            items = skip_finished(items, finished, report)
         with ExitStack() as stack:
             results: Iterator[Tuple[str, Union[Doc, Dict[str, Any]]]]
             engine_errors: Tuple[type, ...] = ()
@@ -415,32 +437,31 @@ def annotate(
                 )
             start = time.perf_counter()
             try:
-                with atomic_output(output) as out, tqdm(
+                with tqdm(
                     total=total,
                     unit=" docs",
                     file=sys.stderr,
                     disable=quiet or not sys.stderr.isatty(),
                 ) as bar:
-                    writer = WRITERS[fmt.value](out, **writer_options)
-                    for doc_id, result in results:
-                        write_result(writer, doc_id, result, report=report)
-                        bar.update(report.done - bar.n)
-                    writer.close()
+                    if journal is None:
+                        write_results(results, fmt, output, writer_options, report=report, bar=bar)
+                    else:
+                        write_journal(results, journal, keep_text=keep_text, report=report, bar=bar)
+                        write_from_journal(journal, fmt, output, writer_options)
                     bar.update(report.done - bar.n)
             except KeyboardInterrupt:
-                kept = "output on stdout is incomplete" if output is None else f"{output} not written"
-                typer.echo(f"\nsecner annotate: interrupted, {kept}", err=True)
+                typer.echo(f"\nsecner annotate: interrupted, {stopped(output, journal)}", err=True)
                 raise typer.Exit(130) from None
             except engine_errors as err:
-                kept = "output on stdout is incomplete" if output is None else f"{output} not written"
                 # Ray's message holds the remote traceback: its first and last lines say what broke.
                 lines = str(err).strip().splitlines() or [type(err).__name__]
                 cause = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+                kept = stopped(output, journal)
                 typer.echo(f"secner annotate: the Ray run failed, {kept}: {cause}", err=True)
                 raise typer.Exit(1) from None
             except Exception as err:
-                kept = "output on stdout is incomplete" if output is None else f"{output} not written"
-                raise CliError(f"{one_line(err)}; {kept}", code=1, traceback_hint=True) from err
+                message = f"{one_line(err)}; {stopped(output, journal)}"
+                raise CliError(message, code=1, traceback_hint=True) from err
             report.seconds = time.perf_counter() - start
         if errors is not None:
             write_failures(errors, report.problems)
@@ -469,7 +490,130 @@ def write_result(
             report.iocs.update(span.label_ for span in result.spans[IOCS_KEY])
     else:
         writer.write_record(result)
-        report.entities.update(ent["label"] for ent in result["entities"])
-        report.iocs.update(ioc["label"] for ioc in result.get("iocs") or [])
+        count_record(result, report=report)
 
 
+def count_record(record: Dict[str, Any], *, report: Report) -> None:
+    report.entities.update(ent["label"] for ent in record["entities"])
+    report.iocs.update(ioc["label"] for ioc in record.get("iocs") or [])
+
+
+def write_results(
+    results: Iterable[Tuple[str, Union[Doc, Dict[str, Any]]]],
+    fmt: OutputFormat,
+    output: Optional[Path],
+    writer_options: Dict[str, Any],
+    *,
+    report: Report,
+    bar: tqdm,
+) -> None:
+    """Write each document as it is annotated: to stdout, or (STIX) to the output, atomically."""
+    with atomic_output(output) as out:
+        writer = WRITERS[fmt.value](out, **writer_options)
+        for doc_id, result in results:
+            write_result(writer, doc_id, result, report=report)
+            bar.update(report.done - bar.n)
+        writer.close()
+
+
+def write_journal(
+    results: Iterable[Tuple[str, Union[Doc, Dict[str, Any]]]],
+    journal: Journal,
+    *,
+    keep_text: bool,
+    report: Report,
+    bar: tqdm,
+) -> None:
+    """Add each document's record to the journal as soon as it is annotated."""
+    for doc_id, result in results:
+        if isinstance(result, Doc):
+            text = keep_text or journal.header["format"] == OutputFormat.html.value
+            result = document_record(doc_id, result, keep_text=text)
+        journal.append(result)
+        count_record(result, report=report)
+        bar.update(report.done - bar.n)
+
+
+def write_from_journal(
+    journal: Journal, fmt: OutputFormat, output: Path, writer_options: Dict[str, Any]
+) -> None:
+    """Write the output from the finished journal, atomically, then remove the journal."""
+    journal.close()
+    with atomic_output(output) as out:
+        writer = WRITERS[fmt.value](out, **writer_options)
+        for record in journal.records():
+            writer.write_record(record)
+        writer.close()
+    journal.remove()
+
+
+def stopped(output: Optional[Path], journal: Optional[Journal]) -> str:
+    """What a run that stops early leaves behind, for its last message."""
+    if output is None:
+        return "output on stdout is incomplete"
+    message = f"{output} not written"
+    if journal is not None:
+        journal.close()
+        if journal.count:
+            message += (
+                f"; the {journal.count} finished documents are kept in {journal.path}: "
+                "rerun with --resume to continue"
+            )
+    return message
+
+
+def open_journal(
+    output: Optional[Path],
+    fmt: OutputFormat,
+    *,
+    model: str,
+    keep_text: bool,
+    resume: bool,
+    sync_every: int,
+    quiet: bool,
+) -> Tuple[Optional[Journal], Counter]:
+    """The journal of a run writing to `output`, and the documents it holds already (with
+    `resume`); None for output on stdout and for STIX, whose bundles are built from the docs.
+    A journal left by an interrupted run is never reused without `resume`."""
+    if output is None or fmt == OutputFormat.stix:
+        if resume:
+            why = "--output" if output is None else "another format than stix"
+            raise CliError(f"--resume needs {why}: the journal it resumes keeps records")
+        return None, Counter()
+    settings = {"format": fmt.value, "model": model, "keep_text": keep_text}
+    journal = Journal(journal_path(output), settings, sync_every=sync_every)
+    if not journal.path.exists():
+        if resume and not quiet:
+            typer.echo(
+                f"secner annotate: no journal at {journal.path}: nothing to resume, "
+                "starting from the first document",
+                err=True,
+            )
+        return journal, Counter()
+    if not resume:
+        raise CliError(
+            f"{journal.path} holds the documents finished by an interrupted run: add --resume "
+            "to continue it, or delete it to start over"
+        )
+    # The output's temporary file, if the run was killed while writing it.
+    for temporary in leftover_temporaries(output):
+        temporary.unlink(missing_ok=True)
+    try:
+        return journal, journal.resume()
+    except JournalError as err:
+        raise CliError(str(err)) from None
+    except OSError as err:
+        raise CliError(f"cannot read the journal {journal.path}: {err.strerror}") from None
+
+
+def skip_finished(items: Iterable[Item], finished: Counter, report: Report) -> Iterator[Item]:
+    """The items, less the documents a resumed journal already holds: the n-th document with
+    an id is taken as done when the journal holds at least n documents with that id."""
+    left = Counter(finished)
+    for item in items:
+        if isinstance(item, Document) and left[item.id] > 0 and item.text.strip():
+            left[item.id] -= 1
+            report.read += 1
+            report.annotated += 1
+            continue
+        yield item

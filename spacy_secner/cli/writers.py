@@ -168,8 +168,12 @@ class HtmlWriter:
         self.parsed: List[Dict[str, Any]] = []
 
     def write(self, doc_id: str, doc: Doc) -> None:
+        self.write_record(document_record(doc_id, doc, keep_text=True))
+
+    def write_record(self, record: Dict[str, Any]) -> None:
+        """Add a `document_record` made with its text (`keep_text`)."""
         ents = []
-        for ent in entity_records(doc):
+        for ent in record["entities"]:
             tooltip = "" if ent["confidence"] is None else f"confidence {ent['confidence']:.2f}"
             ents.append(
                 {
@@ -179,8 +183,10 @@ class HtmlWriter:
                     "params": {"tooltip": tooltip},
                 }
             )
-        # displaCy writes titles and labels into the markup as they are.
-        self.parsed.append({"text": doc.text, "ents": ents, "title": html.escape(doc_id)})
+        # displaCy escapes the text, but writes titles and labels into the markup as they are.
+        self.parsed.append(
+            {"text": record["text"], "ents": ents, "title": html.escape(record["id"])}
+        )
 
     def close(self) -> None:
         template = TPL_ENT.replace(
