@@ -167,10 +167,11 @@ def test_dataset_on_two_actors_equals_in_process(ray_cluster, model_dir, load_lo
     assert status["blank"] == ("skipped", "empty")
     assert status["megabyte"] == ("failed", f"too large: {1 << 20} chars > limit of 1000000")
     assert status["boom"] == ("failed", "pipeline error: RuntimeError: this doc goes boom")
-    # 45 rows in batches of 4 on a pool of 2 actors: each actor loaded the pipeline once (the
-    # other line of the log is the load in this process, for `expected`).
+    # 45 rows in batches of 4 on a pool of 2 actors: each actor that ran loaded the pipeline
+    # once (the other line of the log is the load in this process, for `expected`). Ray Data
+    # may finish the blocks on one actor before the second is scheduled on a busy machine.
     loads = [pid for pid in read_log(load_log) if pid != str(os.getpid())]
-    assert len(loads) == 2 and len(set(loads)) == 2
+    assert 1 <= len(loads) <= 2 and len(set(loads)) == len(loads)
 
 
 def message(result) -> str:
