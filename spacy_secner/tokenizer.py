@@ -34,9 +34,22 @@ from spacy.util import compile_infix_regex, compile_prefix_regex, compile_suffix
 
 from .detokenize import join_tokens, token_offsets
 
-# A dot as reports write it: plain, or defanged as [.] (.) {.} [dot] (dot).
-_DOT = r"(?:\.|\[\.\]|\(\.\)|\{\.\}|\[dot\]|\(dot\))"
-_AT = r"(?:@|\[@\]|\[at\]|\(at\))"
+# A dot, an at sign and a scheme separator as reports write them: plain or defanged. The
+# patterns below accept exactly these forms, and `iocs.refang` undoes exactly these.
+DOT_FORMS = (".", "[.]", "(.)", "{.}", "[dot]", "(dot)")
+AT_FORMS = ("@", "[@]", "[at]", "(at)")
+SCHEME_SEPARATORS = ("://", "[://]", "[:]//", ":[//]")
+# Schemes, defanged (hxxp, fxp) or not, before a separator.
+URL_SCHEMES = r"h(?:tt|xx)ps?|s?ftps?|fxp|file|wss?|tcp|udp|ldaps?|smb"
+
+
+def alternatives(forms: Sequence[str]) -> str:
+    """A non-capturing group matching any of `forms` literally."""
+    return "(?:" + "|".join(re.escape(form) for form in forms) + ")"
+
+
+_DOT = alternatives(DOT_FORMS)
+_AT = alternatives(AT_FORMS)
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _H16 = r"[0-9A-Fa-f]{1,4}"
 _HOST = rf"(?:[A-Za-z0-9](?:[\w-]*[A-Za-z0-9])?{_DOT})+[A-Za-z]{{2,63}}"
@@ -44,7 +57,7 @@ _PORT_PATH = r"(?::\d{1,5})?(?:[/?#]\S*)?"
 
 INDICATOR_PATTERNS: Dict[str, str] = {
     # Scheme first, so hxxp://, fxp:// and http[:]// make a URL whatever follows them.
-    "url": r"(?i:h(?:tt|xx)ps?|s?ftps?|fxp|file|wss?|tcp|udp)(?:://|\[://\]|\[:\]//|:\[//\])\S*",
+    "url": rf"(?i:{URL_SCHEMES}){alternatives(SCHEME_SEPARATORS)}\S*",
     "email": rf"[\w.+-]+{_AT}{_HOST}",
     # Dotted quad, defanged or not, with an optional CIDR suffix, port and path.
     "ipv4": rf"{_OCTET}(?:{_DOT}{_OCTET}){{3}}(?:/\d{{1,2}})?{_PORT_PATH}",

@@ -150,12 +150,23 @@ def test_csv_output_one_row_per_entity(model_dir, tmp_path):
     assert result.stdout == ""
     with out.open(encoding="utf8", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["doc_id", "label", "text", "start", "end", "confidence"]
+    assert list(rows[0]) == [
+        "doc_id",
+        "label",
+        "text",
+        "start",
+        "end",
+        "confidence",
+        "kind",
+        "value",
+        "page",
+    ]
     expected = [(path, ent) for path, ents in zip(texts, GOLD_ENTS) for ent in ents]
     assert [(r["doc_id"], (r["text"], r["label"])) for r in rows] == expected
     for row in rows:
         assert texts[row["doc_id"]][int(row["start"]) : int(row["end"])] == row["text"]
         assert row["confidence"] == "" or 0.0 <= float(row["confidence"]) <= 1.0
+        assert (row["kind"], row["value"], row["page"]) == ("entity", "", "")
 
 
 def test_confidence_is_null_when_the_pipe_gives_none(model_dir, tmp_path):
@@ -347,35 +358,47 @@ def test_usage_errors_exit_2(model_dir, tmp_path):
 def test_output_is_replaced_only_when_the_run_completes(model_dir, tmp_path, monkeypatch):
     texts = write_texts(tmp_path / "in", {f"{i}.txt": text for i, text in enumerate(TRAIN_TEXTS)})
     out = tmp_path / "out" / "ents.jsonl"
+    journal = tmp_path / "out" / ".ents.jsonl.journal"
     out.parent.mkdir()
     out.write_text("previous run\n")
-    write = writers.JsonlWriter.write
+    write_record = writers.JsonlWriter.write_record
     written = []
 
-    def crash_on_third(self, doc_id, doc):
+    def crash_on_third(self, record):
         if len(written) == 2:
             raise RuntimeError("simulated crash")
-        written.append(doc_id)
-        write(self, doc_id, doc)
+        written.append(record["id"])
+        write_record(self, record)
 
-    monkeypatch.setattr(writers.JsonlWriter, "write", crash_on_third)
+    # A crash while the output is written: the old output stays, the journal is kept.
+    monkeypatch.setattr(writers.JsonlWriter, "write_record", crash_on_third)
     result = run(model_dir, str(tmp_path / "in"), "-o", str(out))
-    assert isinstance(result.exception, RuntimeError)
+    assert result.exit_code == 1
     assert written == list(texts)[:2]
     assert out.read_text() == "previous run\n"
+    assert sorted(os.listdir(out.parent)) == [journal.name, "ents.jsonl"]
+    (line,) = result.stderr.splitlines()
+    assert "RuntimeError: simulated crash" in line
+    assert f"the 5 finished documents are kept in {journal}: rerun with --resume" in line
+
+    monkeypatch.setattr(writers.JsonlWriter, "write_record", write_record)
+    result = run(model_dir, str(tmp_path / "in"), "-o", str(out), "--resume")
+    assert result.exit_code == 0, result.output
+    assert [r["id"] for r in read_jsonl(out.read_text())] == list(texts)
     assert os.listdir(out.parent) == ["ents.jsonl"]
 
-    def interrupt(self, doc_id, doc):
+    def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(writers.JsonlWriter, "write", interrupt)
+    monkeypatch.setattr("spacy_secner.cli.annotate.Journal.append", interrupt)
+    before = out.read_text()
     result = run(model_dir, str(tmp_path / "in"), "-o", str(out))
     assert result.exit_code == 130
     assert f"interrupted, {out} not written" in result.stderr
-    assert out.read_text() == "previous run\n"
-    assert os.listdir(out.parent) == ["ents.jsonl"]
+    assert out.read_text() == before
+    assert os.listdir(out.parent) == ["ents.jsonl"]  # no journal: nothing was finished
 
-    monkeypatch.setattr(writers.JsonlWriter, "write", write)
+    monkeypatch.undo()
     new = tmp_path / "out" / "new.jsonl"
     assert run(model_dir, str(tmp_path / "in"), "-o", str(new)).exit_code == 0
     assert len(read_jsonl(new.read_text())) == len(TRAIN_TEXTS)
@@ -394,7 +417,9 @@ def test_an_error_reading_the_inputs_ends_the_run(model_dir, tmp_path, monkeypat
     monkeypatch.setattr("spacy_secner.cli.annotate.read_inputs", broken_reader)
     out = tmp_path / "out.jsonl"
     result = run(model_dir, "-", "-o", str(out), input="")
-    assert "disk on fire" in str(result.exception)
+    assert result.exit_code == 1
+    (line,) = result.stderr.splitlines()
+    assert "reading the inputs failed: disk on fire" in line
     assert os.listdir(tmp_path) == []
 
 

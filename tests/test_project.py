@@ -14,7 +14,7 @@ CONFIGS = sorted((ROOT / "configs").glob("*.cfg"))
 def test_config_validates(path):
     config = util.load_config(path)
     nlp = util.load_model_from_config(config, auto_fill=False, validate=True)
-    assert nlp.pipe_names == ["sentencizer", "transformer", "ner_crf"]
+    assert nlp.pipe_names == ["sentencizer", "transformer", "ner_crf", "cti_iocs"]
     # The transformer reads each sentence on its own, as in training on DNRTI's sentences.
     get_spans = config["components"]["transformer"]["model"]["get_spans"]
     assert get_spans["@span_getters"] == "spacy-secner.sent_strided_spans.v1"
@@ -32,7 +32,7 @@ def test_config_validates(path):
 
 def test_project_yml_is_valid_and_all_covers_the_workflow():
     project = load_project_config(ROOT)
-    assert project["workflows"]["all"] == ["convert", "train", "evaluate", "plot", "package"]
+    assert project["workflows"]["all"] == ["convert", "train", "calibrate", "evaluate", "plot", "package"]
     commands = {c["name"]: c for c in project["commands"]}
     # Every dep is an output of another command, an asset, or a file of the repository.
     made = {out for c in commands.values() for out in c.get("outputs", []) + c.get("outputs_no_cache", [])}

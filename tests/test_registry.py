@@ -62,7 +62,8 @@ def test_entry_point_resolves_in_spacy_registry(ep: EntryPoint):
         assert Language.has_factory(ep.name)
         meta = Language.get_factory_meta(ep.name)
         assert meta.factory == ep.name
-        assert "doc.ents" in meta.assigns
+        # ner_crf writes doc.ents, cti_iocs doc.spans["iocs"].
+        assert meta.assigns
         assert spacy.util.registry.factories.get(ep.name) is obj
 
 

@@ -7,6 +7,9 @@ app = typer.Typer(
     help="Named-entity recognition for cyber-threat-intelligence text.",
     add_completion=False,
     no_args_is_help=True,
+    # A traceback must not print local variables: they hold report text, which would end up
+    # in shared logs. Errors are one line anyway; `--debug` prints the plain traceback.
+    pretty_exceptions_show_locals=False,
 )
 
 

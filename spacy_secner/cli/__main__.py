@@ -1,3 +1,5 @@
 from . import app
 
-app()
+# Guarded: importing the module (pkgutil.walk_packages does) must not run the command.
+if __name__ == "__main__":
+    app()

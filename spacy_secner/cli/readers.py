@@ -1,25 +1,47 @@
-"""Reading documents for `secner annotate`: text files, directories, JSONL and stdin.
+"""Reading documents for `secner annotate`: text, PDF and HTML files, directories, JSONL and
+stdin.
 
 Readers yield a `Document` for each text and a `Failure` for each input that cannot become one
-(undecodable, binary, too large, malformed JSONL), so one bad input never stops a run.
+(undecodable, binary, too large, malformed JSONL, a PDF that is encrypted, corrupt or scanned,
+an HTML page with no main text), so one bad input never stops a run.
 """
+
 import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Union
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+from ..documents import SNIFF_BYTES, DocumentError, extract, sniff
 
 STDIN = Path("-")
 STDIN_ID = "<stdin>"
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
+# Files `secner annotate` reads under a directory, by --input-format, unless --glob says.
+DEFAULT_GLOBS: Dict[str, Tuple[str, ...]] = {
+    "auto": ("*.txt", "*.pdf", "*.html", "*.htm"),
+    "text": ("*.txt",),
+    "jsonl": ("*.txt",),
+    "pdf": ("*.pdf",),
+    "html": ("*.html", "*.htm"),
+}
 
 
 @dataclass(frozen=True)
 class Document:
-    """A text to annotate and the id its entities are written under."""
+    """A text to annotate and the id its entities are written under.
+
+    source: Where it was read: the file, `file:line` of a JSONL line, or `<stdin>`.
+    page_starts: For a PDF, where each page starts in `text` (page 1 first).
+    block_starts: For a PDF or HTML page, where each paragraph, heading or list item starts:
+        each starts a sentence.
+    """
 
     id: str
     text: str
+    source: Optional[str] = None
+    page_starts: Tuple[int, ...] = ()
+    block_starts: Tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -42,18 +64,20 @@ class Failure:
 Item = Union[Document, Failure]
 
 
-def find_files(inputs: Iterable[Path], *, glob: str = "*.txt") -> List[Path]:
+def find_files(inputs: Iterable[Path], *, glob: Union[str, Sequence[str]] = "*.txt") -> List[Path]:
     """The files to read, in order: each file as given, the files under each directory that
-    match `glob` (recursively, sorted), and `-` (stdin) where it appears. A file reached twice
-    is read once.
+    match `glob` (one pattern or several; recursively, sorted), and `-` (stdin) where it
+    appears. A file reached twice is read once.
 
     RETURNS (List[Path]): The paths, `STDIN` for standard input.
     """
+    patterns = [glob] if isinstance(glob, str) else list(glob)
     found: List[Path] = []
     seen = set()
     for path in inputs:
         if path != STDIN and path.is_dir():
-            candidates = sorted(p for p in path.rglob(glob) if p.is_file())
+            matches = {p for pattern in patterns for p in path.rglob(pattern) if p.is_file()}
+            candidates = sorted(matches)
         else:
             candidates = [path]
         for candidate in candidates:
@@ -75,21 +99,52 @@ def read_inputs(
     """Documents and failures from files (see `find_files`) and stdin.
 
     input_format (str): "text" (a file is one document), "jsonl" (a line is one document:
-        {"id": ..., "text": ...}) or "auto" (JSONL for .jsonl/.ndjson files, else text; stdin
-        is text).
+        {"id": ..., "text": ...}), "pdf", "html" (a file is one document, its text extracted)
+        or "auto" (see `input_kind`).
     encoding_errors (str): "strict" (an undecodable input fails) or "replace" (undecodable
         bytes become U+FFFD and the text is annotated).
     max_chars (int): Longer texts fail as too large.
     """
     for path in paths:
-        if is_jsonl(path, input_format):
+        kind = input_kind(path, input_format)
+        if kind == "jsonl":
             yield from read_jsonl(
                 path, encoding=encoding, encoding_errors=encoding_errors, max_chars=max_chars
             )
+        elif kind in ("pdf", "html"):
+            yield read_document(
+                path,
+                kind,
+                encoding=encoding,
+                encoding_errors=encoding_errors,
+                max_chars=max_chars,
+            )
         else:
             yield read_text(
-                path, encoding=encoding, encoding_errors=encoding_errors, max_chars=max_chars
+                path,
+                encoding=encoding,
+                encoding_errors=encoding_errors,
+                max_chars=max_chars,
+                sniff_stdin=input_format == "auto",
             )
+
+
+def input_kind(path: Path, input_format: str) -> str:
+    """How `read_inputs` reads `path` under `input_format`: "jsonl", "pdf", "html" or "text".
+    "auto" goes by the suffix (.jsonl/.ndjson, .pdf, .html/.htm) and then by the first bytes
+    (`%PDF-`, `<!DOCTYPE html`, `<html`); stdin is sniffed once read (see `read_text`)."""
+    if input_format != "auto":
+        return input_format
+    if path == STDIN:
+        return "text"
+    if path.suffix.lower() in JSONL_SUFFIXES:
+        return "jsonl"
+    try:
+        with path.open("rb") as f:
+            head = f.read(SNIFF_BYTES)
+    except OSError:
+        return "text"  # read_text reports why it cannot be read
+    return sniff(head, path.suffix) or "text"
 
 
 def is_jsonl(path: Path, input_format: str) -> bool:
@@ -100,9 +155,15 @@ def is_jsonl(path: Path, input_format: str) -> bool:
 
 
 def read_text(
-    path: Path, *, encoding: str = "utf-8", encoding_errors: str = "strict", max_chars: int
+    path: Path,
+    *,
+    encoding: str = "utf-8",
+    encoding_errors: str = "strict",
+    max_chars: int,
+    sniff_stdin: bool = False,
 ) -> Item:
-    """One file (or stdin) as one document, its id the path as given."""
+    """One file (or stdin) as one document, its id the path as given. With `sniff_stdin`, stdin
+    that starts like a PDF or an HTML page is read as one."""
     doc_id = STDIN_ID if path == STDIN else str(path)
     try:
         if path == STDIN:
@@ -117,15 +178,61 @@ def read_text(
             data = path.read_bytes()
     except OSError as err:
         return Failure(doc_id, f"cannot read: {err.strerror or err}")
+    kind = sniff(data[:SNIFF_BYTES]) if path == STDIN and sniff_stdin else None
+    if kind is not None:
+        return read_document(
+            data,
+            kind,
+            doc_id=doc_id,
+            encoding=encoding,
+            encoding_errors=encoding_errors,
+            max_chars=max_chars,
+        )
     if b"\x00" in data:
         return Failure(doc_id, "binary file (contains NUL bytes)")
     try:
-        text = _decode(data, encoding, encoding_errors)
+        text = decode(data, encoding, encoding_errors)
     except ValueError as err:
         return Failure(doc_id, str(err))
     if len(text) > max_chars:
         return Failure(doc_id, f"too large: {len(text)} chars > limit of {max_chars}")
-    return Document(doc_id, text)
+    return Document(doc_id, text, source=doc_id)
+
+
+def read_document(
+    source: Union[Path, bytes],
+    kind: str,
+    *,
+    doc_id: Optional[str] = None,
+    encoding: str = "utf-8",
+    encoding_errors: str = "strict",
+    max_chars: int,
+) -> Item:
+    """A PDF or HTML file (or its bytes, from stdin) as one document: its text as
+    `spacy_secner.documents` extracts it, with page and block offsets. Its id is the path."""
+    if doc_id is None:
+        doc_id = STDIN_ID if source == STDIN else str(source)
+    if source == STDIN:
+        source = sys.stdin.buffer.read()
+    try:
+        extracted = extract(
+            source,
+            kind,
+            max_chars=max_chars,
+            encoding=encoding,
+            encoding_errors=encoding_errors,
+        )
+    except DocumentError as err:
+        return Failure(doc_id, f"{kind.upper()}: {err}")
+    except ImportError as err:
+        return Failure(doc_id, f"{kind.upper()} input needs spacy-secner[documents] ({err})")
+    return Document(
+        doc_id,
+        extracted.text,
+        source=doc_id,
+        page_starts=extracted.page_starts,
+        block_starts=extracted.block_starts,
+    )
 
 
 def read_jsonl(
@@ -147,7 +254,7 @@ def read_jsonl(
             if not raw.strip():
                 continue
             try:
-                line = _decode(raw, encoding, encoding_errors)
+                line = decode(raw, encoding, encoding_errors)
             except ValueError as err:
                 yield Failure(where, str(err))
                 continue
@@ -168,13 +275,13 @@ def read_jsonl(
                 reason = f"too large: {len(text)} chars > limit of {max_chars}"
                 yield Failure(doc_id, prefix + reason)
             else:
-                yield Document(doc_id, text)
+                yield Document(doc_id, text, source=where)
     finally:
         if lines is not sys.stdin.buffer:
             lines.close()
 
 
-def _decode(data: bytes, encoding: str, errors: str) -> str:
+def decode(data: bytes, encoding: str, errors: str) -> str:
     """The text of `data`; RAISES ValueError with a reason for a person if it is undecodable."""
     if encoding.replace("_", "-").lower() in ("utf-8", "utf8"):
         # A byte-order mark is not text: offsets count from the first character after it.

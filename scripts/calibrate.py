@@ -1,0 +1,95 @@
+"""Fit the confidence calibration map on dev, store it in a copy of the pipeline, and report the
+reliability before and after on dev and on the test set's raw text."""
+
+import json
+import shutil
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import spacy
+import typer
+from spacy.tokens import DocBin
+
+from spacy_secner.calibration import (
+    calibrate,
+    cross_fitted,
+    plot_reliability,
+    reliability,
+    select_calibration,
+)
+from spacy_secner.evaluation import bio_of, gold_confidence_pairs, raw_text_confidence_pairs
+
+
+def main(
+    model: Path = typer.Argument(..., help="Trained pipeline directory (read only)"),
+    dev: Path = typer.Argument(..., help="Dev DocBin: the map is fitted here"),
+    test: Path = typer.Argument(..., help="Test DocBin, read as raw text to report only"),
+    output: Path = typer.Argument(..., help="Where the calibrated pipeline is written"),
+    metrics_dir: Path = typer.Argument(Path("metrics")),
+    gpu_id: int = typer.Option(-1, help="GPU to use, -1 for CPU"),
+    sentences_per_doc: int = typer.Option(13, min=1, help="Sentences per test document text"),
+    train: Optional[Path] = typer.Option(
+        None, help="Training DocBin: also report the dev and test sentences that are not in it"
+    ),
+) -> None:
+    if gpu_id >= 0:
+        spacy.require_gpu(gpu_id)
+    nlp = spacy.load(model)
+    pipe = nlp.get_pipe("ner_crf")
+    pipe.cfg.pop("calibration", None)  # fit on the CRF's own probabilities
+    raw = {"dev": gold_confidence_pairs(nlp, dev)}
+    test_sentences = sentences_of(nlp, test)
+    raw["test (raw text)"] = raw_text_confidence_pairs(nlp, test_sentences)
+    raw[f"test (raw text, {sentences_per_doc}-sentence documents)"] = raw_text_confidence_pairs(
+        nlp, test_sentences, sentences_per_doc=sentences_per_doc
+    )
+    if train is not None:
+        # Half of DNRTI's dev and test sentences also occur in train.txt; new text is what
+        # a user brings.
+        seen = {tuple(words) for words, _ in sentences_of(nlp, train)}
+        for split, sentences in (("dev", sentences_of(nlp, dev)), ("test", test_sentences)):
+            new = [s for s in sentences if tuple(s[0]) not in seen]
+            name = f"{split} (raw text, {len(new)} sentences not in train)"
+            raw[name] = raw_text_confidence_pairs(nlp, new)
+    fitted, selection = select_calibration(raw["dev"])
+    results = {"map": fitted, "selection": selection, "splits": {}}
+    curves = {}
+    for split, pairs in raw.items():
+        before = reliability(pairs)
+        after = reliability([(calibrate(fitted, c), ok) for c, ok in pairs]) if fitted else before
+        stages = {"before": before, "after": after}
+        if split == "dev" and fitted is not None:
+            # The map was fitted on these pairs: their held-out view is each one calibrated by
+            # a map fitted on the other folds.
+            stages["after, cross-fitted"] = reliability(cross_fitted(pairs, fitted["method"]))
+        results["splits"][split] = stages
+        curves[split] = stages
+        print(
+            f"{split}: {before['entities']} entities, ECE "
+            + " -> ".join(f"{table['ece']:.4f} ({stage})" for stage, table in stages.items())
+        )
+    print(f"map: {json.dumps(fitted)[:200]} ({selection})")
+    if fitted is not None:
+        pipe.cfg["calibration"] = fitted
+    if output.exists():
+        shutil.rmtree(output)
+    nlp.to_disk(output)
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    (metrics_dir / "calibration.json").write_text(json.dumps(results, indent=2))
+    method = selection["method"] or "none"
+    plot_reliability(
+        {split: stages for split, stages in curves.items() if "documents" not in split},
+        metrics_dir / "reliability.png",
+        title=f"Entity confidence reliability, 10 bins (map: {method}, fitted on dev)",
+    )
+
+
+def sentences_of(nlp, path: Path) -> List[Tuple[List[str], List[str]]]:
+    """(words, BIO tags) of each doc of a gold DocBin."""
+    return [
+        ([t.text for t in doc], bio_of(doc)) for doc in DocBin().from_disk(path).get_docs(nlp.vocab)
+    ]
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -1,0 +1,130 @@
+"""Threat reports as analysts get them: PDF and HTML files to plain text for the pipeline.
+
+`extract(path_or_bytes, kind)` gives an `ExtractedText`: the text, where each PDF page starts in
+it (so every entity keeps its page) and where each block (paragraph, heading, list item, table
+row) starts, so blocks can become sentence breaks. Inputs that cannot give text raise
+`DocumentError` with a reason for a person: encrypted, truncated or corrupt PDFs, PDFs with no
+text layer, undecodable HTML.
+
+PDF needs pypdfium2 and HTML trafilatura: `pip install spacy-secner[documents]`. Both are
+imported only when a document of that kind is read.
+"""
+
+from bisect import bisect_right
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Tuple, Union
+
+from spacy.tokens import Doc
+
+Source = Union[Path, bytes]
+
+PDF_SUFFIXES = (".pdf",)
+HTML_SUFFIXES = (".html", ".htm", ".xhtml")
+# How far into a file its signature is looked for: PDF readers accept junk before `%PDF-`.
+SNIFF_BYTES = 1024
+
+
+class DocumentError(ValueError):
+    """A document that gives no text to annotate; the message says why."""
+
+
+@dataclass(frozen=True)
+class ExtractedText:
+    """The text of a document and its layout.
+
+    text (str): What the pipeline reads; every offset below points into it.
+    page_starts (Tuple[int, ...]): Where each page starts (page 1 first); empty for HTML.
+    block_starts (Tuple[int, ...]): Where each paragraph, heading, list item or table row
+        starts, sorted.
+    """
+
+    text: str
+    page_starts: Tuple[int, ...] = ()
+    block_starts: Tuple[int, ...] = ()
+
+    def page_at(self, offset: int) -> Optional[int]:
+        """The page (from 1) that holds the character at `offset`; None for a document without
+        pages."""
+        return page_at(self.page_starts, offset) if self.page_starts else None
+
+
+def page_at(page_starts: Sequence[int], offset: int) -> int:
+    """The page (from 1) that holds the character at `offset`, given where each page starts."""
+    return max(bisect_right(page_starts, offset), 1)
+
+
+def sniff(head: bytes, suffix: str = "") -> Optional[str]:
+    """The kind of a document from its first bytes and its file suffix: "pdf", "html" or None
+    (plain text). The suffix decides where it names a kind, so a broken `.pdf` fails as a PDF."""
+    suffix = suffix.lower()
+    if suffix in PDF_SUFFIXES:
+        return "pdf"
+    if suffix in HTML_SUFFIXES:
+        return "html"
+    if b"%PDF-" in head[:SNIFF_BYTES]:
+        return "pdf"
+    start = head[:SNIFF_BYTES].lstrip(b"\xef\xbb\xbf\xff\xfe \t\r\n").lower()
+    if start.startswith((b"<!doctype html", b"<html")) or (
+        start.startswith((b"<?xml", b"<!--")) and b"<html" in start
+    ):
+        return "html"
+    return None
+
+
+def extract(
+    source: Source,
+    kind: str,
+    *,
+    max_chars: int = 1_000_000,
+    encoding: str = "utf-8",
+    encoding_errors: str = "strict",
+) -> ExtractedText:
+    """The text of a PDF or HTML document.
+
+    source (Union[Path, bytes]): A file, or its bytes.
+    kind (str): "pdf" or "html".
+    max_chars (int): A longer text raises DocumentError; a PDF stops being read there.
+    encoding (str): HTML only: the encoding of a page that declares none.
+    encoding_errors (str): HTML only: "strict" or "replace".
+    RETURNS (ExtractedText): The text and its page and block offsets.
+    RAISES DocumentError: The document gives no text, with the reason.
+    """
+    if kind == "pdf":
+        from .pdf import pdf_text
+
+        return pdf_text(source, max_chars=max_chars)
+    if kind == "html":
+        from .html import html_text
+
+        data = source if isinstance(source, bytes) else _read_bytes(source, 16 * max_chars)
+        return html_text(
+            data, max_chars=max_chars, encoding=encoding, encoding_errors=encoding_errors
+        )
+    raise ValueError(f"unknown document kind: {kind!r}")
+
+
+def _read_bytes(path: Path, limit: int) -> bytes:
+    try:
+        size = path.stat().st_size
+        if size > limit:
+            raise DocumentError(f"too large: {size} bytes, over the limit of {limit}")
+        return path.read_bytes()
+    except OSError as err:
+        raise DocumentError(f"cannot read: {err.strerror or err}") from None
+
+
+def mark_blocks(doc: Doc, block_starts: Tuple[int, ...]) -> Doc:
+    """Start a sentence at each token that starts a block, before the pipeline runs: a heading,
+    list item or table row without a full stop does not run into the next sentence. The
+    sentencizer (overwrite = false) keeps these starts and places the others.
+
+    doc (Doc): A doc made from `ExtractedText.text` (e.g. by `nlp.make_doc`).
+    block_starts (Tuple[int, ...]): `ExtractedText.block_starts`.
+    RETURNS (Doc): The same doc.
+    """
+    starts = set(block_starts)
+    for token in doc:
+        if token.i > 0 and token.idx in starts:
+            token.is_sent_start = True
+    return doc

@@ -1,0 +1,216 @@
+"""The confidence calibration map: fitting, choosing, applying in the pipe, serialization,
+pipelines saved without one, and the project's calibrate script."""
+
+import importlib.util
+import json
+import random
+from pathlib import Path
+
+import pytest
+import spacy
+from spacy.tokens import DocBin
+
+from conftest import TRAIN_DATA, TRAIN_TEXTS, make_examples
+from spacy_secner.calibration import (
+    METHODS,
+    apply_calibration,
+    calibrate,
+    cross_fitted,
+    expected_calibration_error,
+    fit_calibration,
+    reliability,
+    select_calibration,
+)
+
+ROOT = Path(__file__).parent.parent
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def overconfident_pairs(n: int = 2000, seed: int = 0, truth=lambda p: p**2):
+    """Confidences whose entities are right with probability truth(p) (by default p ** 2:
+    over-confident, as the CRF's span probabilities are on DNRTI's dev set)."""
+    rng = random.Random(seed)
+    pairs = []
+    for _ in range(n):
+        p = rng.uniform(0.01, 0.99)
+        pairs.append((p, rng.random() < truth(p)))
+    return pairs
+
+
+def too_sharp(p: float) -> float:
+    """Right with probability sigmoid(logit(p) / 2): too far from 0.5 on both sides."""
+    return 1 / (1 + ((1 - p) / p) ** 0.5)
+
+
+@pytest.mark.parametrize(
+    "method,truth",
+    [("temperature", too_sharp), ("platt", too_sharp), ("platt", None), ("isotonic", None)],
+    ids=["temperature", "platt-sharp", "platt-squared", "isotonic-squared"],
+)
+def test_each_map_is_monotone_and_calibrates(method, truth):
+    pairs = overconfident_pairs() if truth is None else overconfident_pairs(truth=truth)
+    fitted = fit_calibration(pairs, method)
+    assert fitted["method"] == method
+    json.dumps(fitted)  # stored in the pipe's cfg as JSON
+    grid = [i / 100 for i in range(101)]
+    mapped = [calibrate(fitted, p) for p in grid]
+    assert all(0.0 <= m <= 1.0 for m in mapped)
+    assert all(b >= a - 1e-12 for a, b in zip(mapped, mapped[1:]))
+    before = expected_calibration_error(pairs)
+    after = expected_calibration_error([(calibrate(fitted, c), ok) for c, ok in pairs])
+    assert before > 0.08
+    assert after < 0.03
+    held_out = (
+        overconfident_pairs(seed=1) if truth is None else overconfident_pairs(seed=1, truth=truth)
+    )
+    assert expected_calibration_error([(calibrate(fitted, c), ok) for c, ok in held_out]) < 0.05
+
+
+def test_temperature_finds_the_scale():
+    fitted = fit_calibration(overconfident_pairs(n=20000, truth=too_sharp), "temperature")
+    assert fitted["t"] == pytest.approx(2.0, rel=0.1)
+
+
+def test_selection_prefers_the_simplest_map_within_tolerance():
+    pairs = overconfident_pairs()
+    fitted, selection = select_calibration(pairs)
+    assert set(selection["cv_ece"]) == set(METHODS)
+    best = min(selection["cv_ece"].values())
+    chosen = selection["method"]
+    assert fitted["method"] == chosen
+    assert selection["cv_ece"][chosen] <= best + selection["tolerance"]
+    # No simpler method (earlier in METHODS) was as good.
+    for method in METHODS[: METHODS.index(chosen)]:
+        assert selection["cv_ece"][method] > best + selection["tolerance"]
+
+
+@pytest.mark.parametrize(
+    "pairs",
+    [[(0.9, True)] * 10, [(0.9, True)] * 200, [(0.4, False)] * 200],
+    ids=["few", "all-right", "all-wrong"],
+)
+def test_no_map_from_too_few_or_one_class(pairs):
+    fitted, selection = select_calibration(pairs)
+    assert fitted is None
+    assert selection["method"] is None and "too few" in selection["reason"]
+
+
+def test_cross_fitted_confidences_come_from_the_other_folds():
+    pairs = overconfident_pairs(n=500)
+    held_out = cross_fitted(pairs, "platt", folds=5)
+    assert [ok for _, ok in held_out] == [ok for _, ok in pairs]
+    # Each fold's map differs a little from the map of all pairs, and fixes the same bias.
+    everything = fit_calibration(pairs, "platt")
+    in_sample = [calibrate(everything, c) for c, _ in pairs]
+    assert [c for c, _ in held_out] != pytest.approx(in_sample, abs=1e-9)
+    assert [c for c, _ in held_out] == pytest.approx(in_sample, abs=0.05)
+
+
+def test_apply_without_a_map_is_the_identity():
+    confidences = [[0.3, 0.99], [], [0.5]]
+    assert apply_calibration(None, confidences) is confidences
+    assert apply_calibration({}, confidences) is confidences
+    with pytest.raises(ValueError, match="Unknown calibration method"):
+        apply_calibration({"method": "magic"}, confidences)
+
+
+def test_reliability_bins_count_every_entity():
+    pairs = [(0.05, False), (0.95, True), (0.95, False), (0.55, True)]
+    table = reliability(pairs, n_bins=10)
+    assert sum(b["count"] for b in table["bins"]) == 4
+    assert table["ece"] == pytest.approx((0.05 + 2 * 0.45 + 0.45) / 4)
+
+
+def confidences_of(nlp, texts):
+    """Every entity's confidence, text after text (the entities themselves are compared apart)."""
+    return [e._.confidence for doc in nlp.pipe(texts) for e in doc.ents]
+
+
+def test_pipe_applies_the_stored_map_and_serializes_it(trained_cnn_nlp, tmp_path):
+    trained_cnn_nlp.to_disk(tmp_path / "raw")
+    nlp = spacy.load(tmp_path / "raw")
+    assert "calibration" not in nlp.get_pipe("ner_crf").cfg
+    raw = confidences_of(nlp, TRAIN_TEXTS)
+    ents = [[(e.text, e.label_) for e in doc.ents] for doc in nlp.pipe(TRAIN_TEXTS)]
+    mapping = {"method": "platt", "a": 0.8, "b": -1.5}
+    nlp.get_pipe("ner_crf").cfg["calibration"] = mapping
+    expected = [calibrate(mapping, c) for c in raw]
+    assert confidences_of(nlp, TRAIN_TEXTS) == pytest.approx(expected)
+    nlp.to_disk(tmp_path / "calibrated")
+    loaded = spacy.load(tmp_path / "calibrated")
+    assert loaded.get_pipe("ner_crf").cfg["calibration"] == mapping
+    assert confidences_of(loaded, TRAIN_TEXTS) == pytest.approx(expected)
+    # The map moves confidences only: the entities are the same.
+    assert [[(e.text, e.label_) for e in doc.ents] for doc in loaded.pipe(TRAIN_TEXTS)] == ents
+
+
+def test_pipeline_saved_before_calibration_keeps_its_confidences():
+    """A pipeline saved by spacy-secner 0.1.0 has no map in its cfg and gives the very
+    confidences it gave then."""
+    nlp = spacy.load(FIXTURES / "saved-0.1.0")
+    assert "calibration" not in nlp.get_pipe("ner_crf").cfg
+    saved = json.loads((FIXTURES / "saved-0.1.0.json").read_text())
+    texts = saved["texts"]
+    got = [
+        [[e.start_char, e.end_char, e.label_, e._.confidence] for e in doc.ents]
+        for doc in nlp.pipe(texts)
+    ]
+    assert [[e[:3] for e in doc] for doc in got] == [[e[:3] for e in doc] for doc in saved["ents"]]
+    assert [e[3] for doc in got for e in doc] == pytest.approx(
+        [e[3] for doc in saved["ents"] for e in doc], abs=1e-6
+    )
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_calibrate_script_fits_on_dev_and_writes_a_calibrated_copy(trained_cnn_nlp, tmp_path):
+    """Dev with right and wrong predictions (half the copies lose their gold entities): the
+    script fits a map, writes a pipeline that applies it, and reports before and after."""
+    gold = [eg.reference for eg in make_examples(trained_cnn_nlp, TRAIN_DATA)]
+    dev = []
+    for copy in range(16):
+        for doc in gold:
+            doc = doc.copy()
+            if copy % 2:
+                doc.ents = []
+            dev.append(doc)
+    DocBin(docs=dev).to_disk(tmp_path / "dev.spacy")
+    DocBin(docs=gold).to_disk(tmp_path / "test.spacy")
+    DocBin(docs=gold[:2]).to_disk(tmp_path / "train.spacy")
+    trained_cnn_nlp.to_disk(tmp_path / "model-best")
+    before = (tmp_path / "model-best" / "ner_crf" / "cfg").read_text()
+    load_script("calibrate").main(
+        model=tmp_path / "model-best",
+        dev=tmp_path / "dev.spacy",
+        test=tmp_path / "test.spacy",
+        output=tmp_path / "model-calibrated",
+        metrics_dir=tmp_path / "metrics",
+        gpu_id=-1,
+        sentences_per_doc=2,
+        train=tmp_path / "train.spacy",
+    )
+    assert (tmp_path / "model-best" / "ner_crf" / "cfg").read_text() == before
+    results = json.loads((tmp_path / "metrics" / "calibration.json").read_text())
+    assert results["map"]["method"] == results["selection"]["method"]
+    dev_split = results["splits"]["dev"]
+    # Half the predictions are wrong whatever their confidence: the map brings the mean
+    # confidence down to about one half.
+    assert dev_split["before"]["precision"] == pytest.approx(0.5)
+    assert dev_split["after"]["ece"] < dev_split["before"]["ece"]
+    held_out = dev_split["after, cross-fitted"]
+    assert held_out["entities"] == dev_split["before"]["entities"]
+    # The test sentences not in train: the last three of the five.
+    new_test = results["splits"]["test (raw text, 3 sentences not in train)"]["before"]
+    assert new_test["entities"] == sum(len(ents) for _, ents in TRAIN_DATA[2:])
+    assert (tmp_path / "metrics" / "reliability.png").stat().st_size > 0
+    calibrated = spacy.load(tmp_path / "model-calibrated")
+    assert calibrated.get_pipe("ner_crf").cfg["calibration"] == results["map"]
+    raw = confidences_of(trained_cnn_nlp, TRAIN_TEXTS)
+    assert confidences_of(calibrated, TRAIN_TEXTS) == pytest.approx(
+        [calibrate(results["map"], c) for c in raw]
+    )
