@@ -2,11 +2,12 @@
 
 Nothing here imports spaCy or thinc; `architectures.py` wraps these modules for thinc.
 """
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy
 import torch
 from torch import nn
+from torch.func import functional_call
 from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from torchcrf import CRF
@@ -414,11 +415,19 @@ class SoftmaxTagger(BIODecoder):
         return inner + right
 
 
+# At inference on the CPU, `BiLSTMEmitter` runs a batch padded while its padded steps are at most
+# this many times its real ones. Padded, every step of the batch is computed, each for about
+# 0.6-0.8 of what a packed step costs on one thread, so more padding than this loses.
+PADDED_MAX_WASTE = 1.2
+
+
 class BiLSTMEmitter(nn.Module):
     """BiLSTM over token vectors, then a linear layer to one emission score per tag.
 
     Sequences are packed, so a sequence's scores never depend on the padding of its batch.
-    With depth 0 the BiLSTM is left out and the linear layer reads the token vectors directly.
+    At inference on the CPU, a batch with little padding runs padded instead (see
+    `_padded_lstm`), which gives the same scores faster. With depth 0 the BiLSTM is left out
+    and the linear layer reads the token vectors directly.
     """
 
     def __init__(
@@ -427,6 +436,10 @@ class BiLSTMEmitter(nn.Module):
         super().__init__()
         self.lstm: Optional[nn.LSTM] = None
         width = n_in
+        # One-direction LSTMs that `_padded_lstm` calls with `self.lstm`'s weights, by input
+        # width. Held in a plain dict and built on the meta device: they own no weights, are
+        # not submodules, and so never reach the state dict or a device move.
+        self._one_way: Dict[int, nn.LSTM] = {}
         if depth > 0:
             self.lstm = nn.LSTM(
                 n_in,
@@ -437,20 +450,85 @@ class BiLSTMEmitter(nn.Module):
                 dropout=dropout if depth > 1 else 0.0,
             )
             width = 2 * hidden_size
+            for n in {n_in, width}:
+                self._one_way[n] = nn.LSTM(n, hidden_size, batch_first=True, device="meta")
         self.dropout = nn.Dropout(dropout)
         self.linear = nn.Linear(width, n_tags)
 
     def forward(self, X: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         if self.lstm is not None:
-            # cuDNN wants the weights in one block; after a device move they are not, and each
-            # call would copy them (a no-op once they are).
-            self.lstm.flatten_parameters()
-            packed = pack_padded_sequence(
-                X, lengths.cpu(), batch_first=True, enforce_sorted=False
-            )
-            output, _ = self.lstm(packed)
-            X, _ = pad_packed_sequence(output, batch_first=True, total_length=X.shape[1])
+            host_lengths = lengths.cpu()
+            # Training always takes the packed path, so gradients and dropout are PyTorch's own.
+            inference = not torch.is_grad_enabled() or not self.training
+            route = self._inference_route(X, host_lengths) if inference else "packed"
+            if route == "whole":
+                X, _ = self.lstm(X)
+            elif route == "padded":
+                X = self._padded_lstm(X, host_lengths)
+            else:
+                # cuDNN wants the weights in one block; after a device move they are not, and
+                # each call would copy them (a no-op once they are).
+                self.lstm.flatten_parameters()
+                packed = pack_padded_sequence(
+                    X, host_lengths, batch_first=True, enforce_sorted=False
+                )
+                output, _ = self.lstm(packed)
+                X, _ = pad_packed_sequence(output, batch_first=True, total_length=X.shape[1])
         return self.linear(self.dropout(X))
+
+    def _inference_route(self, X: torch.Tensor, lengths: torch.Tensor) -> str:
+        """How to run the BiLSTM in inference: "whole" (no padding in the batch, so the LSTM
+        reads X as it is), "padded" (`_padded_lstm`) or "packed"."""
+        n, steps, _ = X.shape
+        if X.device.type != "cpu":
+            # cuDNN's packed LSTM is fast; the padded path is unmeasured there.
+            return "packed"
+        if bool((lengths == steps).all()):
+            return "whole"
+        # Sentences batched together differ a lot in length (DNRTI: 5-100 tokens, mean 24):
+        # padded, such a batch computes ~3 times the real steps and is 2 times slower than packed.
+        # Documents cut to similar lengths are 10-20% faster padded.
+        if n * steps <= PADDED_MAX_WASTE * int(lengths.sum()):
+            return "padded"
+        return "packed"
+
+    def _padded_lstm(self, X: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The BiLSTM's output on a padded batch, equal to the packed one (zeros past each end).
+
+        An LSTM reads steps in order, so padding after a sequence's end cannot change its real
+        steps. The forward direction reads X as it is; the reverse direction reads each sequence
+        reversed within its own length (padding still at the end), through a one-direction LSTM
+        with the reverse weights, and is turned back the same way. No inter-layer dropout: this
+        runs only in inference.
+        """
+        assert self.lstm is not None
+        n, steps, _ = X.shape
+        hidden = self.lstm.hidden_size
+        t = torch.arange(steps, device=X.device)
+        lengths = lengths.to(X.device)
+        # Reverses each sequence within its length and leaves the padding in place; its own
+        # inverse, so one index turns the reverse direction's output back too.
+        order = torch.where(t[None, :] < lengths[:, None], lengths[:, None] - 1 - t, t)[:, :, None]
+        names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        for layer in range(self.lstm.num_layers):
+            one_way = self._one_way[X.shape[2]]
+            weights = [
+                {f"{name}_l0": getattr(self.lstm, f"{name}_l{layer}{suffix}") for name in names}
+                for suffix in ("", "_reverse")
+            ]
+            forward, _ = functional_call(one_way, weights[0], (X,))
+            reverse, _ = functional_call(
+                one_way, weights[1], (X.gather(1, order.expand(-1, -1, X.shape[2])),)
+            )
+            # Both halves written in place: half the memory traffic of a gather, cat and mask.
+            X = forward.new_empty(n, steps, 2 * hidden)
+            X[:, :, :hidden] = forward
+            torch.gather(reverse, 1, order.expand(-1, -1, hidden), out=X[:, :, hidden:])
+        # pad_packed_sequence gives zeros past each end: so does this (whatever the padding held).
+        for i, length in enumerate(lengths.tolist()):
+            if length < steps:
+                X[i, length:] = 0.0
+        return X
 
 
 def lengths_to_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
