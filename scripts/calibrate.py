@@ -31,13 +31,24 @@ def main(
     train: Optional[Path] = typer.Option(
         None, help="Training DocBin: also report the dev and test sentences that are not in it"
     ),
+    fit_on: str = typer.Option(
+        "tokens",
+        help="Fit on dev with DNRTI's own tokens ('tokens') or on the dev sentences as raw text "
+        "through the whole pipeline ('raw')",
+    ),
 ) -> None:
+    if fit_on not in ("raw", "tokens"):
+        raise typer.BadParameter(f"--fit-on must be 'raw' or 'tokens', not {fit_on!r}")
     if gpu_id >= 0:
         spacy.require_gpu(gpu_id)
     nlp = spacy.load(model)
     pipe = nlp.get_pipe("ner_crf")
     pipe.cfg.pop("calibration", None)  # fit on the CRF's own probabilities
     raw = {"dev": gold_confidence_pairs(nlp, dev)}
+    # Users bring raw text, which the CTI tokenizer splits a little differently from DNRTI's
+    # tokens: the same dev sentences as raw text are reported too, and can be the fit set.
+    raw["dev (raw text)"] = raw_text_confidence_pairs(nlp, sentences_of(nlp, dev))
+    fit_split = "dev (raw text)" if fit_on == "raw" else "dev"
     test_sentences = sentences_of(nlp, test)
     raw["test (raw text)"] = raw_text_confidence_pairs(nlp, test_sentences)
     raw[f"test (raw text, {sentences_per_doc}-sentence documents)"] = raw_text_confidence_pairs(
@@ -51,14 +62,14 @@ def main(
             new = [s for s in sentences if tuple(s[0]) not in seen]
             name = f"{split} (raw text, {len(new)} sentences not in train)"
             raw[name] = raw_text_confidence_pairs(nlp, new)
-    fitted, selection = select_calibration(raw["dev"])
-    results = {"map": fitted, "selection": selection, "splits": {}}
+    fitted, selection = select_calibration(raw[fit_split])
+    results = {"map": fitted, "selection": selection, "fit_on": fit_split, "splits": {}}
     curves = {}
     for split, pairs in raw.items():
         before = reliability(pairs)
         after = reliability([(calibrate(fitted, c), ok) for c, ok in pairs]) if fitted else before
         stages = {"before": before, "after": after}
-        if split == "dev" and fitted is not None:
+        if split == fit_split and fitted is not None:
             # The map was fitted on these pairs: their held-out view is each one calibrated by
             # a map fitted on the other folds.
             stages["after, cross-fitted"] = reliability(cross_fitted(pairs, fitted["method"]))
@@ -80,7 +91,7 @@ def main(
     plot_reliability(
         {split: stages for split, stages in curves.items() if "documents" not in split},
         metrics_dir / "reliability.png",
-        title=f"Entity confidence reliability, 10 bins (map: {method}, fitted on dev)",
+        title=f"Entity confidence reliability, 10 bins (map: {method}, fitted on {fit_split})",
     )
 
 

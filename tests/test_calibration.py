@@ -193,10 +193,14 @@ def test_calibrate_script_fits_on_dev_and_writes_a_calibrated_copy(trained_cnn_n
         gpu_id=-1,
         sentences_per_doc=2,
         train=tmp_path / "train.spacy",
+        fit_on="tokens",
     )
     assert (tmp_path / "model-best" / "ner_crf" / "cfg").read_text() == before
     results = json.loads((tmp_path / "metrics" / "calibration.json").read_text())
     assert results["map"]["method"] == results["selection"]["method"]
+    assert results["fit_on"] == "dev"
+    # The same dev sentences as raw text are reported beside them.
+    assert results["splits"]["dev (raw text)"]["before"]["entities"] > 0
     dev_split = results["splits"]["dev"]
     # Half the predictions are wrong whatever their confidence: the map brings the mean
     # confidence down to about one half.
@@ -214,3 +218,39 @@ def test_calibrate_script_fits_on_dev_and_writes_a_calibrated_copy(trained_cnn_n
     assert confidences_of(calibrated, TRAIN_TEXTS) == pytest.approx(
         [calibrate(results["map"], c) for c in raw]
     )
+
+
+def test_calibrate_script_fits_on_dev_raw_text(trained_cnn_nlp, tmp_path):
+    """With `fit_on="raw"` the map is fitted on the dev sentences read as raw text, as users run
+    the pipeline: that split gets the held-out view, and the written pipeline applies its map."""
+    gold = [eg.reference for eg in make_examples(trained_cnn_nlp, TRAIN_DATA)]
+    dev = []
+    for copy in range(16):
+        for doc in gold:
+            doc = doc.copy()
+            if copy % 2:
+                doc.ents = []
+            dev.append(doc)
+    DocBin(docs=dev).to_disk(tmp_path / "dev.spacy")
+    DocBin(docs=gold).to_disk(tmp_path / "test.spacy")
+    trained_cnn_nlp.to_disk(tmp_path / "model-best")
+    load_script("calibrate").main(
+        model=tmp_path / "model-best",
+        dev=tmp_path / "dev.spacy",
+        test=tmp_path / "test.spacy",
+        output=tmp_path / "model-calibrated",
+        metrics_dir=tmp_path / "metrics",
+        gpu_id=-1,
+        sentences_per_doc=2,
+        train=None,
+        fit_on="raw",
+    )
+    results = json.loads((tmp_path / "metrics" / "calibration.json").read_text())
+    assert results["fit_on"] == "dev (raw text)"
+    fit_split = results["splits"]["dev (raw text)"]
+    assert fit_split["before"]["precision"] == pytest.approx(0.5, abs=0.05)
+    assert fit_split["after"]["ece"] < fit_split["before"]["ece"]
+    assert "after, cross-fitted" in fit_split
+    assert "after, cross-fitted" not in results["splits"]["dev"]
+    calibrated = spacy.load(tmp_path / "model-calibrated")
+    assert calibrated.get_pipe("ner_crf").cfg["calibration"] == results["map"]
