@@ -168,10 +168,12 @@ def load_script(name: str):
     return module
 
 
-def test_calibrate_script_fits_on_dev_and_writes_a_calibrated_copy(trained_cnn_nlp, tmp_path):
-    """Dev with right and wrong predictions (half the copies lose their gold entities): the
-    script fits a map, writes a pipeline that applies it, and reports before and after."""
-    gold = [eg.reference for eg in make_examples(trained_cnn_nlp, TRAIN_DATA)]
+
+def _write_dev_and_test(nlp, path):
+    """dev.spacy: 16 copies of the gold docs, every other one without its entities, so half
+    the predictions are wrong whatever their confidence; test.spacy: the gold docs. Returns
+    the gold docs."""
+    gold = [eg.reference for eg in make_examples(nlp, TRAIN_DATA)]
     dev = []
     for copy in range(16):
         for doc in gold:
@@ -179,8 +181,14 @@ def test_calibrate_script_fits_on_dev_and_writes_a_calibrated_copy(trained_cnn_n
             if copy % 2:
                 doc.ents = []
             dev.append(doc)
-    DocBin(docs=dev).to_disk(tmp_path / "dev.spacy")
-    DocBin(docs=gold).to_disk(tmp_path / "test.spacy")
+    DocBin(docs=dev).to_disk(path / "dev.spacy")
+    DocBin(docs=gold).to_disk(path / "test.spacy")
+    return gold
+
+def test_calibrate_script_fits_on_dev_and_writes_a_calibrated_copy(trained_cnn_nlp, tmp_path):
+    """Dev with right and wrong predictions (half the copies lose their gold entities): the
+    script fits a map, writes a pipeline that applies it, and reports before and after."""
+    gold = _write_dev_and_test(trained_cnn_nlp, tmp_path)
     DocBin(docs=gold[:2]).to_disk(tmp_path / "train.spacy")
     trained_cnn_nlp.to_disk(tmp_path / "model-best")
     before = (tmp_path / "model-best" / "ner_crf" / "cfg").read_text()
@@ -223,16 +231,7 @@ def test_calibrate_script_fits_on_dev_and_writes_a_calibrated_copy(trained_cnn_n
 def test_calibrate_script_fits_on_dev_raw_text(trained_cnn_nlp, tmp_path):
     """With `fit_on="raw"` the map is fitted on the dev sentences read as raw text, as users run
     the pipeline: that split gets the held-out view, and the written pipeline applies its map."""
-    gold = [eg.reference for eg in make_examples(trained_cnn_nlp, TRAIN_DATA)]
-    dev = []
-    for copy in range(16):
-        for doc in gold:
-            doc = doc.copy()
-            if copy % 2:
-                doc.ents = []
-            dev.append(doc)
-    DocBin(docs=dev).to_disk(tmp_path / "dev.spacy")
-    DocBin(docs=gold).to_disk(tmp_path / "test.spacy")
+    _write_dev_and_test(trained_cnn_nlp, tmp_path)
     trained_cnn_nlp.to_disk(tmp_path / "model-best")
     load_script("calibrate").main(
         model=tmp_path / "model-best",
