@@ -135,14 +135,20 @@ class _HFTokenClassifier:
             spec["encoder"], num_labels=spec["num_labels"]
         )
 
-    def encode(self, texts: Sequence[str]) -> Any:
+    def tokenize(self, texts: Sequence[str], *, offsets: bool = False) -> Any:
+        """The padded batch as a user's code would make it, on the host (with each wordpiece's
+        character offsets if `offsets`)."""
         return self.tokenizer(
             list(texts),
             padding=True,
             truncation=True,
             max_length=self.max_length,
+            return_offsets_mapping=offsets,
             return_tensors="pt",
-        ).to(self.device)
+        )
+
+    def encode(self, texts: Sequence[str]) -> Any:
+        return self.tokenize(texts).to(self.device)
 
     def prepare(self, texts: List[str], batch_size: int) -> Any:
         return texts, batches(texts, batch_size)
@@ -221,14 +227,7 @@ class _HFTokenSpans(_HFTokenClassifier):
         entities = []
         with self.torch.inference_mode():
             for texts in prepared[1]:
-                encoding = self.tokenizer(
-                    list(texts),
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_length,
-                    return_offsets_mapping=True,
-                    return_tensors="pt",
-                )
+                encoding = self.tokenize(texts, offsets=True)
                 offsets = encoding.pop("offset_mapping").tolist()
                 lengths = encoding["attention_mask"].sum(1).tolist()
                 ids = self.model(**encoding.to(self.device)).logits.argmax(-1).cpu().tolist()
@@ -278,14 +277,7 @@ class _PlainBiLSTMCRF(_HFTokenClassifier):
         entities = []
         with torch.inference_mode():
             for texts in prepared[1]:
-                encoding = self.tokenizer(
-                    list(texts),
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_length,
-                    return_offsets_mapping=True,
-                    return_tensors="pt",
-                )
+                encoding = self.tokenize(texts, offsets=True)
                 offsets = encoding.pop("offset_mapping").tolist()
                 firsts, words = [], []
                 for i in range(len(texts)):
