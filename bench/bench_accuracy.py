@@ -5,6 +5,9 @@ model selection on dev, then one seqeval pass over test. Runs that already have 
 are kept, so an interrupted benchmark resumes where it stopped.
 
     python bench/bench_accuracy.py run --epochs 2 --jobs 2 --output metrics/accuracy
+
+`pick` then puts the headline run closest to the mean in `training/model-best`, for the
+project's `ship` workflow to calibrate, evaluate and package.
 """
 import json
 import os
@@ -164,6 +167,65 @@ def run(
     write_json(output / "accuracy.json", {"epochs": epochs, "runs": results, "summary": summary})
     write_text(output / "accuracy.md", table)
     print(table)
+
+
+@app.command()
+def pick(
+    output: Path = typer.Argument(ROOT / "metrics/accuracy", help="The harness's directory"),
+    variant: str = typer.Option("headline", help="Variant whose runs to choose from"),
+    model: Path = typer.Option(ROOT / "training/model-best", help="Where the chosen model goes"),
+    curves: Path = typer.Option(ROOT / "training/curves.jsonl", help="Where its curves go"),
+    min_seeds: int = typer.Option(3, min=1, help="Refuse fewer seeds than this"),
+) -> None:
+    """Put the run closest to the mean test F1 in place of the trained model, its meta saying
+    which run it is and the distribution it comes from, for `calibrate`, `evaluate`, `plot` and
+    `package` to ship."""
+    summary_path = output / "accuracy.json"
+    if not summary_path.exists():
+        raise SystemExit(f"{summary_path} not found: run `bench_accuracy.py run` first")
+    chosen = accuracy.closest_to_mean(json.loads(summary_path.read_text(encoding="utf8"))["runs"], variant)
+    if len(chosen["seeds"]) < min_seeds:
+        raise SystemExit(f"{summary_path}: {variant} has {len(chosen['seeds'])} seed(s), "
+                         f"fewer than --min-seeds {min_seeds}")
+    run = chosen["run"]
+    run_dir = output / f"{run['variant']}-s{run['seed']}"
+    source = run_dir / "model-best"
+    if not (source / "meta.json").exists():
+        raise SystemExit(f"{source}: no trained model (meta.json missing)")
+    provenance = {
+        "selection": "closest to the mean test F1 over the variant's seeds",
+        "harness": "bench/bench_accuracy.py",
+        "variant": run["variant"],
+        "seed": run["seed"],
+        "test_f": run["test_f"],
+        "dev_f": run["dev_f"],
+        "mean_test_f": chosen["mean"],
+        "std_test_f": chosen["std"],
+        "seeds": chosen["seeds"],
+        "max_epochs": run.get("max_epochs"),
+        "best_epoch": run.get("best_epoch"),
+        "machine": run.get("machine"),
+    }
+    # Copy beside the target, then swap: the target is the old model or the whole new one.
+    staging = model.with_name(f".{model.name}.pick")
+    if staging.exists():
+        shutil.rmtree(staging)
+    shutil.copytree(source, staging)
+    meta = json.loads((staging / "meta.json").read_text(encoding="utf8"))
+    meta["training_run"] = provenance
+    write_json(staging / "meta.json", meta)
+    replaced = model.with_name(f".{model.name}.replaced")
+    if model.exists():
+        if replaced.exists():
+            shutil.rmtree(replaced)
+        model.rename(replaced)
+    staging.rename(model)
+    if replaced.exists():
+        shutil.rmtree(replaced)
+    write_text(curves, (run_dir / "curves.jsonl").read_text(encoding="utf8"))
+    std = f" +- {chosen['std']:.4f}" if chosen["std"] is not None else ""
+    print(f"{model}: {run['variant']} seed {run['seed']} (test F1 {run['test_f']:.4f}; "
+          f"mean over seeds {chosen['seeds']}: {chosen['mean']:.4f}{std})")
 
 
 if __name__ == "__main__":

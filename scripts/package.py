@@ -1,24 +1,20 @@
 """Package a trained pipeline as an installable `en_<name>` and install it into this venv."""
+import copy
 import json
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any, Dict
 
 import srsly
 import typer
 
 
-def main(
-    model: Path = typer.Argument(..., help="Trained pipeline directory"),
-    metrics: Path = typer.Argument(..., help="seqeval_test.json written by scripts/evaluate.py"),
-    output_dir: Path = typer.Argument(Path("packages")),
-    name: str = typer.Option("secner"),
-    version: str = typer.Option("0.1.0"),
-    install: bool = typer.Option(True, help="pip install the built wheel"),
-) -> None:
-    report = json.loads(metrics.read_text())
-    meta = srsly.read_json(model / "meta.json")
+def package_meta(meta: Dict[str, Any], report: Dict[str, Any], name: str, version: str) -> Dict[str, Any]:
+    """The package's meta: the trained pipeline's, with name, description, sources and the
+    seqeval test figures; a run chosen by `bench_accuracy.py pick` says so in the description."""
+    meta = copy.deepcopy(meta)
     meta.update(
         {
             "name": name,
@@ -35,6 +31,14 @@ def main(
             ],
         }
     )
+    run = meta.get("training_run")
+    if run:
+        # Set by `bench_accuracy.py pick`: which of the harness's runs this is.
+        std = f" +- {run['std_test_f']:.4f}" if run.get("std_test_f") is not None else ""
+        meta["description"] += (
+            f". Seed {run['seed']} of the {run['variant']} config, the run closest to the mean "
+            f"test F1 over seeds {run['seeds']} ({run['mean_test_f']:.4f}{std})"
+        )
     # Test-set figures from seqeval (entity level, default mode), beside spaCy's dev scores.
     meta.setdefault("performance", {}).update(
         {
@@ -44,6 +48,19 @@ def main(
             "test_seqeval_per_type": {k: v["f1-score"] for k, v in report["per_type"].items()},
         }
     )
+    return meta
+
+
+def main(
+    model: Path = typer.Argument(..., help="Trained pipeline directory"),
+    metrics: Path = typer.Argument(..., help="seqeval_test.json written by scripts/evaluate.py"),
+    output_dir: Path = typer.Argument(Path("packages")),
+    name: str = typer.Option("secner"),
+    version: str = typer.Option("0.1.0"),
+    install: bool = typer.Option(True, help="pip install the built wheel"),
+) -> None:
+    report = json.loads(metrics.read_text())
+    meta = package_meta(srsly.read_json(model / "meta.json"), report, name, version)
     output_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         meta_path = Path(tmp) / "meta.json"

@@ -47,3 +47,33 @@ def test_project_yml_is_valid_and_all_covers_the_workflow():
                 if word.endswith(".py"):
                     assert word in command.get("deps", []), (command["name"], word)
     assert project["assets"][0]["checksum"] == "2ec4a6f2a6aab1b60ca694e9ac5bc074"
+
+
+def load_package_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("package_script", ROOT / "scripts" / "package.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_package_meta_names_the_shipped_run():
+    from spacy.schemas import ModelMetaSchema, validate
+
+    package = load_package_script()
+    report = {"precision": 0.87, "recall": 0.86, "f1": 0.865, "per_type": {"Tool": {"f1-score": 0.9}}}
+    trained = {"lang": "en", "name": "pipeline", "version": "0.0.0", "performance": {"ents_f": 0.83}}
+    meta = package.package_meta(trained, report, "secner", "0.1.0")
+    assert meta["performance"]["test_seqeval_f"] == 0.865 and meta["performance"]["ents_f"] == 0.83
+    assert "training_run" not in meta and "closest to the mean" not in meta["description"]
+    assert "test_seqeval_f" not in trained["performance"]  # the trained meta is left alone
+    run = {"variant": "headline", "seed": 2, "seeds": [0, 1, 2], "mean_test_f": 0.8712,
+           "std_test_f": 0.0041, "test_f": 0.8709}
+    meta = package.package_meta({**trained, "training_run": run}, report, "secner", "0.1.0")
+    assert meta["training_run"] == run
+    assert meta["description"].endswith(
+        "Seed 2 of the headline config, the run closest to the mean test F1 over seeds "
+        "[0, 1, 2] (0.8712 +- 0.0041)")
+    # `spacy package` validates the meta: the extra key passes.
+    assert validate(ModelMetaSchema, meta) == []

@@ -134,6 +134,23 @@ def best_evaluation(curves: List[Dict[str, Any]]) -> Dict[str, Any]:
     return best
 
 
+def closest_to_mean(results: List[Dict[str, Any]], variant: str) -> Dict[str, Any]:
+    """The run of `variant` whose test F1 is closest to the mean over its seeds (the lower seed
+    of equals), with that mean and the sample std: the run to ship, not the luckiest one."""
+    runs = sorted((r for r in results if r["variant"] == variant), key=lambda r: r["seed"])
+    if not runs:
+        raise ValueError(f"No run of variant {variant!r} in the results")
+    scores = [float(r["test_f"]) for r in runs]
+    mean = statistics.mean(scores)
+    chosen = min(runs, key=lambda r: abs(float(r["test_f"]) - mean))
+    return {
+        "run": chosen,
+        "mean": mean,
+        "std": statistics.stdev(scores) if len(scores) > 1 else None,
+        "seeds": [r["seed"] for r in runs],
+    }
+
+
 def summarize(results: List[Dict[str, Any]]) -> Dict[str, Any]:
     """Group run results by variant: mean and sample std over seeds of each figure."""
     by_variant: Dict[str, List[Dict[str, Any]]] = {}

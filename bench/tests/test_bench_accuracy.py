@@ -105,3 +105,68 @@ def test_harness_runs_end_to_end_and_resumes(tiny_bert_dir, tmp_path):
     # A second run keeps the finished runs instead of training them again.
     again = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and again.stdout.count(": kept") == 2
+
+
+def test_closest_to_mean_is_not_the_best_seed():
+    results = [run_result("headline", s, f) for s, f in [(0, 0.86), (1, 0.88), (2, 0.85)]]
+    results.append(run_result("softmax", 0, 0.865))
+    chosen = accuracy.closest_to_mean(results, "headline")
+    assert chosen["run"]["seed"] == 0  # 0.86 is nearest the mean 0.8633
+    assert chosen["mean"] == pytest.approx(0.8633, abs=1e-4)
+    assert chosen["std"] == pytest.approx(0.0153, abs=1e-4) and chosen["seeds"] == [0, 1, 2]
+    # Equally close: the lower seed.
+    tie = accuracy.closest_to_mean([run_result("headline", s, f) for s, f in [(3, 1.0), (1, 0.5)]], "headline")
+    assert tie["run"]["seed"] == 1
+    with pytest.raises(ValueError, match="no-bilstm"):
+        accuracy.closest_to_mean(results, "no-bilstm")
+
+
+def write_campaign(root: Path, scores):
+    runs = []
+    for seed, f in scores:
+        run_dir = root / f"headline-s{seed}"
+        (run_dir / "model-best" / "ner_crf").mkdir(parents=True)
+        (run_dir / "model-best" / "meta.json").write_text(json.dumps({"lang": "en", "name": "pipeline"}))
+        (run_dir / "model-best" / "ner_crf" / "model").write_text(f"weights of seed {seed}")
+        (run_dir / "curves.jsonl").write_text(json.dumps({"step": 0, "seed": seed}) + "\n")
+        runs.append(run_result("headline", seed, f, max_epochs=12, best_epoch=9, machine="cpu"))
+    (root / "accuracy.json").write_text(json.dumps({"epochs": 12, "runs": runs, "summary": {}}))
+
+
+def run_pick(campaign: Path, training: Path, min_seeds: int = 3):
+    # In process: the command's function, as typer calls it.
+    from bench_accuracy import pick
+
+    pick(campaign, variant="headline", model=training / "model-best",
+         curves=training / "curves.jsonl", min_seeds=min_seeds)
+
+
+def test_pick_ships_the_run_closest_to_the_mean_and_says_so(tmp_path):
+    campaign, training = tmp_path / "accuracy", tmp_path / "training"
+    write_campaign(campaign, [(0, 0.86), (1, 0.88), (2, 0.85)])
+    # A model trained earlier is replaced as a whole.
+    (training / "model-best").mkdir(parents=True)
+    (training / "model-best" / "stale").write_text("from make all")
+    run_pick(campaign, training)
+    model = training / "model-best"
+    assert not (model / "stale").exists()
+    assert (model / "ner_crf" / "model").read_text() == "weights of seed 0"
+    assert json.loads((training / "curves.jsonl").read_text())["seed"] == 0
+    run = json.loads((model / "meta.json").read_text())["training_run"]
+    assert (run["variant"], run["seed"], run["seeds"]) == ("headline", 0, [0, 1, 2])
+    assert run["mean_test_f"] == pytest.approx(0.8633, abs=1e-4) and run["max_epochs"] == 12
+    # The run's own directory is untouched; nothing is left beside the target.
+    assert "training_run" not in json.loads((campaign / "headline-s0" / "model-best" / "meta.json").read_text())
+    assert sorted(p.name for p in training.iterdir()) == ["curves.jsonl", "model-best"]
+
+
+def test_pick_refuses_too_few_seeds_and_a_missing_campaign(tmp_path):
+    campaign, training = tmp_path / "accuracy", tmp_path / "training"
+    with pytest.raises(SystemExit, match="accuracy.json not found"):
+        run_pick(campaign, training)
+    write_campaign(campaign, [(0, 0.86), (1, 0.88)])
+    with pytest.raises(SystemExit, match=r"2 seed\(s\), fewer than --min-seeds 3"):
+        run_pick(campaign, training)
+    assert not training.exists()
+    run_pick(campaign, training, min_seeds=2)
+    assert json.loads((training / "model-best" / "meta.json").read_text())["training_run"]["seed"] == 0
