@@ -67,6 +67,11 @@ def _mean_pooling(config: Config) -> None:
     _ner_model(config)["tok2vec"]["pooling"] = {"@layers": "reduce_mean.v1"}
 
 
+def _averaged(config: Config) -> None:
+    # thinc's Polyak averages of every weight: spaCy evaluates and saves with them.
+    config["training"]["optimizer"]["use_averages"] = True
+
+
 def _mention_swap(config: Config) -> None:
     config["corpora"]["train"]["augmenter"] = {
         "@augmenters": "spacy-secner.mention_swap.v1",
@@ -110,6 +115,8 @@ VARIANTS: List[Variant] = [
             _mean_pooling),
     Variant("mention-swap", "lever", "headline + mention-swap augmentation (a copy of 30% of "
             "the sentences, each entity swapped with p 0.5)", _mention_swap),
+    Variant("averaged", "lever", "headline evaluated and saved with the optimizer's moving "
+            "average of the weights (`use_averages`)", _averaged),
 ]
 
 

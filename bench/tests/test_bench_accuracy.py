@@ -43,7 +43,9 @@ def test_every_variant_builds_and_changes_one_thing(variant, tiny_bert_dir):
         "no-bilstm": ("crf", 0, True, 0.0, "spacy-secner.reduce_first.v1"),
         "mean-pooling": ("crf", 1, True, 0.0, "reduce_mean.v1"),
         "mention-swap": ("crf", 1, True, 0.0, "spacy-secner.reduce_first.v1"),
+        "averaged": ("crf", 1, True, 0.0, "spacy-secner.reduce_first.v1"),
     }[variant.name]
+    assert config["training"]["optimizer"]["use_averages"] is (variant.name == "averaged")
     augmenter = config["corpora"]["train"]["augmenter"]
     if variant.name == "mention-swap":
         assert augmenter["@augmenters"] == "spacy-secner.mention_swap.v1"
@@ -93,18 +95,18 @@ def test_harness_runs_end_to_end_and_resumes(tiny_bert_dir, tmp_path):
     out = tmp_path / "bench"
     command = [sys.executable, str(ROOT / "bench" / "bench_accuracy.py"), "run", "--output",
                str(out), "--config", str(base), "--corpus", str(corpus), "--epochs", "2",
-               "--variants", "headline,softmax", "--seeds", "0"]
+               "--variants", "headline,softmax,averaged", "--seeds", "0"]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = json.loads((out / "accuracy.json").read_text())
-    assert sorted(r["variant"] for r in report["runs"]) == ["headline", "softmax"]
+    assert sorted(r["variant"] for r in report["runs"]) == ["averaged", "headline", "softmax"]
     for run in report["runs"]:
         assert 0.0 <= run["test_f"] <= 1.0 and run["steps"] == 4 and run["epochs"] == 2
         assert (out / f"{run['variant']}-s0" / "model-best").is_dir()
     assert "| headline | headline | 1 |" in (out / "accuracy.md").read_text()
     # A second run keeps the finished runs instead of training them again.
     again = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0 and again.stdout.count(": kept") == 2
+    assert again.returncode == 0 and again.stdout.count(": kept") == 3
 
 
 def test_closest_to_mean_is_not_the_best_seed():
