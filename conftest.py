@@ -218,15 +218,19 @@ if "spacy_secner" in sys.modules:
 import spacy
 nlp = spacy.load(sys.argv[1])
 texts = json.loads(open(sys.argv[2], encoding="utf8").read())
-ents = [[[e.start, e.end, e.label_] for e in doc.ents] for doc in nlp.pipe(texts)]
+docs = list(nlp.pipe(texts))
+ents = [[[e.start, e.end, e.label_] for e in doc.ents] for doc in docs]
+iocs = [[[s.start_char, s.end_char, s.label_, s._.ioc_value] for s in doc.spans.get("iocs", [])]
+        for doc in docs]
 with open(sys.argv[3], "w", encoding="utf8") as f:
-    json.dump({"ents": ents, "pipe_names": nlp.pipe_names}, f)
+    json.dump({"ents": ents, "iocs": iocs, "pipe_names": nlp.pipe_names}, f)
 """
 
 
 def load_in_fresh_process(path: Path, texts: List[str], workdir: Path) -> Dict:
     """`spacy.load(path)` in a new Python process that never imports spacy_secner itself (the
-    factory must come from the entry points); RETURNS the entities per text as JSON data."""
+    factory must come from the entry points); RETURNS the entities and indicator spans per text
+    as JSON data."""
     texts_file = workdir / "texts.json"
     out_file = workdir / "ents.json"
     texts_file.write_text(json.dumps(texts), encoding="utf8")

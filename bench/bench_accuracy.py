@@ -47,6 +47,13 @@ def machine(gpu_id: int) -> str:
     return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s)"
 
 
+def _budget_epochs(training: Dict[str, Any]) -> float:
+    """A config's training budget in epochs (one evaluation per epoch in these configs)."""
+    if training["max_steps"]:
+        return round(training["max_steps"] / training["eval_frequency"], 2)
+    return training["max_epochs"]
+
+
 @app.command()
 def one(
     variant: str = typer.Argument(..., help="Variant name"),
@@ -64,12 +71,7 @@ def one(
 
     chosen = accuracy.variants_by_name([variant])[0]
     base = load_config(config)
-    cfg = chosen.config(base, seed, 0)
-    if epochs:
-        # Count the budget in steps, so the last epoch ends with an evaluation (spaCy evaluates
-        # every eval_frequency steps and not at the end of training).
-        cfg["training"]["max_steps"] = epochs * cfg["training"]["eval_frequency"]
-        cfg["training"]["max_epochs"] = 0
+    cfg = chosen.config(base, seed, epochs)
     if output.exists():
         shutil.rmtree(output)
     output.mkdir(parents=True)
@@ -111,7 +113,7 @@ def one(
         "best_step": best.get("step", 0),
         "epochs": round(curves[-1]["step"] / cfg["training"]["eval_frequency"]) if curves else 0,
         "steps": curves[-1]["step"] if curves else 0,
-        "max_epochs": epochs or cfg["training"]["max_epochs"],
+        "max_epochs": epochs or _budget_epochs(cfg["training"]),
         "patience_steps": cfg["training"]["patience"],
         "dev_f_curve": [round(float(r["score"]), 4) for r in curves],
         "train_minutes": minutes,

@@ -155,3 +155,5 @@ def test_saved_with_and_without_the_component(trained_cnn_nlp, tmp_path):
     assert iocs_of(reloaded(text)) == [("hxxp://evil[.]com/x", "url", "http://evil.com/x")]
     result = load_in_fresh_process(with_iocs, [text], tmp_path)
     assert result["pipe_names"] == ["ner_crf", "cti_iocs"]
+    start = text.index("hxxp")
+    assert result["iocs"] == [[[start, start + len("hxxp://evil[.]com/x"), "url", "http://evil.com/x"]]]

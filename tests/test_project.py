@@ -27,6 +27,8 @@ def test_config_validates(path):
     assert training["logger"] is not None
     # Early stopping counts whole evaluations.
     assert config["training"]["patience"] % config["training"]["eval_frequency"] == 0
+    # A budget in steps ends with an evaluation, so the last epoch can become model-best.
+    assert config["training"]["max_steps"] % config["training"]["eval_frequency"] == 0
     assert config["corpora"]["train"]["gold_preproc"] is True
 
 

@@ -147,7 +147,8 @@ def test_curve_logger_writes_losses_and_scores(trained):
 
 
 def test_seqeval_agrees_with_spacy_scorer(trained):
-    nlp = spacy.load(trained / "out" / "model-last")
+    # model-best: this tiny model's last steps find nothing on dev, where both scorers give 0.
+    nlp = spacy.load(trained / "out" / "model-best")
     dev = trained / "dev.spacy"
     report = seqeval_report(*predict_corpus(nlp, dev))
     examples = list(Corpus(str(dev), gold_preproc=True)(nlp))
@@ -156,7 +157,10 @@ def test_seqeval_agrees_with_spacy_scorer(trained):
     assert abs(scores["ents_p"] - report["precision"]) < 1e-4
     assert abs(scores["ents_r"] - report["recall"]) < 1e-4
     assert report["support"] == 9
-    assert set(report["per_type"]) <= {"HackOrg", "Tool", "Org", "Time", "Idus", "Area", "SecTeam"}
+    # The model finds entities, so the scorers agree on something other than zero.
+    assert report["precision"] > 0 and report["recall"] > 0
+    # Types of the gold dev entities, and of any the model predicts: the training labels.
+    assert set(report["per_type"]) <= {tag[2:] for _, tags in SENTENCES for tag in tags if tag != "O"}
     json.dumps(report)  # serializable as written by scripts/evaluate.py
 
 

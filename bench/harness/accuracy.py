@@ -89,13 +89,17 @@ class Variant:
     change: Optional[Callable[[Config], None]] = None
     seeds: Sequence[int] = field(default_factory=lambda: (0,))
 
-    def config(self, base: Config, seed: int, max_epochs: int) -> Config:
+    def config(self, base: Config, seed: int, epochs: int = 0) -> Config:
+        """The base config with this variant's change, `seed`, and a budget of `epochs` (0: the
+        base's), counted in steps so that the last epoch ends with an evaluation (spaCy evaluates
+        every eval_frequency steps and not at the end of training)."""
         config = Config(base).copy()
         if self.change is not None:
             self.change(config)
         config["system"]["seed"] = seed
-        if max_epochs:
-            config["training"]["max_epochs"] = max_epochs
+        if epochs:
+            config["training"]["max_steps"] = epochs * config["training"]["eval_frequency"]
+            config["training"]["max_epochs"] = 0
         return config
 
 

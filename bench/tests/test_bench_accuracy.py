@@ -26,8 +26,10 @@ def tiny_base(tiny_bert_dir):
 @pytest.mark.parametrize("variant", accuracy.VARIANTS, ids=lambda v: v.name)
 def test_every_variant_builds_and_changes_one_thing(variant, tiny_bert_dir):
     base = tiny_base(tiny_bert_dir)
-    config = variant.config(base, seed=7, max_epochs=3)
-    assert config["system"]["seed"] == 7 and config["training"]["max_epochs"] == 3
+    config = variant.config(base, seed=7, epochs=3)
+    assert config["system"]["seed"] == 7
+    # 3 epochs of 2 steps (tiny_base), the last one ending with an evaluation.
+    assert (config["training"]["max_steps"], config["training"]["max_epochs"]) == (6, 0)
     assert base["system"]["seed"] == 0  # the base is left alone
     nlp = spacy.util.load_model_from_config(config, auto_fill=True, validate=True)
     if variant.name == "spacy-ner":
