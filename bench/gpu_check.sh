@@ -15,7 +15,7 @@
 #          classification and the bare encoder, sentences and documents
 #   5      tests: the GPU tests and the tests that outputs did not change
 # Settings (environment variables, with defaults):
-#   STAGES="1 2 3 4 5"  GPU_ID=0  EPOCHS=2  MAX_STEPS=0  EVAL_FREQ=329  BATCHES=1,64  REPEATS=5
+#   STAGES="1 2 3 4 5"  GPU_ID=0  EPOCHS=2  MAX_STEPS=0 (EPOCHS x EVAL_FREQ)  EVAL_FREQ=329  BATCHES=1,64  REPEATS=5
 #   THREADS=8  LIMIT=0 (test sentences; 0: all)  DOCS=50  PYTHON=python3
 #   SITE=.gpu/site312.tar.xz (empty: the interpreter has spaCy already)
 #   ENCODER_ARCHIVE=.gpu/minilm-f16.tar.xz  DNRTI=.gpu/dnrti  OUT=/tmp/gpu-check  WORK=/tmp/gpu-work
@@ -28,6 +28,9 @@ STAGES=${STAGES:-1 2 3 4 5}
 GPU_ID=${GPU_ID:-0}
 EPOCHS=${EPOCHS:-2}
 MAX_STEPS=${MAX_STEPS:-0}
+# The budget in steps, so that the last epoch ends with an evaluation (spaCy evaluates every
+# EVAL_FREQ steps, not at the end).
+[ "$MAX_STEPS" -gt 0 ] || MAX_STEPS=$((EPOCHS * EVAL_FREQ))
 EVAL_FREQ=${EVAL_FREQ:-329}
 BATCHES=${BATCHES:-1,64}
 REPEATS=${REPEATS:-5}
@@ -78,7 +81,7 @@ if stage 2; then
   timeout "${LIMIT_TRAIN:-200}" "$PYTHON" -m spacy train configs/minilm_cpu.cfg --output "$WORK/train" \
     --gpu-id "$GPU_ID" --paths.train "$WORK/corpus/train.spacy" --paths.dev "$WORK/corpus/dev.spacy" \
     --paths.curves "$OUT/curves.jsonl" --components.transformer.model.name "$ENCODER" \
-    --training.max_epochs "$EPOCHS" --training.max_steps "$MAX_STEPS" --training.eval_frequency "$EVAL_FREQ" \
+    --training.max_epochs 0 --training.max_steps "$MAX_STEPS" --training.eval_frequency "$EVAL_FREQ" \
     > "$OUT/train.log" 2>&1 || echo "stage 2 failed or stopped at its limit: $(tail -3 "$OUT/train.log")"
   tail -12 "$OUT/train.log"
   "$PYTHON" bench/gpu_check.py train-summary "$OUT/curves.jsonl" | tee "$OUT/train_summary.txt"
