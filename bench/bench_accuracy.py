@@ -185,10 +185,15 @@ def pick(
     summary_path = output / "accuracy.json"
     if not summary_path.exists():
         raise SystemExit(f"{summary_path} not found: run `bench_accuracy.py run` first")
-    chosen = accuracy.closest_to_mean(json.loads(summary_path.read_text(encoding="utf8"))["runs"], variant)
+    runs = json.loads(summary_path.read_text(encoding="utf8"))["runs"]
+    chosen = accuracy.closest_to_mean(runs, variant)
     if len(chosen["seeds"]) < min_seeds:
         raise SystemExit(f"{summary_path}: {variant} has {len(chosen['seeds'])} seed(s), "
                          f"fewer than --min-seeds {min_seeds}")
+    budgets = {r.get("max_epochs") for r in runs if r["variant"] == variant}
+    if len(budgets) > 1:
+        raise SystemExit(f"{summary_path}: the {variant} runs have different budgets "
+                         f"({sorted(budgets, key=str)} epochs): their mean is no distribution")
     run = chosen["run"]
     run_dir = output / f"{run['variant']}-s{run['seed']}"
     source = run_dir / "model-best"

@@ -174,3 +174,9 @@ def test_pick_refuses_too_few_seeds_and_a_missing_campaign(tmp_path):
     assert not training.exists()
     run_pick(campaign, training, min_seeds=2)
     assert json.loads((training / "model-best" / "meta.json").read_text())["training_run"]["seed"] == 0
+    # Runs of different budgets are no distribution.
+    summary = json.loads((campaign / "accuracy.json").read_text())
+    summary["runs"][1]["max_epochs"] = 8
+    (campaign / "accuracy.json").write_text(json.dumps(summary))
+    with pytest.raises(SystemExit, match="different budgets"):
+        run_pick(campaign, training, min_seeds=2)
