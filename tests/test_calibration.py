@@ -169,6 +169,21 @@ def load_script(name: str):
 
 
 
+def _run_calibrate_script(tmp_path, *, train, fit_on):
+    """scripts/calibrate.py on tmp_path's model-best, dev and test (documents of 2 sentences)."""
+    load_script("calibrate").main(
+        model=tmp_path / "model-best",
+        dev=tmp_path / "dev.spacy",
+        test=tmp_path / "test.spacy",
+        output=tmp_path / "model-calibrated",
+        metrics_dir=tmp_path / "metrics",
+        gpu_id=-1,
+        sentences_per_doc=2,
+        train=train,
+        fit_on=fit_on,
+    )
+
+
 def _write_dev_and_test(nlp, path):
     """dev.spacy: 16 copies of the gold docs, every other one without its entities, so half
     the predictions are wrong whatever their confidence; test.spacy: the gold docs. Returns
@@ -192,17 +207,7 @@ def test_calibrate_script_fits_on_dev_and_writes_a_calibrated_copy(trained_cnn_n
     DocBin(docs=gold[:2]).to_disk(tmp_path / "train.spacy")
     trained_cnn_nlp.to_disk(tmp_path / "model-best")
     before = (tmp_path / "model-best" / "ner_crf" / "cfg").read_text()
-    load_script("calibrate").main(
-        model=tmp_path / "model-best",
-        dev=tmp_path / "dev.spacy",
-        test=tmp_path / "test.spacy",
-        output=tmp_path / "model-calibrated",
-        metrics_dir=tmp_path / "metrics",
-        gpu_id=-1,
-        sentences_per_doc=2,
-        train=tmp_path / "train.spacy",
-        fit_on="tokens",
-    )
+    _run_calibrate_script(tmp_path, train=tmp_path / "train.spacy", fit_on="tokens")
     assert (tmp_path / "model-best" / "ner_crf" / "cfg").read_text() == before
     results = json.loads((tmp_path / "metrics" / "calibration.json").read_text())
     assert results["map"]["method"] == results["selection"]["method"]
@@ -233,17 +238,7 @@ def test_calibrate_script_fits_on_dev_raw_text(trained_cnn_nlp, tmp_path):
     the pipeline: that split gets the held-out view, and the written pipeline applies its map."""
     _write_dev_and_test(trained_cnn_nlp, tmp_path)
     trained_cnn_nlp.to_disk(tmp_path / "model-best")
-    load_script("calibrate").main(
-        model=tmp_path / "model-best",
-        dev=tmp_path / "dev.spacy",
-        test=tmp_path / "test.spacy",
-        output=tmp_path / "model-calibrated",
-        metrics_dir=tmp_path / "metrics",
-        gpu_id=-1,
-        sentences_per_doc=2,
-        train=None,
-        fit_on="raw",
-    )
+    _run_calibrate_script(tmp_path, train=None, fit_on="raw")
     results = json.loads((tmp_path / "metrics" / "calibration.json").read_text())
     assert results["fit_on"] == "dev (raw text)"
     fit_split = results["splits"]["dev (raw text)"]
