@@ -305,5 +305,39 @@ def grouping(
         output.write_text(json.dumps({"device": device, "rows": rows}, indent=2), encoding="utf8")
 
 
+@app.command()
+def decoding(
+    model: str = typer.Option("en_secner", help="Pipeline package name or directory"),
+    dnrti_dir: str = typer.Option(
+        "", help="DNRTI directory (empty: $DNRTI_DIR, else assets/dnrti)"
+    ),
+    texts: str = typer.Option("sentences,documents", help="Text sets to time"),
+    batch_sizes: str = typer.Option("1,8,64", help="Comma-separated batch sizes"),
+    repeats: int = typer.Option(5, min=1, help="Timed passes per setting after one warm-up"),
+    threads: int = typer.Option(os.cpu_count() or 1, min=1, help="torch threads"),
+    limit: int = typer.Option(0, min=0, help="Use the first N test sentences (0: all)"),
+    docs: int = typer.Option(50, min=1, help="Number of multi-sentence documents"),
+    output: Optional[Path] = typer.Option(None, help="Also write the rows as JSON here"),
+) -> None:
+    """`ner_crf` on the CPU with the CRF decoder's passes in numpy and in torch, side by side."""
+    import spacy
+    import torch
+
+    torch.set_num_threads(threads)
+    nlp = spacy.load(model)
+    text_sets = _texts(dnrti_dir, limit, docs, _split(texts))
+    sizes = [int(size) for size in _split(batch_sizes)]
+    rows = harness.time_decoding(nlp, text_sets, batch_sizes=sizes, repeats=repeats)
+    typer.echo(
+        f"`{model}`, CPU, {threads} threads; median of {repeats} after a warm-up, settings "
+        f"interleaved; command: `{shlex.join(['python', *sys.argv])}`\n"
+    )
+    typer.echo(harness.render_decoding(rows))
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        machine = harness.machine_info(threads)
+        output.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2), encoding="utf8")
+
+
 if __name__ == "__main__":
     app()

@@ -12,6 +12,8 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from torchcrf import CRF
 
+from . import crf_numpy
+
 # Added to the score of a forbidden transition. Finite, so log-sum-exp never sees -inf - -inf.
 FORBIDDEN_SCORE = -10000.0
 
@@ -141,6 +143,10 @@ class BIOCRF(BIODecoder):
     `tags`, the Viterbi path padded with -1.
     """
 
+    # Decode emissions on the CPU with the numpy passes of `crf_numpy` (same results, a
+    # fraction of the per-call cost); False keeps the torch passes everywhere.
+    numpy_on_cpu = True
+
     def __init__(self, tags: Sequence[str], *, constrained: bool = True) -> None:
         super().__init__(tags)
         self.crf = CRF(len(tags), batch_first=True)
@@ -196,6 +202,8 @@ class BIOCRF(BIODecoder):
         self, emissions: torch.Tensor, mask: torch.Tensor, keep_tables: bool
     ) -> Tuple[numpy.ndarray, Any]:
         lengths = mask.long().sum(1)
+        if self.numpy_on_cpu and emissions.device.type == "cpu":
+            return self._best_paths_numpy(emissions, lengths.numpy(), keep_tables)
         scores, *sums = self._passes(emissions, lengths, maxes=True, sums=keep_tables)
         rows = torch.arange(len(lengths), device=emissions.device)
         last = (scores[rows, lengths - 1] + self.crf.end_transitions).argmax(1)
@@ -206,6 +214,21 @@ class BIOCRF(BIODecoder):
             last.cpu().numpy(),
             lengths.cpu().numpy(),
         )
+        return paths, (_SumTables(*sums) if keep_tables else None)
+
+    def _best_paths_numpy(
+        self, emissions: torch.Tensor, lengths: numpy.ndarray, keep_tables: bool
+    ) -> Tuple[numpy.ndarray, Any]:
+        """`_best_paths` with the passes in numpy (emissions on the CPU)."""
+        crf = self.crf
+        e = emissions.detach().numpy()
+        trans, start, end = (
+            p.detach().numpy()
+            for p in (crf.transitions, crf.start_transitions, crf.end_transitions)
+        )
+        scores, sums = crf_numpy.passes(e, lengths, start, trans, end, sums=keep_tables)
+        last = (scores[numpy.arange(len(lengths)), lengths - 1] + end).argmax(1)
+        paths = _trace_back(scores, e, trans, last, lengths)
         return paths, (_SumTables(*sums) if keep_tables else None)
 
     def _passes(
@@ -281,6 +304,16 @@ class BIOCRF(BIODecoder):
         """Each span's clamped partition function in closed form, from the tables: the forward
         mass into its first tag, its own path score, and the backward mass out of its last tag,
         over the partition function."""
+        if isinstance(tables.table, numpy.ndarray):
+            return torch.from_numpy(
+                crf_numpy.span_log_probs(
+                    tables,
+                    emissions.detach().numpy(),
+                    lengths.numpy(),
+                    tags.numpy(),
+                    spans.numpy(),
+                )
+            )
         start, trans, end = tables.scores
         e = emissions.double()
         n, steps, _ = e.shape

@@ -455,13 +455,16 @@ def reference_entities(tags, paths, lengths):
     return rows
 
 
+@pytest.mark.parametrize("numpy_on_cpu", [True, False], ids=["numpy", "torch"])
 @pytest.mark.parametrize("constrained", [True, False])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_fused_decoder_equals_the_reference_and_pytorch_crf(constrained, seed):
+def test_fused_decoder_equals_the_reference_and_pytorch_crf(constrained, seed, numpy_on_cpu):
     """Paths, entities and log-probabilities of `annotate` (one fused pass, probability space,
     back-pointers recomputed on the path only) against the loop it replaced and against
-    pytorch-crf's own decode, with 13 labels (27 tags) as in DNRTI."""
+    pytorch-crf's own decode, with 13 labels (27 tags) as in DNRTI; with the passes in numpy
+    (the CPU's) and in torch (the GPU's)."""
     tags, crf, emissions, mask, lengths = random_crf_batch(seed, constrained)
+    crf.numpy_on_cpu = numpy_on_cpu
     with torch.no_grad():
         expected = reference_viterbi(crf, emissions, mask)
         theirs = crf.crf.decode(emissions, mask=mask)
@@ -485,9 +488,11 @@ def test_fused_decoder_equals_the_reference_and_pytorch_crf(constrained, seed):
     assert torch.equal(paths2, paths) and torch.equal(found2, found) and len(none) == 0
 
 
-def test_fused_decoder_with_extreme_scores():
+@pytest.mark.parametrize("numpy_on_cpu", [True, False], ids=["numpy", "torch"])
+def test_fused_decoder_with_extreme_scores(numpy_on_cpu):
     """Large emissions (the probability-space passes rescale every step) and ties."""
     tags, crf, emissions, mask, lengths = random_crf_batch(5, True, n_labels=4, scale=60.0)
+    crf.numpy_on_cpu = numpy_on_cpu
     emissions[4, :, :] = 0.0  # every tag equally likely: ties everywhere
     with torch.no_grad():
         expected = reference_viterbi(crf, emissions, mask)
@@ -512,3 +517,28 @@ def test_bio_entities_read_like_seqeval():
     paths = numpy.asarray([[rng.randrange(len(tags)) for _ in range(15)] for _ in lengths])
     got = bio_entities(paths, lengths, bio_inside_tags(tags).numpy())
     assert got.tolist() == reference_entities(tags, torch.from_numpy(paths), lengths)
+
+
+@pytest.mark.parametrize("n_steps", [1, 2, 24, 61])
+def test_numpy_and_torch_passes_agree(n_steps):
+    """The CPU's numpy passes give the torch passes' paths and entities exactly and their
+    log-probabilities up to float64 rounding, for one sequence and for a padded batch."""
+    gen = torch.Generator().manual_seed(n_steps)
+    tags = bio_tags([f"L{i}" for i in range(13)])
+    crf = BIOCRF(tags)
+    k = len(tags)
+    _set_learned_scores(crf, *(torch.randn(shape, generator=gen) for shape in [k, (k, k), k]))
+    for n in (1, 9):
+        lengths = torch.randint(1, n_steps + 1, (n,), generator=gen)
+        lengths[0] = n_steps
+        mask = lengths_to_mask(lengths, n_steps)
+        emissions = torch.randn(n, n_steps, k, generator=gen) * 3
+        got = {}
+        for numpy_on_cpu in (True, False):
+            crf.numpy_on_cpu = numpy_on_cpu
+            with torch.inference_mode():
+                got[numpy_on_cpu] = crf(emissions, mask, entities=True, confidence=True)
+        (paths, found, log_probs), (t_paths, t_found, t_log_probs) = got[True], got[False]
+        assert torch.equal(paths, t_paths) and torch.equal(found, t_found)
+        assert len(found) and log_probs.dtype == torch.float64
+        torch.testing.assert_close(log_probs, t_log_probs, rtol=0, atol=1e-12)

@@ -18,7 +18,8 @@ a module of a package, so that the Hugging Face workers never import spaCy.
 Modules: `texts` (benchmark texts), `workers` (the per-system worker processes), `runner`
 (driving the workers, `spacy.load` timing), `side_figures` (training speed, `spacy benchmark speed`,
 machine), `report` (targets and Markdown), `profiling` (the pyinstrument profile) and
-`grouping` (the transformer's batching settings side by side, in one process).
+`grouping` (the transformer's batching settings side by side, in one process), `decoding` (the
+CRF decoder's numpy and torch passes side by side, in one process).
 """
 
 from .side_figures import (
@@ -29,6 +30,7 @@ from .side_figures import (
     training_speed,
 )
 from .grouping import parse_settings, render_settings, time_settings
+from .decoding import render_decoding, time_decoding
 from .profiling import PROFILE_PARTS, profile_pipeline
 from .report import (
     MEMORY_COLUMNS,
@@ -79,6 +81,7 @@ __all__ = [
     "profile_pipeline",
     "ratios",
     "read_test_sentences",
+    "render_decoding",
     "render_markdown",
     "render_settings",
     "reset_peak_rss",
@@ -89,6 +92,7 @@ __all__ = [
     "spacy_benchmark_command",
     "summarize",
     "thread_env",
+    "time_decoding",
     "time_settings",
     "training_speed",
 ]

@@ -23,8 +23,10 @@ PROFILE_PARTS = (
     ("ner_crf: listener and pooling", None, None, r"layers/(listener|trfs2arrays|reduce_)"),
     ("ner_crf: listener and pooling", {"_reduce_first_forward"}, None, None),
     ("ner_crf: BiLSTM and linear", None, "BiLSTMEmitter", None),
-    ("ner_crf: CRF Viterbi", {"crf_decode"}, None, None),
-    ("ner_crf: CRF span confidence", {"crf_span_confidence"}, None, None),
+    ("ner_crf: CRF decoding, other", {"decode_entities"}, None, None),
+    # One loop computes the Viterbi scores and, with confidences, the forward-backward tables.
+    ("ner_crf: CRF Viterbi and forward-backward", {"_best_paths"}, None, None),
+    ("ner_crf: CRF span confidence", {"_span_log_probs"}, None, None),
     ("ner_crf: set_annotations", {"set_annotations"}, "CRFEntityRecognizer", None),
 )
 

@@ -157,8 +157,13 @@ def test_targets_and_markdown():
 
 def test_profile_parts_add_up(trained_cnn_nlp):
     pytest.importorskip("pyinstrument")
-    result = harness.profile_pipeline(trained_cnn_nlp, TRAIN_TEXTS * 40, batch_size=8)
+    result = harness.profile_pipeline(
+        trained_cnn_nlp, TRAIN_TEXTS * 40, batch_size=8, interval=0.0001
+    )
     assert result["parts"] and result["text"]
+    # The decoder's functions are named in the parts: a rename would fold them into "other".
+    for part in ("ner_crf: BiLSTM and linear", "ner_crf: CRF Viterbi and forward-backward"):
+        assert result["parts"].get(part, 0) > 0, part
     assert sum(result["parts"].values()) == pytest.approx(result["seconds"], rel=0.2)
 
 
