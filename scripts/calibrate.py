@@ -17,7 +17,13 @@ from spacy_secner.calibration import (
     reliability,
     select_calibration,
 )
-from spacy_secner.evaluation import bio_of, gold_confidence_pairs, raw_text_confidence_pairs
+from spacy_secner.evaluation import (
+    bio_of,
+    entity_key,
+    gold_confidence_pairs,
+    known_entities,
+    raw_text_confidence_pairs,
+)
 
 
 def main(
@@ -29,7 +35,8 @@ def main(
     gpu_id: int = typer.Option(-1, help="GPU to use, -1 for CPU"),
     sentences_per_doc: int = typer.Option(13, min=1, help="Sentences per test document text"),
     train: Optional[Path] = typer.Option(
-        None, help="Training DocBin: also report the dev and test sentences that are not in it"
+        None,
+        help="Training DocBin: also report the dev and test sentences that are not in it, and the\n        entities that are not among its entities",
     ),
     fit_on: str = typer.Option(
         "tokens",
@@ -39,6 +46,9 @@ def main(
 ) -> None:
     if fit_on not in ("raw", "tokens"):
         raise typer.BadParameter(f"--fit-on must be 'raw' or 'tokens', not {fit_on!r}")
+    # Both output folders exist before the minutes of predictions that fill them.
+    output.parent.mkdir(parents=True, exist_ok=True)
+    metrics_dir.mkdir(parents=True, exist_ok=True)
     if gpu_id >= 0:
         spacy.require_gpu(gpu_id)
     nlp = spacy.load(model)
@@ -58,10 +68,16 @@ def main(
         # Half of DNRTI's dev and test sentences also occur in train.txt; new text is what
         # a user brings.
         seen = {tuple(words) for words, _ in sentences_of(nlp, train)}
+        # Entities whose text never is a training entity of that type: the new names an
+        # analyst most wants found, wherever the sentence comes from.
+        known = known_entities(nlp, train)
         for split, sentences in (("dev", sentences_of(nlp, dev)), ("test", test_sentences)):
             new = [s for s in sentences if tuple(s[0]) not in seen]
             name = f"{split} (raw text, {len(new)} sentences not in train)"
             raw[name] = raw_text_confidence_pairs(nlp, new)
+            raw[f"{split} (raw text, entities not in train)"] = raw_text_confidence_pairs(
+                nlp, sentences, where=lambda e: entity_key(e) not in known
+            )
     fitted, selection = select_calibration(raw[fit_split])
     results = {"map": fitted, "selection": selection, "fit_on": fit_split, "splits": {}}
     curves = {}
@@ -85,7 +101,6 @@ def main(
     if output.exists():
         shutil.rmtree(output)
     nlp.to_disk(output)
-    metrics_dir.mkdir(parents=True, exist_ok=True)
     (metrics_dir / "calibration.json").write_text(json.dumps(results, indent=2))
     method = selection["method"] or "none"
     plot_reliability(

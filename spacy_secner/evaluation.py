@@ -1,10 +1,10 @@
 """Entity-level evaluation: seqeval scores, raw-text scores, confidence calibration."""
 import json
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Set, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple, Union
 
 from spacy.language import Language
-from spacy.tokens import Doc
+from spacy.tokens import Doc, Span
 from spacy.training import Corpus
 
 from .bio import entity_bounds
@@ -127,18 +127,34 @@ def raw_text_confidence_pairs(
     sentences: Iterable[Tuple[List[str], List[str]]],
     batch_size: int = 64,
     sentences_per_doc: int = 1,
+    where: Optional[Callable[[Span], bool]] = None,
 ) -> List[Tuple[float, bool]]:
     """(span._.confidence, right) for each entity predicted on raw text, as a user runs the
-    pipeline; right = exactly a gold entity's characters and label (see `raw_text_scores`)."""
+    pipeline; right = exactly a gold entity's characters and label (see `raw_text_scores`).
+    where (Callable): Keep only the predicted entities it accepts."""
     texts, gold = raw_text_documents(sentences, sentences_per_doc)
     pairs = []
     for doc, ents in zip(nlp.pipe(texts, batch_size=batch_size), gold):
         pairs.extend(
             (e._.confidence, (e.start_char, e.end_char, e.label_) in ents)
             for e in doc.ents
-            if e._.confidence is not None
+            if e._.confidence is not None and (where is None or where(e))
         )
     return pairs
+
+
+def entity_key(span: Span) -> Tuple[str, str]:
+    """An entity's text, lower-cased and without whitespace, and its label: the same mention
+    whether DNRTI's tokens or the CTI tokenizer split it."""
+    return "".join(span.text.split()).lower(), span.label_
+
+
+def known_entities(nlp: Language, path: Union[str, Path]) -> Set[Tuple[str, str]]:
+    """`entity_key` of every gold entity of a DocBin (e.g. the training set)."""
+    from spacy.tokens import DocBin
+
+    docs = DocBin().from_disk(path).get_docs(nlp.vocab)
+    return {entity_key(e) for doc in docs for e in doc.ents}
 
 
 def calibration(

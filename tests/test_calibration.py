@@ -175,7 +175,7 @@ def _run_calibrate_script(tmp_path, *, train, fit_on):
         model=tmp_path / "model-best",
         dev=tmp_path / "dev.spacy",
         test=tmp_path / "test.spacy",
-        output=tmp_path / "model-calibrated",
+        output=tmp_path / "training" / "model-calibrated",
         metrics_dir=tmp_path / "metrics",
         gpu_id=-1,
         sentences_per_doc=2,
@@ -204,7 +204,9 @@ def test_calibrate_script_fits_on_dev_and_writes_a_calibrated_copy(trained_cnn_n
     """Dev with right and wrong predictions (half the copies lose their gold entities): the
     script fits a map, writes a pipeline that applies it, and reports before and after."""
     gold = _write_dev_and_test(trained_cnn_nlp, tmp_path)
-    DocBin(docs=gold[:2]).to_disk(tmp_path / "train.spacy")
+    # Train: the first two sentences, and a third one that names the Tool of sentence 3.
+    other = make_examples(trained_cnn_nlp, [("Stuxnet spread .", [("Stuxnet", "Tool")])])
+    DocBin(docs=gold[:2] + [other[0].reference]).to_disk(tmp_path / "train.spacy")
     trained_cnn_nlp.to_disk(tmp_path / "model-best")
     before = (tmp_path / "model-best" / "ner_crf" / "cfg").read_text()
     _run_calibrate_script(tmp_path, train=tmp_path / "train.spacy", fit_on="tokens")
@@ -224,8 +226,13 @@ def test_calibrate_script_fits_on_dev_and_writes_a_calibrated_copy(trained_cnn_n
     # The test sentences not in train: the last three of the five.
     new_test = results["splits"]["test (raw text, 3 sentences not in train)"]["before"]
     assert new_test["entities"] == sum(len(ents) for _, ents in TRAIN_DATA[2:])
+    # The entities that are not training entities: those of the last three sentences, less
+    # Stuxnet, which a training sentence names.
+    new_entities = results["splits"]["test (raw text, entities not in train)"]["before"]
+    assert new_entities["entities"] == new_test["entities"] - 1
+    assert new_entities["precision"] == 1.0
     assert (tmp_path / "metrics" / "reliability.png").stat().st_size > 0
-    calibrated = spacy.load(tmp_path / "model-calibrated")
+    calibrated = spacy.load(tmp_path / "training" / "model-calibrated")
     assert calibrated.get_pipe("ner_crf").cfg["calibration"] == results["map"]
     raw = confidences_of(trained_cnn_nlp, TRAIN_TEXTS)
     assert confidences_of(calibrated, TRAIN_TEXTS) == pytest.approx(
@@ -246,5 +253,5 @@ def test_calibrate_script_fits_on_dev_raw_text(trained_cnn_nlp, tmp_path):
     assert fit_split["after"]["ece"] < fit_split["before"]["ece"]
     assert "after, cross-fitted" in fit_split
     assert "after, cross-fitted" not in results["splits"]["dev"]
-    calibrated = spacy.load(tmp_path / "model-calibrated")
+    calibrated = spacy.load(tmp_path / "training" / "model-calibrated")
     assert calibrated.get_pipe("ner_crf").cfg["calibration"] == results["map"]
