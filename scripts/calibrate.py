@@ -36,7 +36,8 @@ def main(
     sentences_per_doc: int = typer.Option(13, min=1, help="Sentences per test document text"),
     train: Optional[Path] = typer.Option(
         None,
-        help="Training DocBin: also report the dev and test sentences that are not in it, and the\n        entities that are not among its entities",
+        help="Training DocBin: also report the dev and test sentences that are not in it, and the "
+        "entities that are not among its entities",
     ),
     fit_on: str = typer.Option(
         "tokens",

@@ -4,7 +4,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple, Union
 
 from spacy.language import Language
-from spacy.tokens import Doc, Span
+from spacy.tokens import Doc, DocBin, Span
 from spacy.training import Corpus
 
 from .bio import entity_bounds
@@ -151,8 +151,6 @@ def entity_key(span: Span) -> Tuple[str, str]:
 
 def known_entities(nlp: Language, path: Union[str, Path]) -> Set[Tuple[str, str]]:
     """`entity_key` of every gold entity of a DocBin (e.g. the training set)."""
-    from spacy.tokens import DocBin
-
     docs = DocBin().from_disk(path).get_docs(nlp.vocab)
     return {entity_key(e) for doc in docs for e in doc.ents}
 
