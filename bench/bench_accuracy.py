@@ -26,6 +26,7 @@ from spacy.util import load_config
 from harness import accuracy
 
 from spacy_secner.atomic import write_json, write_text
+from spacy_secner.evaluation import read_curves
 
 ROOT = Path(__file__).resolve().parents[1]
 app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=False)
@@ -67,7 +68,7 @@ def one(
     """Train one variant with one seed and score its best model on dev and test."""
     import spacy
 
-    from spacy_secner.evaluation import predict_corpus, read_curves, seqeval_report
+    from spacy_secner.evaluation import predict_corpus, seqeval_report
 
     chosen = accuracy.variants_by_name([variant])[0]
     base = load_config(config)
@@ -117,6 +118,7 @@ def one(
         "patience_steps": cfg["training"]["patience"],
         "dev_f_curve": [round(float(r["score"]), 4) for r in curves],
         "train_minutes": minutes,
+        "train_words_per_s": accuracy.training_words_per_second(curves),
         "machine": machine(gpu_id),
         "test_report": test["report"],
     }
@@ -161,9 +163,14 @@ def run(
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         run_dirs = list(pool.map(train, runs))
-    results: List[Dict[str, Any]] = [
-        json.loads((d / "result.json").read_text(encoding="utf8")) for d in run_dirs
-    ]
+    results: List[Dict[str, Any]] = []
+    for run_dir in run_dirs:
+        result = json.loads((run_dir / "result.json").read_text(encoding="utf8"))
+        if "train_words_per_s" not in result:
+            # A result written before the harness recorded it: its curves still tell.
+            curves = read_curves(run_dir / "curves.jsonl")
+            result["train_words_per_s"] = accuracy.training_words_per_second(curves)
+        results.append(result)
     summary = accuracy.summarize(results)
     table = accuracy.render_markdown(summary, [v.name for v in chosen])
     write_json(output / "accuracy.json", {"epochs": epochs, "runs": results, "summary": summary})

@@ -52,7 +52,7 @@ IMPORTS = {
     "documents": "spacy_secner.documents.pdf",
     "pdfplumber": "pdfplumber",
 }
-app = typer.Typer(add_completion=False)
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
 def write_report(path: Path, n_pages: int) -> List[str]:

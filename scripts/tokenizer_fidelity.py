@@ -54,4 +54,7 @@ def main(
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    # A plain traceback: typer's pretty one prints every local variable of every frame.
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command()(main)
+    app()

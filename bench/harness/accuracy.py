@@ -145,6 +145,14 @@ def best_evaluation(curves: List[Dict[str, Any]]) -> Dict[str, Any]:
     return best
 
 
+def training_words_per_second(curves: List[Dict[str, Any]]) -> Optional[float]:
+    """Training words per second of wall time over the whole run (its evaluations included),
+    from the curve logger's last record: what the `minutes` of a run buy."""
+    if not curves or not curves[-1].get("seconds"):
+        return None
+    return curves[-1]["words"] / curves[-1]["seconds"]
+
+
 def closest_to_mean(results: List[Dict[str, Any]], variant: str) -> Dict[str, Any]:
     """The run of `variant` whose test F1 is closest to the mean over its seeds (the lower seed
     of equals), with that mean and the sample std: the run to ship, not the luckiest one."""
@@ -170,7 +178,10 @@ def summarize(results: List[Dict[str, Any]]) -> Dict[str, Any]:
     summary = {}
     for name, runs in by_variant.items():
         row: Dict[str, Any] = {"variant": name, "kind": runs[0]["kind"], "seeds": [r["seed"] for r in runs]}
-        for key in ("test_p", "test_r", "test_f", "dev_f", "train_minutes", "best_epoch", "epochs"):
+        keys = ["test_p", "test_r", "test_f", "dev_f", "train_minutes", "best_epoch", "epochs"]
+        # Results written before a figure was recorded leave it out of their variant's row.
+        keys += [k for k in OPTIONAL_FIGURES if all(r.get(k) is not None for r in runs)]
+        for key in keys:
             values = [float(r[key]) for r in runs]
             row[key] = statistics.mean(values)
             row[key + "_std"] = statistics.stdev(values) if len(values) > 1 else None
@@ -180,6 +191,10 @@ def summarize(results: List[Dict[str, Any]]) -> Dict[str, Any]:
         }
         summary[name] = row
     return summary
+
+
+# Figures that not every stored result holds.
+OPTIONAL_FIGURES = ("train_words_per_s",)
 
 
 def _pm(row: Dict[str, Any], key: str, digits: int = 4) -> str:
@@ -192,14 +207,16 @@ def render_markdown(summary: Dict[str, Any], order: Sequence[str]) -> str:
     """The side-by-side table: test P/R/F1, dev F1, epochs and minutes, then per-type test F1."""
     rows = [summary[n] for n in order if n in summary]
     lines = [
-        "| variant | kind | seeds | test P | test R | test F1 | dev F1 | best epoch / run | minutes |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| variant | kind | seeds | test P | test R | test F1 | dev F1 | best epoch / run | minutes "
+        "| training words/s |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
         lines.append(
             f"| {row['variant']} | {row['kind']} | {len(row['seeds'])} | {_pm(row, 'test_p')} "
             f"| {_pm(row, 'test_r')} | **{_pm(row, 'test_f')}** | {_pm(row, 'dev_f')} "
-            f"| {row['best_epoch']:.1f} / {row['epochs']:.0f} | {_pm(row, 'train_minutes', 1)} |"
+            f"| {row['best_epoch']:.1f} / {row['epochs']:.0f} | {_pm(row, 'train_minutes', 1)} "
+            f"| {_pm(row, 'train_words_per_s', 0) if 'train_words_per_s' in row else '-'} |"
         )
     types = sorted({t for row in rows for t in row["per_type_f"]})
     lines += ["", "Test F1 per type (mean over seeds):", ""]

@@ -83,6 +83,18 @@ def test_summary_mean_and_sample_std_over_seeds():
     table = accuracy.render_markdown({**summary, "softmax": single}, ["headline", "softmax"])
     assert "**0.8000 ± 0.1000**" in table and "**0.7500**" in table
     assert "| Tool | 0.800 | 0.750 |" in table
+    # Results that predate the training-speed figure show none, and do not fail the summary.
+    assert "train_words_per_s" not in row and table.count("| - |") == 2
+
+
+def test_training_speed_from_the_curves():
+    curves = [{"step": 0, "seconds": 10, "words": 50}, {"step": 329, "seconds": 600, "words": 140_000}]
+    assert accuracy.training_words_per_second(curves) == pytest.approx(233.33, abs=0.01)
+    assert accuracy.training_words_per_second([]) is None
+    runs = [run_result("headline", s, 0.8, train_words_per_s=w) for s, w in [(0, 180.0), (1, 200.0)]]
+    row = accuracy.summarize(runs)["headline"]
+    assert row["train_words_per_s"] == pytest.approx(190.0)
+    assert "| 190 ± 14 |" in accuracy.render_markdown({"headline": row}, ["headline"])
 
 
 def test_harness_runs_end_to_end_and_resumes(tiny_bert_dir, tmp_path):
@@ -104,6 +116,7 @@ def test_harness_runs_end_to_end_and_resumes(tiny_bert_dir, tmp_path):
     assert sorted(r["variant"] for r in report["runs"]) == ["averaged", "headline", "softmax"]
     for run in report["runs"]:
         assert 0.0 <= run["test_f"] <= 1.0 and run["steps"] == 4 and run["epochs"] == 2
+        assert run["train_words_per_s"] > 0
         assert (out / f"{run['variant']}-s0" / "model-best").is_dir()
     assert "| headline | headline | 1 |" in (out / "accuracy.md").read_text()
     # A second run keeps the finished runs instead of training them again.
