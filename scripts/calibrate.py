@@ -19,10 +19,11 @@ from spacy_secner.calibration import (
 )
 from spacy_secner.evaluation import (
     bio_of,
-    entity_key,
+    confidence_pairs,
     gold_confidence_pairs,
     known_entities,
     raw_text_confidence_pairs,
+    raw_text_entities,
 )
 
 
@@ -58,10 +59,15 @@ def main(
     raw = {"dev": gold_confidence_pairs(nlp, dev)}
     # Users bring raw text, which the CTI tokenizer splits a little differently from DNRTI's
     # tokens: the same dev sentences as raw text are reported too, and can be the fit set.
-    raw["dev (raw text)"] = raw_text_confidence_pairs(nlp, sentences_of(nlp, dev))
+    dev_sentences, test_sentences = sentences_of(nlp, dev), sentences_of(nlp, test)
+    # One prediction pass per split and layout; the splits below are subsets of them.
+    found = {
+        "dev": raw_text_entities(nlp, dev_sentences),
+        "test": raw_text_entities(nlp, test_sentences),
+    }
+    raw["dev (raw text)"] = confidence_pairs(found["dev"])
     fit_split = "dev (raw text)" if fit_on == "raw" else "dev"
-    test_sentences = sentences_of(nlp, test)
-    raw["test (raw text)"] = raw_text_confidence_pairs(nlp, test_sentences)
+    raw["test (raw text)"] = confidence_pairs(found["test"])
     raw[f"test (raw text, {sentences_per_doc}-sentence documents)"] = raw_text_confidence_pairs(
         nlp, test_sentences, sentences_per_doc=sentences_per_doc
     )
@@ -72,12 +78,13 @@ def main(
         # Entities whose text never is a training entity of that type: the new names an
         # analyst most wants found, wherever the sentence comes from.
         known = known_entities(nlp, train)
-        for split, sentences in (("dev", sentences_of(nlp, dev)), ("test", test_sentences)):
-            new = [s for s in sentences if tuple(s[0]) not in seen]
-            name = f"{split} (raw text, {len(new)} sentences not in train)"
-            raw[name] = raw_text_confidence_pairs(nlp, new)
-            raw[f"{split} (raw text, entities not in train)"] = raw_text_confidence_pairs(
-                nlp, sentences, where=lambda e: entity_key(e) not in known
+        for split, sentences in (("dev", dev_sentences), ("test", test_sentences)):
+            new = {i for i, (words, _) in enumerate(sentences) if tuple(words) not in seen}
+            raw[f"{split} (raw text, {len(new)} sentences not in train)"] = confidence_pairs(
+                e for e in found[split] if e.text in new
+            )
+            raw[f"{split} (raw text, entities not in train)"] = confidence_pairs(
+                e for e in found[split] if e.key not in known
             )
     fitted, selection = select_calibration(raw[fit_split])
     results = {"map": fitted, "selection": selection, "fit_on": fit_split, "splits": {}}

@@ -1,7 +1,7 @@
 """Entity-level evaluation: seqeval scores, raw-text scores, confidence calibration."""
 import json
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple, Union
+from typing import Any, Dict, Iterable, List, NamedTuple, Set, Tuple, Union
 
 from spacy.language import Language
 from spacy.tokens import Doc, DocBin, Span
@@ -122,25 +122,48 @@ def gold_confidence_pairs(
     return pairs
 
 
+class RawTextEntity(NamedTuple):
+    """An entity predicted on raw text: the index of its text, its `entity_key`, its
+    confidence, and whether it is right (exactly a gold entity's characters and label)."""
+
+    text: int
+    key: Tuple[str, str]
+    confidence: float
+    right: bool
+
+
+def raw_text_entities(
+    nlp: Language,
+    sentences: Iterable[Tuple[List[str], List[str]]],
+    batch_size: int = 64,
+    sentences_per_doc: int = 1,
+) -> List[RawTextEntity]:
+    """Each entity with a confidence that the pipeline predicts on the sentences as raw text, as a
+    user runs it (texts as in `raw_text_scores`): one pass, which callers can split by text or
+    entity without predicting again."""
+    texts, gold = raw_text_documents(sentences, sentences_per_doc)
+    return [
+        RawTextEntity(i, entity_key(e), e._.confidence, (e.start_char, e.end_char, e.label_) in ents)
+        for i, (doc, ents) in enumerate(zip(nlp.pipe(texts, batch_size=batch_size), gold))
+        for e in doc.ents
+        if e._.confidence is not None
+    ]
+
+
 def raw_text_confidence_pairs(
     nlp: Language,
     sentences: Iterable[Tuple[List[str], List[str]]],
     batch_size: int = 64,
     sentences_per_doc: int = 1,
-    where: Optional[Callable[[Span], bool]] = None,
 ) -> List[Tuple[float, bool]]:
-    """(span._.confidence, right) for each entity predicted on raw text, as a user runs the
-    pipeline; right = exactly a gold entity's characters and label (see `raw_text_scores`).
-    where (Callable): Keep only the predicted entities it accepts."""
-    texts, gold = raw_text_documents(sentences, sentences_per_doc)
-    pairs = []
-    for doc, ents in zip(nlp.pipe(texts, batch_size=batch_size), gold):
-        pairs.extend(
-            (e._.confidence, (e.start_char, e.end_char, e.label_) in ents)
-            for e in doc.ents
-            if e._.confidence is not None and (where is None or where(e))
-        )
-    return pairs
+    """(span._.confidence, right) for each entity predicted on raw text (see
+    `raw_text_entities`)."""
+    return confidence_pairs(raw_text_entities(nlp, sentences, batch_size, sentences_per_doc))
+
+
+def confidence_pairs(entities: Iterable[RawTextEntity]) -> List[Tuple[float, bool]]:
+    """(confidence, right) of each entity, as calibration reads them."""
+    return [(e.confidence, e.right) for e in entities]
 
 
 def entity_key(span: Span) -> Tuple[str, str]:

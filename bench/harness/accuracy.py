@@ -170,6 +170,10 @@ def closest_to_mean(results: List[Dict[str, Any]], variant: str) -> Dict[str, An
     }
 
 
+# Figures that not every stored result holds.
+OPTIONAL_FIGURES = ("train_words_per_s",)
+
+
 def summarize(results: List[Dict[str, Any]]) -> Dict[str, Any]:
     """Group run results by variant: mean and sample std over seeds of each figure."""
     by_variant: Dict[str, List[Dict[str, Any]]] = {}
@@ -191,10 +195,6 @@ def summarize(results: List[Dict[str, Any]]) -> Dict[str, Any]:
         }
         summary[name] = row
     return summary
-
-
-# Figures that not every stored result holds.
-OPTIONAL_FIGURES = ("train_words_per_s",)
 
 
 def _pm(row: Dict[str, Any], key: str, digits: int = 4) -> str:
