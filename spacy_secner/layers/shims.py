@@ -11,14 +11,21 @@ thinc's optimizer keys a shim's parameters as `(shim id, parameter name)`, while
 `PyTorchShim.use_params` looks for string keys `"pytorch_<id>_<name>"`, so spaCy's evaluation
 and saving "with the averages" silently used the current weights instead.
 
-Everything else (serialization, devices, gradient scaling) is the base shim's.
+`HFEvalModeShim` also loads a saved encoder without building it with random weights first
+(see its `from_bytes`). Everything else (devices, gradient scaling) is the base shim's.
 """
 import contextlib
+from io import BytesIO
+from pathlib import Path
 from typing import Any, Dict, Iterator
 
+import srsly
 import torch
+from spacy.util import SimpleFrozenDict
+from spacy_transformers.data_classes import HFObjects
 from spacy_transformers.layers.hf_shim import HFShim
-from thinc.api import ArgsKwargs, PyTorchShim, xp2torch
+from spacy_transformers.util import make_tempdir
+from thinc.api import ArgsKwargs, PyTorchShim, get_torch_default_device, xp2torch
 
 
 class _PredictInEvalMode:
@@ -68,5 +75,56 @@ class EvalModeShim(_PredictInEvalMode, _AveragedParams, PyTorchShim):
 
 
 class HFEvalModeShim(_PredictInEvalMode, _AveragedParams, HFShim):
-    """spacy-transformers' `HFShim`, predicting in eval mode without a switch per call, and
-    using the optimizer's parameter averages."""
+    """spacy-transformers' `HFShim`, predicting in eval mode without a switch per call, using
+    the optimizer's parameter averages, and loading the saved weights as the encoder's own."""
+
+    def from_bytes(self, bytes_data: bytes) -> "HFEvalModeShim":
+        """What `HFShim.from_bytes` loads, with one copy of the weights less at its peak.
+
+        The base class builds the encoder with random weights and copies the saved ones into
+        them while the serialized bytes are still held, so `spacy.load` briefly holds the
+        weights once more than it needs (87 MiB for the embedded MiniLM) and draws random
+        weights it throws away. Here the encoder is built without weights and takes the loaded tensors
+        as they are (`load_state_dict(assign=True)`). A shim saved before initialization, or a
+        state that does not match the encoder exactly, takes the base class's path.
+        """
+        from transformers.integrations.accelerate import init_empty_weights
+        from transformers.modeling_utils import no_init_weights
+
+        msg = srsly.msgpack_loads(bytes_data)
+        if not msg["config"]:
+            return super().from_bytes(bytes_data)
+        tok_dict = dict(msg["tokenizer"])
+        tok_kwargs = tok_dict.pop("kwargs", {})
+        with make_tempdir() as temp_dir:
+            config_file = temp_dir / "config.json"
+            srsly.write_json(config_file, msg["config"])
+            config = self.config_cls.from_pretrained(config_file)
+            for name, data in tok_dict.items():
+                Path(temp_dir / name).write_bytes(data)
+            tokenizer = self.tokenizer_cls.from_pretrained(str(temp_dir.absolute()), **tok_kwargs)
+            vocab_file_contents = None
+            if hasattr(tokenizer, "vocab_file"):
+                vocab_file = temp_dir / tokenizer.vocab_files_names["vocab_file"]
+                vocab_file_contents = vocab_file.read_bytes()
+        # Parameters on the meta device, buffers (position ids) built as usual.
+        with init_empty_weights(include_buffers=False), no_init_weights():
+            transformer = self.model_cls.from_config(config)
+        device = get_torch_default_device()
+        state = torch.load(BytesIO(msg.pop("state")), map_location=device)
+        del msg
+        try:
+            transformer.load_state_dict(state, assign=True)
+        except RuntimeError:
+            # spacy-transformers warns and loads what matches: its path, with its message.
+            return super().from_bytes(bytes_data)
+        del state
+        transformer.tie_weights()
+        if any(t.is_meta for t in (*transformer.parameters(), *transformer.buffers())):
+            return super().from_bytes(bytes_data)
+        self._hfmodel = HFObjects(
+            tokenizer, transformer, vocab_file_contents, SimpleFrozenDict(), SimpleFrozenDict()
+        )
+        self._model = transformer
+        self._model.to(device)
+        return self
