@@ -52,3 +52,25 @@ def test_grouped_encoder_on_gpu(on_gpu, tiny_bert_dir):
         assert type(hb).__module__.startswith("cupy") and ha.shape == hb.shape
         mask = a._.trf_data.wordpieces.attention_mask.astype(bool)
         assert float(abs(ha[mask] - hb[mask]).max()) < 1e-4
+
+
+def test_fused_adam_update_on_gpu_matches_thincs_loop(on_gpu, tiny_bert_dir, monkeypatch):
+    """On the GPU the update runs as PyTorch's fused kernel: the same training as thinc's loop
+    (cupy's Adam kernel), to float32 rounding."""
+    from thinc.api import Adam, fix_random_seed
+
+    from spacy_secner.layers import shims
+
+    results = []
+    for fused in (False, True):
+        monkeypatch.setattr(shims._FusedAdamUpdate, "fused_adam", fused)
+        fix_random_seed(0)
+        nlp = make_grouped_trf_nlp(tiny_bert_dir, 16)
+        optimizer = Adam(0.01, grad_clip=0.05, use_averages=False)
+        losses = []
+        for _ in range(4):
+            step = {}
+            nlp.update(make_examples(nlp), sgd=optimizer, losses=step)
+            losses.append(step["ner_crf"])
+        results.append(losses)
+    assert results[1] == pytest.approx(results[0], rel=1e-4)

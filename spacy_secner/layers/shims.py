@@ -11,8 +11,10 @@ thinc's optimizer keys a shim's parameters as `(shim id, parameter name)`, while
 `PyTorchShim.use_params` looks for string keys `"pytorch_<id>_<name>"`, so spaCy's evaluation
 and saving "with the averages" silently used the current weights instead.
 
-`HFEvalModeShim` also loads a saved encoder without building it with random weights first
-(see its `from_bytes`). Everything else (devices, gradient scaling) is the base shim's.
+Both update all their parameters at once with thinc's Adam arithmetic (`adam_step.py`)
+instead of calling the optimizer once per parameter, and `HFEvalModeShim` loads a saved encoder
+without building it with random weights first (see its `from_bytes`). Everything else
+(devices, gradient scaling) is the base shim's.
 """
 import contextlib
 from io import BytesIO
@@ -25,7 +27,9 @@ from spacy.util import SimpleFrozenDict
 from spacy_transformers.data_classes import HFObjects
 from spacy_transformers.layers.hf_shim import HFShim
 from spacy_transformers.util import make_tempdir
-from thinc.api import ArgsKwargs, PyTorchShim, get_torch_default_device, xp2torch
+from thinc.api import ArgsKwargs, Optimizer, PyTorchShim, get_torch_default_device, xp2torch
+
+from .adam_step import AdamState, fused_adam_step, fused_adam_supported
 
 
 class _PredictInEvalMode:
@@ -69,12 +73,44 @@ class _AveragedParams:
             self._model.load_state_dict(backup)
 
 
-class EvalModeShim(_PredictInEvalMode, _AveragedParams, PyTorchShim):
+class _FusedAdamUpdate:
+    """`finish_update` for a `PyTorchShim` subclass: one fused Adam step for the whole module
+    (`adam_step.fused_adam_step`) where the optimizer allows it, thinc's loop otherwise."""
+
+    # False keeps thinc's per-parameter loop (for comparisons).
+    fused_adam = True
+
+    id: int
+    _model: torch.nn.Module
+    _grad_scaler: Any
+
+    def finish_update(self, optimizer: Optimizer) -> None:
+        if not (self.fused_adam and fused_adam_supported(optimizer)):
+            super().finish_update(optimizer)  # type: ignore[misc]
+            return
+        # The moments belong to one optimizer: a new one (another id, or a count back at
+        # zero, see `fused_adam_step`) starts from zeros, as thinc's would.
+        if getattr(self, "_adam_optimizer_id", None) != id(optimizer):
+            self._adam_state: AdamState = {}
+            self._adam_optimizer_id = id(optimizer)
+        state = self._adam_state
+        params = list(self._model.named_parameters())
+        if self._grad_scaler.found_inf:
+            # As thinc: an overflow in mixed precision skips the update.
+            for _, param in params:
+                if param.grad is not None:
+                    param.grad.zero_()
+        else:
+            fused_adam_step(optimizer, self.id, params, state)
+        self._grad_scaler.update()
+
+
+class EvalModeShim(_PredictInEvalMode, _AveragedParams, _FusedAdamUpdate, PyTorchShim):
     """thinc's `PyTorchShim`, predicting in eval mode without a switch per call, and using the
     optimizer's parameter averages."""
 
 
-class HFEvalModeShim(_PredictInEvalMode, _AveragedParams, HFShim):
+class HFEvalModeShim(_PredictInEvalMode, _AveragedParams, _FusedAdamUpdate, HFShim):
     """spacy-transformers' `HFShim`, predicting in eval mode without a switch per call, using
     the optimizer's parameter averages, and loading the saved weights as the encoder's own."""
 

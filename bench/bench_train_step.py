@@ -1,0 +1,106 @@
+"""Seconds per training step, and how much of it is the optimizer's update, with the shims'
+multi-tensor Adam step and with thinc's per-parameter loop, taking turns in one process.
+
+    python bench/bench_train_step.py corpus/train.spacy              # the embedded MiniLM
+    python bench/bench_train_step.py corpus/train.spacy --tiny       # a tiny random encoder
+
+The pipeline is the default config (`configs/minilm_cpu.cfg`) initialized on a sample of the
+training set: speed does not depend on the weights. Each step is `nlp.update` on 16 training
+sentences (the config's batch), as `spacy train` makes it, with the config's optimizer. The two
+settings keep separate Adam moments, so the weights do not follow one real training run: only
+the time counts.
+"""
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import typer
+
+app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=False)
+
+
+@app.command()
+def main(
+    train: Path = typer.Argument(..., help="Training DocBin (DNRTI's train.spacy)"),
+    config: Path = typer.Option(Path("configs/minilm_cpu.cfg"), help="Training config"),
+    tiny: bool = typer.Option(False, help="A tiny random encoder instead of the config's"),
+    steps: int = typer.Option(20, min=1, help="Timed steps per round and setting"),
+    rounds: int = typer.Option(3, min=1, help="Rounds; the settings take turns in each"),
+    threads: int = typer.Option(1, min=1, help="torch threads (training uses 1)"),
+    gpu_id: int = typer.Option(-1, help="GPU (-1: CPU)"),
+) -> None:
+    """Time training steps with the fused Adam update and with thinc's loop."""
+    import spacy
+    import torch
+    from spacy.tokens import Doc, DocBin
+    from spacy.training import Example
+    from thinc.api import fix_random_seed
+
+    from spacy_secner.layers import shims
+
+    torch.set_num_threads(threads)
+    if gpu_id >= 0:
+        spacy.require_gpu(gpu_id)
+    cfg = spacy.util.load_config(config, interpolate=False)
+    with tempfile.TemporaryDirectory(prefix="secner-train-step-") as tmp:
+        if tiny:
+            from harness.tiny import make_tiny_encoder
+
+            encoder = make_tiny_encoder(Path(tmp) / "encoder")
+            cfg["components"]["transformer"]["model"]["name"] = str(encoder)
+        fix_random_seed(0)
+        nlp = spacy.util.load_model_from_config(cfg, auto_fill=True, validate=True)
+        refs = list(DocBin().from_disk(train).get_docs(nlp.vocab))
+        examples = [
+            Example(Doc(nlp.vocab, words=[t.text for t in d], spaces=[bool(t.whitespace_) for t in d]), d)
+            for d in refs
+        ]
+        optimizer = nlp.initialize(lambda: examples[:300])
+    batch_size = cfg["training"]["batcher"]["size"]
+    random.Random(0).shuffle(examples)
+    batches = [examples[i : i + batch_size] for i in range(0, len(examples), batch_size)]
+    words = sum(len(eg.reference) for eg in examples[: steps * batch_size])
+
+    update_seconds = [0.0]
+    inner = shims._FusedAdamUpdate.finish_update
+
+    def timed_finish_update(self, opt):
+        start = time.perf_counter()
+        inner(self, opt)
+        if gpu_id >= 0:
+            torch.cuda.synchronize()
+        update_seconds[0] += time.perf_counter() - start
+
+    shims._FusedAdamUpdate.finish_update = timed_finish_update
+    settings = {"fused": True, "thinc": False}
+    results: Dict[str, Dict[str, List[float]]] = {k: {"step": [], "update": []} for k in settings}
+    position = 0
+    for round_ in range(rounds + 1):  # the first round warms up
+        for name, fused in settings.items():
+            shims._FusedAdamUpdate.fused_adam = fused
+            update_seconds[0] = 0.0
+            start = time.perf_counter()
+            for _ in range(steps):
+                nlp.update(batches[position % len(batches)], sgd=optimizer, losses={})
+                position += 1
+            if gpu_id >= 0:
+                torch.cuda.synchronize()
+            if round_:
+                results[name]["step"].append((time.perf_counter() - start) / steps)
+                results[name]["update"].append(update_seconds[0] / steps)
+    # Words/s from the first `steps` batches' words: the settings read the same batches in turn.
+    print(f"{'tiny random encoder' if tiny else 'config encoder'}, {threads} thread(s), "
+          f"{'GPU ' + str(gpu_id) if gpu_id >= 0 else 'CPU'}, batches of {batch_size}, "
+          f"{steps} steps x {rounds} rounds per setting (medians of rounds)")
+    for name, timings in results.items():
+        step = statistics.median(timings["step"])
+        update = statistics.median(timings["update"])
+        print(f"{name}: {step * 1000:.1f} ms per step, of which the optimizer's update "
+              f"{update * 1000:.1f} ms; about {words / steps / step:,.0f} words/s")
+
+
+if __name__ == "__main__":
+    app()
