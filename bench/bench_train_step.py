@@ -4,6 +4,9 @@ multi-tensor Adam step and with thinc's per-parameter loop, taking turns in one 
     python bench/bench_train_step.py corpus/train.spacy              # the embedded MiniLM
     python bench/bench_train_step.py corpus/train.spacy --tiny       # a tiny random encoder
 
+On a GPU (`--gpu-id 0`) the update's time is taken between two synchronisations, and the step
+time at the end of each round's steps, so both count the device's work.
+
 The pipeline is the default config (`configs/minilm_cpu.cfg`) initialized on a sample of the
 training set: speed does not depend on the weights. Each step is `nlp.update` on 16 training
 sentences (the config's batch), as `spacy train` makes it, with the config's optimizer. The two
@@ -27,6 +30,7 @@ def main(
     train: Path = typer.Argument(..., help="Training DocBin (DNRTI's train.spacy)"),
     config: Path = typer.Option(Path("configs/minilm_cpu.cfg"), help="Training config"),
     tiny: bool = typer.Option(False, help="A tiny random encoder instead of the config's"),
+    encoder: str = typer.Option("", help="HF encoder directory instead of the config's"),
     steps: int = typer.Option(20, min=1, help="Timed steps per round and setting"),
     rounds: int = typer.Option(3, min=1, help="Rounds; the settings take turns in each"),
     threads: int = typer.Option(1, min=1, help="torch threads (training uses 1)"),
@@ -49,8 +53,9 @@ def main(
         if tiny:
             from harness.tiny import make_tiny_encoder
 
-            encoder = make_tiny_encoder(Path(tmp) / "encoder")
-            cfg["components"]["transformer"]["model"]["name"] = str(encoder)
+            encoder = str(make_tiny_encoder(Path(tmp) / "encoder"))
+        if encoder:
+            cfg["components"]["transformer"]["model"]["name"] = encoder
         fix_random_seed(0)
         nlp = spacy.util.load_model_from_config(cfg, auto_fill=True, validate=True)
         refs = list(DocBin().from_disk(train).get_docs(nlp.vocab))
@@ -68,6 +73,9 @@ def main(
     inner = shims._FusedAdamUpdate.finish_update
 
     def timed_finish_update(self, opt):
+        # On a GPU, the work queued before the update is not the update's.
+        if gpu_id >= 0:
+            torch.cuda.synchronize()
         start = time.perf_counter()
         inner(self, opt)
         if gpu_id >= 0:
@@ -92,7 +100,8 @@ def main(
                 results[name]["step"].append((time.perf_counter() - start) / steps)
                 results[name]["update"].append(update_seconds[0] / steps)
     # Words/s from the first `steps` batches' words: the settings read the same batches in turn.
-    print(f"{'tiny random encoder' if tiny else 'config encoder'}, {threads} thread(s), "
+    source = "tiny random encoder" if tiny else (f"encoder {encoder}" if encoder else "config encoder")
+    print(f"{source}, {threads} thread(s), "
           f"{'GPU ' + str(gpu_id) if gpu_id >= 0 else 'CPU'}, batches of {batch_size}, "
           f"{steps} steps x {rounds} rounds per setting (medians of rounds)")
     for name, timings in results.items():

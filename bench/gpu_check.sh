@@ -13,18 +13,21 @@
 #   3      evaluate: `scripts/evaluate.py` on the test set with stage 2's best model
 #   4      speed: `bench_speed.py run` on the GPU with stage 2's model: en_secner beside HF token
 #          classification and the bare encoder, sentences and documents
-#   5      tests: the GPU tests and the tests that outputs did not change
+#   5      training step: `bench_train_step.py` on the GPU, the fused Adam update beside thinc's
+#          per-parameter loop, in one process
+#   6      tests: the GPU tests and the tests that outputs did not change
 # Settings (environment variables, with defaults):
-#   STAGES="1 2 3 4 5"  GPU_ID=0  EPOCHS=2  MAX_STEPS=0 (EPOCHS x EVAL_FREQ)  EVAL_FREQ=329  BATCHES=1,64  REPEATS=5
-#   THREADS=8  LIMIT=0 (test sentences; 0: all)  DOCS=50  PYTHON=python3
+#   STAGES="1 2 3 4 5 6"  GPU_ID=0  EPOCHS=2  MAX_STEPS=0 (EPOCHS x EVAL_FREQ)  EVAL_FREQ=329  BATCHES=1,64  REPEATS=5
+#   THREADS=8  LIMIT=0 (test sentences; 0: all)  DOCS=50  STEPS=10  ROUNDS=2  PYTHON=python3
 #   SITE=.gpu/site312.tar.xz (empty: the interpreter has spaCy already)
 #   ENCODER_ARCHIVE=.gpu/minilm-f16.tar.xz  DNRTI=.gpu/dnrti  OUT=/tmp/gpu-check  WORK=/tmp/gpu-work
-#   LIMIT_TINY=120  LIMIT_TRAIN=200  LIMIT_EVAL=60  LIMIT_SPEED=180  LIMIT_TESTS=90 (seconds)
+#   LIMIT_TINY=120  LIMIT_TRAIN=200  LIMIT_EVAL=60  LIMIT_SPEED=180  LIMIT_STEP=60  LIMIT_TESTS=90
+#   (seconds)
 # With GPU_ID=-1 every stage runs on the CPU (bench/tests/test_gpu_check.py does, on tiny inputs).
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-check}
 WORK=${WORK:-/tmp/gpu-work}
-STAGES=${STAGES:-1 2 3 4 5}
+STAGES=${STAGES:-1 2 3 4 5 6}
 GPU_ID=${GPU_ID:-0}
 EPOCHS=${EPOCHS:-2}
 MAX_STEPS=${MAX_STEPS:-0}
@@ -37,6 +40,8 @@ REPEATS=${REPEATS:-5}
 THREADS=${THREADS:-8}
 LIMIT=${LIMIT:-0}
 DOCS=${DOCS:-50}
+STEPS=${STEPS:-10}
+ROUNDS=${ROUNDS:-2}
 PYTHON=${PYTHON:-python3}
 SITE=${SITE-.gpu/site312.tar.xz}
 ENCODER_ARCHIVE=${ENCODER_ARCHIVE:-.gpu/minilm-f16.tar.xz}
@@ -106,9 +111,17 @@ if stage 4 && [ -d "$MODEL" ]; then
 fi
 
 if stage 5; then
-  echo "== 5. tests"
+  echo "== 5. training step: fused Adam update beside thinc's loop"
+  timeout "${LIMIT_STEP:-60}" "$PYTHON" bench/bench_train_step.py "$WORK/corpus/train.spacy" \
+    --encoder "$ENCODER" --gpu-id "$GPU_ID" --steps "$STEPS" --rounds "$ROUNDS" \
+    > "$OUT/train_step.txt" 2> "$OUT/train_step.log" || echo "stage 5 failed: $(tail -5 "$OUT/train_step.log")"
+  cat "$OUT/train_step.txt"; echo "after $(elapsed)"
+fi
+
+if stage 6; then
+  echo "== 6. tests"
   timeout "${LIMIT_TESTS:-90}" "$PYTHON" -m pytest -q -x -p no:cacheprovider -rs tests/test_gpu.py \
-    tests/test_recorded_outputs.py tests/test_alignment.py tests/test_crf.py > "$OUT/pytest.log" 2>&1 \
-    || echo "stage 5 failed"
+    tests/test_recorded_outputs.py tests/test_alignment.py tests/test_crf.py tests/test_adam_step.py > "$OUT/pytest.log" 2>&1 \
+    || echo "stage 6 failed"
   tail -5 "$OUT/pytest.log"; echo "after $(elapsed)"
 fi

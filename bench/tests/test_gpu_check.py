@@ -64,7 +64,8 @@ SENTENCE = "APT28 B-HackOrg\nused O\nX-Agent B-Tool\nagainst O\nNATO B-Org\nin O
 @pytest.mark.slow
 def test_gpu_check_runs_on_cpu(tiny_bert_dir, tmp_path):
     """Every stage but the tests, on the CPU (GPU_ID=-1), on a tiny encoder and a tiny DNRTI:
-    setup, the tiny check, training the default config, evaluation and the speed table."""
+    setup, the tiny check, training the default config, evaluation, the speed table and the
+    training step's two updates."""
     dnrti = tmp_path / "dnrti"
     dnrti.mkdir()
     for name in ("train.txt", "valid.txt", "test.txt"):
@@ -74,11 +75,12 @@ def test_gpu_check_runs_on_cpu(tiny_bert_dir, tmp_path):
     out, work = tmp_path / "out", tmp_path / "work"
     env = {
         **os.environ,
-        "GPU_ID": "-1", "SITE": "", "PYTHON": sys.executable, "STAGES": "1 2 3 4",
+        "GPU_ID": "-1", "SITE": "", "PYTHON": sys.executable, "STAGES": "1 2 3 4 5",
         "ENCODER_ARCHIVE": str(archive), "DNRTI": str(dnrti), "OUT": str(out), "WORK": str(work),
         "EPOCHS": "2", "MAX_STEPS": "2", "EVAL_FREQ": "1", "BATCHES": "4", "REPEATS": "1",
-        "THREADS": "1", "LIMIT": "6", "DOCS": "2",
+        "THREADS": "1", "LIMIT": "6", "DOCS": "2", "STEPS": "1", "ROUNDS": "1",
         "LIMIT_TINY": "600", "LIMIT_TRAIN": "600", "LIMIT_EVAL": "600", "LIMIT_SPEED": "600",
+        "LIMIT_STEP": "600",
     }
     root = SCRIPT.parents[1]
     proc = subprocess.run(["bash", str(root / "bench" / "gpu_check.sh")], cwd=root, env=env,
@@ -93,3 +95,5 @@ def test_gpu_check_runs_on_cpu(tiny_bert_dir, tmp_path):
     speed = json.loads((out / "speed.json").read_text())
     assert {r["texts"] for r in speed["throughput"]} == {"sentences", "documents"}
     assert speed["training"]["words"] > 0
+    step = (out / "train_step.txt").read_text()
+    assert "fused:" in step and "thinc:" in step, step
