@@ -1,5 +1,5 @@
 """Seconds per training step, and how much of it is the optimizer's update, with the shims'
-multi-tensor Adam step and with thinc's per-parameter loop, taking turns in one process.
+fused Adam step and with thinc's per-parameter loop, taking turns in one process.
 
     python bench/bench_train_step.py corpus/train.spacy              # the embedded MiniLM
     python bench/bench_train_step.py corpus/train.spacy --tiny       # a tiny random encoder
@@ -33,7 +33,7 @@ def main(
     encoder: str = typer.Option("", help="HF encoder directory instead of the config's"),
     steps: int = typer.Option(20, min=1, help="Timed steps per round and setting"),
     rounds: int = typer.Option(3, min=1, help="Rounds; the settings take turns in each"),
-    threads: int = typer.Option(1, min=1, help="torch threads (training uses 1)"),
+    threads: int = typer.Option(1, min=1, help="torch threads (the default config trains with 1)"),
     gpu_id: int = typer.Option(-1, help="GPU (-1: CPU)"),
 ) -> None:
     """Time training steps with the fused Adam update and with thinc's loop."""
@@ -45,7 +45,6 @@ def main(
 
     from spacy_secner.layers import shims
 
-    torch.set_num_threads(threads)
     if gpu_id >= 0:
         spacy.require_gpu(gpu_id)
     cfg = spacy.util.load_config(config, interpolate=False)
@@ -64,10 +63,11 @@ def main(
             for d in refs
         ]
         optimizer = nlp.initialize(lambda: examples[:300])
+    # After initialization: the config's own callback there sets the training threads.
+    torch.set_num_threads(threads)
     batch_size = cfg["training"]["batcher"]["size"]
     random.Random(0).shuffle(examples)
     batches = [examples[i : i + batch_size] for i in range(0, len(examples), batch_size)]
-    words = sum(len(eg.reference) for eg in examples[: steps * batch_size])
 
     update_seconds = [0.0]
     inner = shims._FusedAdamUpdate.finish_update
@@ -84,22 +84,27 @@ def main(
 
     shims._FusedAdamUpdate.finish_update = timed_finish_update
     settings = {"fused": True, "thinc": False}
-    results: Dict[str, Dict[str, List[float]]] = {k: {"step": [], "update": []} for k in settings}
-    position = 0
+    results: Dict[str, Dict[str, List[float]]] = {
+        k: {"step": [], "update": [], "words_per_s": []} for k in settings
+    }
     for round_ in range(rounds + 1):  # the first round warms up
-        for name, fused in settings.items():
+        # Both settings read the same batches in a round; each goes first in every other round.
+        round_batches = [batches[(round_ * steps + i) % len(batches)] for i in range(steps)]
+        words = sum(len(eg.reference) for batch in round_batches for eg in batch)
+        order = list(settings.items()) if round_ % 2 else list(settings.items())[::-1]
+        for name, fused in order:
             shims._FusedAdamUpdate.fused_adam = fused
             update_seconds[0] = 0.0
             start = time.perf_counter()
-            for _ in range(steps):
-                nlp.update(batches[position % len(batches)], sgd=optimizer, losses={})
-                position += 1
+            for batch in round_batches:
+                nlp.update(batch, sgd=optimizer, losses={})
             if gpu_id >= 0:
                 torch.cuda.synchronize()
+            seconds = time.perf_counter() - start
             if round_:
-                results[name]["step"].append((time.perf_counter() - start) / steps)
+                results[name]["step"].append(seconds / steps)
                 results[name]["update"].append(update_seconds[0] / steps)
-    # Words/s from the first `steps` batches' words: the settings read the same batches in turn.
+                results[name]["words_per_s"].append(words / seconds)
     source = "tiny random encoder" if tiny else (f"encoder {encoder}" if encoder else "config encoder")
     print(f"{source}, {threads} thread(s), "
           f"{'GPU ' + str(gpu_id) if gpu_id >= 0 else 'CPU'}, batches of {batch_size}, "
@@ -107,8 +112,9 @@ def main(
     for name, timings in results.items():
         step = statistics.median(timings["step"])
         update = statistics.median(timings["update"])
+        words_per_s = statistics.median(timings["words_per_s"])
         print(f"{name}: {step * 1000:.1f} ms per step, of which the optimizer's update "
-              f"{update * 1000:.1f} ms; about {words / steps / step:,.0f} words/s")
+              f"{update * 1000:.1f} ms; {words_per_s:,.0f} words/s")
 
 
 if __name__ == "__main__":
