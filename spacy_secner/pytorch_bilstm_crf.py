@@ -175,7 +175,10 @@ class BIOCRF(BIODecoder):
             return self.span_log_probs(emissions, mask, tags, spans)
         if tags is not None:
             reduction = "none" if per_sequence else "mean"
-            return -self.crf(emissions, tags, mask=mask, reduction=reduction)
+            # pytorch-crf reads the transitions at every time step; cached, each constrained
+            # parameter is computed once per call (and backpropagated once), not per read.
+            with parametrize.cached():
+                return -self.crf(emissions, tags, mask=mask, reduction=reduction)
         return self.viterbi(emissions, mask)
 
     def viterbi(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -180,6 +180,45 @@ def test_crf_loss_is_mean_nll_and_differentiable():
     assert float(d_emissions.abs().sum()) > 0
 
 
+def test_crf_loss_reads_each_constrained_weight_once_with_the_same_result(monkeypatch):
+    """The loss computes the constrained transitions once per call (pytorch-crf reads them at
+    every step): the same loss and gradients as reading them each time."""
+    import contextlib
+
+    from torch.nn.utils import parametrize
+
+    from spacy_secner.pytorch_bilstm_crf import AddForbiddenScore
+
+    torch.manual_seed(0)
+    crf = BIOCRF(TAGS, constrained=True)
+    with torch.no_grad():
+        for p in crf.parameters():
+            p.normal_()
+    emissions = torch.randn(3, 6, len(TAGS))
+    mask = lengths_to_mask(torch.tensor([6, 4, 1]), 6)
+    gold = torch.tensor([[1, 2, 0, 3, 4, 4], [3, 0, 1, 2, 0, 0], [0, 0, 0, 0, 0, 0]])
+    results = []
+    for cached in (True, False):
+        if not cached:
+            monkeypatch.setattr(parametrize, "cached", contextlib.nullcontext)
+        calls = []
+        forward = AddForbiddenScore.forward
+        monkeypatch.setattr(
+            AddForbiddenScore, "forward", lambda self, x: (calls.append(1), forward(self, x))[1]
+        )
+        crf.zero_grad()
+        loss = crf(emissions, mask, gold)
+        loss.backward()
+        grads = {name: p.grad.clone() for name, p in crf.named_parameters()}
+        results.append((loss.item(), grads, len(calls)))
+        monkeypatch.setattr(AddForbiddenScore, "forward", forward)
+    (cached_loss, cached_grads, cached_calls), (loss, grads, calls) = results
+    assert cached_calls == 3 and calls > 3 * cached_calls
+    assert cached_loss == pytest.approx(loss, rel=1e-6)
+    for name, grad in grads.items():
+        torch.testing.assert_close(cached_grads[name], grad, rtol=1e-5, atol=1e-6)
+
+
 def test_crf_state_dict_holds_only_learned_weights():
     state = BIOCRF(TAGS, constrained=True).state_dict()
     assert not any("penalty" in key for key in state)
