@@ -254,6 +254,35 @@ def run_isolated(args: List[str], cwd: Path) -> subprocess.CompletedProcess:
     return proc
 
 
+def train_with_each_adam_update(tiny_bert_dir, monkeypatch, *, steps: int = 4):
+    """The same 4 training steps of a tiny pipeline with thinc's per-parameter Adam loop and with
+    the shims' fused update: for each, the `ner_crf` losses and the weights of every shim."""
+    from thinc.api import Adam
+
+    from spacy_secner.layers import shims
+
+    runs = []
+    for fused in (False, True):
+        monkeypatch.setattr(shims._FusedAdamUpdate, "fused_adam", fused)
+        fix_random_seed(0)
+        nlp = make_grouped_trf_nlp(tiny_bert_dir, 16)
+        optimizer = Adam(0.01, grad_clip=0.05, use_averages=False)
+        losses = []
+        for _ in range(steps):
+            step = {}
+            nlp.update(make_examples(nlp), sgd=optimizer, losses=step)
+            losses.append(step["ner_crf"])
+        weights = {
+            (pipe, name): p.detach().cpu().clone()
+            for pipe in ("transformer", "ner_crf")
+            for node in nlp.get_pipe(pipe).model.walk()
+            for shim in node.shims
+            for name, p in shim._model.named_parameters()
+        }
+        runs.append((losses, weights))
+    return runs
+
+
 def train_until_gold(
     nlp: Language,
     examples: List[Example],

@@ -1,12 +1,10 @@
 """The shims' fused Adam update computes what thinc's optimizer computes parameter by parameter."""
-import copy
-
 import numpy
 import pytest
 import torch
-from thinc.api import Adam, PyTorchWrapper, RAdam, fix_random_seed
+from thinc.api import Adam, PyTorchWrapper, RAdam
 
-from conftest import make_examples, make_grouped_trf_nlp
+from conftest import train_with_each_adam_update
 from spacy_secner.layers import EvalModeShim, shims
 from spacy_secner.layers.adam_step import fused_adam_supported
 
@@ -101,25 +99,9 @@ def test_other_optimizers_take_thincs_loop(monkeypatch):
 def test_pipeline_trains_the_same_with_either_update(tiny_bert_dir, monkeypatch):
     """Encoder and head (at its own rate), gradient clipping as configured: the same losses and
     weights as thinc's loop, to float32 rounding."""
-    results = []
-    for fused in (False, True):
-        monkeypatch.setattr(shims._FusedAdamUpdate, "fused_adam", fused)
-        fix_random_seed(0)
-        nlp = make_grouped_trf_nlp(tiny_bert_dir, 16)
-        optimizer = Adam(0.01, grad_clip=0.05, use_averages=False)
-        losses = []
-        for _ in range(4):
-            step = {}
-            nlp.update(make_examples(nlp), sgd=optimizer, losses=step)
-            losses.append(step["ner_crf"])
-        weights = {
-            (pipe, name): copy.deepcopy(p.detach())
-            for pipe in ("transformer", "ner_crf")
-            for node in nlp.get_pipe(pipe).model.walk()
-            for shim in node.shims
-            for name, p in shim._model.named_parameters()
-        }
-        results.append((losses, weights))
-    assert results[1][0] == pytest.approx(results[0][0], rel=1e-5)
-    for key, value in results[0][1].items():
-        torch.testing.assert_close(results[1][1][key], value, rtol=1e-4, atol=1e-5)
+    (losses, weights), (fused_losses, fused_weights) = train_with_each_adam_update(
+        tiny_bert_dir, monkeypatch
+    )
+    assert fused_losses == pytest.approx(losses, rel=1e-5)
+    for key, value in weights.items():
+        torch.testing.assert_close(fused_weights[key], value, rtol=1e-4, atol=1e-5)

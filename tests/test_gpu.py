@@ -3,7 +3,7 @@ import pytest
 import torch
 from conftest import GOLD_ENTS, TRAIN_TEXTS, make_cnn_nlp, make_examples, make_grouped_trf_nlp
 from conftest import make_trf_nlp, offsets_of
-from conftest import train_until_gold
+from conftest import train_until_gold, train_with_each_adam_update
 from thinc.api import get_current_ops, require_cpu, require_gpu
 
 pytestmark = [
@@ -57,20 +57,9 @@ def test_grouped_encoder_on_gpu(on_gpu, tiny_bert_dir):
 def test_fused_adam_update_on_gpu_matches_thincs_loop(on_gpu, tiny_bert_dir, monkeypatch):
     """On the GPU the update runs as PyTorch's fused kernel: the same training as thinc's loop
     (cupy's Adam kernel), to float32 rounding."""
-    from thinc.api import Adam, fix_random_seed
-
-    from spacy_secner.layers import shims
-
-    results = []
-    for fused in (False, True):
-        monkeypatch.setattr(shims._FusedAdamUpdate, "fused_adam", fused)
-        fix_random_seed(0)
-        nlp = make_grouped_trf_nlp(tiny_bert_dir, 16)
-        optimizer = Adam(0.01, grad_clip=0.05, use_averages=False)
-        losses = []
-        for _ in range(4):
-            step = {}
-            nlp.update(make_examples(nlp), sgd=optimizer, losses=step)
-            losses.append(step["ner_crf"])
-        results.append(losses)
-    assert results[1] == pytest.approx(results[0], rel=1e-4)
+    (losses, weights), (fused_losses, fused_weights) = train_with_each_adam_update(
+        tiny_bert_dir, monkeypatch
+    )
+    assert fused_losses == pytest.approx(losses, rel=1e-4)
+    for key, value in weights.items():
+        torch.testing.assert_close(fused_weights[key], value, rtol=1e-4, atol=1e-5)

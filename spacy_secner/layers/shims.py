@@ -88,12 +88,9 @@ class _FusedAdamUpdate:
         if not (self.fused_adam and fused_adam_supported(optimizer)):
             super().finish_update(optimizer)  # type: ignore[misc]
             return
-        # The moments belong to one optimizer: a new one (another id, or a count back at
-        # zero, see `fused_adam_step`) starts from zeros, as thinc's would.
-        if getattr(self, "_adam_optimizer_id", None) != id(optimizer):
-            self._adam_state: AdamState = {}
-            self._adam_optimizer_id = id(optimizer)
-        state = self._adam_state
+        # A new optimizer's counts start at zero, and `fused_adam_step` then starts the
+        # moments from zeros too, as thinc's would.
+        state: AdamState = self.__dict__.setdefault("_adam_state", {})
         params = list(self._model.named_parameters())
         if self._grad_scaler.found_inf:
             # As thinc: an overflow in mixed precision skips the update.
