@@ -4,7 +4,7 @@ reliability before and after on dev and on the test set's raw text."""
 import json
 import shutil
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Optional, Set, Tuple
 
 import spacy
 import typer
@@ -13,6 +13,7 @@ from spacy.tokens import DocBin
 from spacy_secner.calibration import (
     calibrate,
     cross_fitted,
+    ece_by_name,
     plot_reliability,
     reliability,
     select_calibration,
@@ -20,9 +21,8 @@ from spacy_secner.calibration import (
 from spacy_secner.evaluation import (
     bio_of,
     confidence_pairs,
-    gold_confidence_pairs,
+    gold_entities,
     known_entities,
-    raw_text_confidence_pairs,
     raw_text_entities,
 )
 
@@ -37,8 +37,9 @@ def main(
     sentences_per_doc: int = typer.Option(13, min=1, help="Sentences per test document text"),
     train: Optional[Path] = typer.Option(
         None,
-        help="Training DocBin: also report the dev and test sentences that are not in it, and the "
-        "entities that are not among its entities",
+        help="Training DocBin: its entities' names let the map tell known names from new ones "
+        "(the candidates then include maps by name), and the dev and test sentences that are not "
+        "in it and the entities that are not among its entities are reported on their own",
     ),
     fit_on: str = typer.Option(
         "tokens",
@@ -56,52 +57,79 @@ def main(
     nlp = spacy.load(model)
     pipe = nlp.get_pipe("ner_crf")
     pipe.cfg.pop("calibration", None)  # fit on the CRF's own probabilities
-    raw = {"dev": gold_confidence_pairs(nlp, dev)}
+    found = {"dev": gold_entities(nlp, dev)}
     # Users bring raw text, which the CTI tokenizer splits a little differently from DNRTI's
     # tokens: the same dev sentences as raw text are reported too, and can be the fit set.
     dev_sentences, test_sentences = sentences_of(nlp, dev), sentences_of(nlp, test)
     # One prediction pass per split and layout; the splits below are subsets of them.
-    found = {
-        "dev": raw_text_entities(nlp, dev_sentences),
-        "test": raw_text_entities(nlp, test_sentences),
-    }
-    raw["dev (raw text)"] = confidence_pairs(found["dev"])
-    fit_split = "dev (raw text)" if fit_on == "raw" else "dev"
-    raw["test (raw text)"] = confidence_pairs(found["test"])
-    raw[f"test (raw text, {sentences_per_doc}-sentence documents)"] = raw_text_confidence_pairs(
+    found["dev (raw text)"] = raw_text_entities(nlp, dev_sentences)
+    found["test (raw text)"] = raw_text_entities(nlp, test_sentences)
+    found[f"test (raw text, {sentences_per_doc}-sentence documents)"] = raw_text_entities(
         nlp, test_sentences, sentences_per_doc=sentences_per_doc
     )
+    fit_split = "dev (raw text)" if fit_on == "raw" else "dev"
+    known: Optional[Set[Tuple[str, str]]] = None
     if train is not None:
         # Half of DNRTI's dev and test sentences also occur in train.txt; new text is what
         # a user brings.
         seen = {tuple(words) for words, _ in sentences_of(nlp, train)}
         # Entities whose text never is a training entity of that type: the new names an
-        # analyst most wants found, wherever the sentence comes from.
+        # analyst most wants found, wherever the sentence comes from. They are also what a map
+        # by name tells apart.
         known = known_entities(nlp, train)
         for split, sentences in (("dev", dev_sentences), ("test", test_sentences)):
             new = {i for i, (words, _) in enumerate(sentences) if tuple(words) not in seen}
-            raw[f"{split} (raw text, {len(new)} sentences not in train)"] = confidence_pairs(
-                e for e in found[split] if e.text in new
-            )
-            raw[f"{split} (raw text, entities not in train)"] = confidence_pairs(
-                e for e in found[split] if e.key not in known
-            )
-    fitted, selection = select_calibration(raw[fit_split])
+            everything = found[f"{split} (raw text)"]
+            found[f"{split} (raw text, {len(new)} sentences not in train)"] = [
+                e for e in everything if e.text in new
+            ]
+            found[f"{split} (raw text, entities not in train)"] = [
+                e for e in everything if e.key not in known
+            ]
+    fit_pairs = confidence_pairs(found[fit_split])
+    fit_keys = [e.key for e in found[fit_split]]
+    fitted, selection = select_calibration(
+        fit_pairs, keys=fit_keys if known is not None else None, names=known
+    )
     results = {"map": fitted, "selection": selection, "fit_on": fit_split, "splits": {}}
     curves = {}
-    for split, pairs in raw.items():
-        before = reliability(pairs)
-        after = reliability([(calibrate(fitted, c), ok) for c, ok in pairs]) if fitted else before
-        stages = {"before": before, "after": after}
-        if split == fit_split and fitted is not None:
-            # The map was fitted on these pairs: their held-out view is each one calibrated by
-            # a map fitted on the other folds.
-            stages["after, cross-fitted"] = reliability(cross_fitted(pairs, fitted["method"]))
+    for split, entities in found.items():
+        pairs = confidence_pairs(entities)
+        keys = [e.key for e in entities]
+        stage_pairs = {"before": pairs}
+        if fitted is not None:
+            stage_pairs["after"] = [
+                (calibrate(fitted, c, key), ok) for (c, ok), key in zip(pairs, keys)
+            ]
+            if split == fit_split:
+                # The map was fitted on these pairs: their held-out view is each one calibrated
+                # by a map fitted on the other folds.
+                stage_pairs["after, cross-fitted"] = cross_fitted(
+                    pairs, selection["method"], keys=keys, names=known
+                )
+        else:
+            stage_pairs["after"] = pairs
+        stages = {stage: reliability(staged) for stage, staged in stage_pairs.items()}
+        if known is not None:
+            # Calibration within known and within new names: what a map by name is chosen on.
+            is_known = [key in known for key in keys]
+            for stage, staged in stage_pairs.items():
+                by_name = ece_by_name(staged, is_known)
+                stages[stage]["by_name"] = {"ece": by_name["ece"]} | {
+                    group: {k: by_name[group][k] for k in ("entities", "precision", "ece")}
+                    for group in ("known", "new")
+                }
         results["splits"][split] = stages
         curves[split] = stages
         print(
-            f"{split}: {before['entities']} entities, ECE "
+            f"{split}: {stages['before']['entities']} entities, ECE "
             + " -> ".join(f"{table['ece']:.4f} ({stage})" for stage, table in stages.items())
+            + (
+                "; within known and new names "
+                + " -> ".join(f"{table['by_name']['ece']:.4f}" for table in stages.values())
+                if known is not None
+                else ""
+            )
         )
     print(f"map: {json.dumps(fitted)[:200]} ({selection})")
     if fitted is not None:

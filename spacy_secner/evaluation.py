@@ -8,6 +8,7 @@ from spacy.tokens import Doc, DocBin, Span
 from spacy.training import Corpus
 
 from .bio import entity_bounds
+from .calibration import name_key
 from .detokenize import join_tokens, token_offsets
 
 
@@ -104,27 +105,9 @@ def raw_text_scores(
             "true_positives": tp, "predicted": n_pred, "gold": n_gold}
 
 
-def gold_confidence_pairs(
-    nlp: Language, path: Union[str, Path], batch_size: int = 64
-) -> List[Tuple[float, bool]]:
-    """(span._.confidence, right) for each entity predicted on a gold DocBin's own tokens;
-    right = same tokens and label as a gold entity. Entities without a confidence are left out."""
-    examples = list(Corpus(str(path), gold_preproc=True)(nlp))
-    docs = nlp.pipe((eg.predicted for eg in examples), batch_size=batch_size)
-    pairs = []
-    for eg, doc in zip(examples, docs):
-        gold = {(e.start, e.end, e.label_) for e in eg.reference.ents}
-        pairs.extend(
-            (e._.confidence, (e.start, e.end, e.label_) in gold)
-            for e in doc.ents
-            if e._.confidence is not None
-        )
-    return pairs
-
-
-class RawTextEntity(NamedTuple):
-    """An entity predicted on raw text: the index of its text, its `entity_key`, its
-    confidence, and whether it is right (exactly a gold entity's characters and label)."""
+class PredictedEntity(NamedTuple):
+    """A predicted entity: the index of its text, its `entity_key`, its confidence, and whether
+    it is right (a gold entity's characters, or tokens, and label)."""
 
     text: int
     key: Tuple[str, str]
@@ -132,18 +115,47 @@ class RawTextEntity(NamedTuple):
     right: bool
 
 
+def gold_confidence_pairs(
+    nlp: Language, path: Union[str, Path], batch_size: int = 64
+) -> List[Tuple[float, bool]]:
+    """(span._.confidence, right) for each entity predicted on a gold DocBin's own tokens;
+    right = same tokens and label as a gold entity. Entities without a confidence are left out."""
+    return confidence_pairs(gold_entities(nlp, path, batch_size))
+
+
+def gold_entities(
+    nlp: Language, path: Union[str, Path], batch_size: int = 64
+) -> List[PredictedEntity]:
+    """Each entity with a confidence that the pipeline predicts on a gold DocBin's own tokens
+    (the index of its doc, its `entity_key`, confidence and whether it is right: the same tokens
+    and label as a gold entity)."""
+    examples = list(Corpus(str(path), gold_preproc=True)(nlp))
+    docs = nlp.pipe((eg.predicted for eg in examples), batch_size=batch_size)
+    found = []
+    for i, (eg, doc) in enumerate(zip(examples, docs)):
+        gold = {(e.start, e.end, e.label_) for e in eg.reference.ents}
+        found.extend(
+            PredictedEntity(i, entity_key(e), e._.confidence, (e.start, e.end, e.label_) in gold)
+            for e in doc.ents
+            if e._.confidence is not None
+        )
+    return found
+
+
 def raw_text_entities(
     nlp: Language,
     sentences: Iterable[Tuple[List[str], List[str]]],
     batch_size: int = 64,
     sentences_per_doc: int = 1,
-) -> List[RawTextEntity]:
+) -> List[PredictedEntity]:
     """Each entity with a confidence that the pipeline predicts on the sentences as raw text, as a
     user runs it (texts as in `raw_text_scores`): one pass, which callers can split by text or
     entity without predicting again."""
     texts, gold = raw_text_documents(sentences, sentences_per_doc)
     return [
-        RawTextEntity(i, entity_key(e), e._.confidence, (e.start_char, e.end_char, e.label_) in ents)
+        PredictedEntity(
+            i, entity_key(e), e._.confidence, (e.start_char, e.end_char, e.label_) in ents
+        )
         for i, (doc, ents) in enumerate(zip(nlp.pipe(texts, batch_size=batch_size), gold))
         for e in doc.ents
         if e._.confidence is not None
@@ -161,15 +173,14 @@ def raw_text_confidence_pairs(
     return confidence_pairs(raw_text_entities(nlp, sentences, batch_size, sentences_per_doc))
 
 
-def confidence_pairs(entities: Iterable[RawTextEntity]) -> List[Tuple[float, bool]]:
+def confidence_pairs(entities: Iterable[PredictedEntity]) -> List[Tuple[float, bool]]:
     """(confidence, right) of each entity, as calibration reads them."""
     return [(e.confidence, e.right) for e in entities]
 
 
 def entity_key(span: Span) -> Tuple[str, str]:
-    """An entity's text, lower-cased and without whitespace, and its label: the same mention
-    whether DNRTI's tokens or the CTI tokenizer split it."""
-    return "".join(span.text.split()).lower(), span.label_
+    """An entity's `name_key`: its text, lower-cased and without whitespace, and its label."""
+    return name_key(span.text, span.label_)
 
 
 def known_entities(nlp: Language, path: Union[str, Path]) -> Set[Tuple[str, str]]:

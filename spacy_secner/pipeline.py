@@ -18,7 +18,7 @@ from thinc.types import Floats2d, Ints1d, Ints2d
 
 from .batching import padded_batches
 from .bio import bio_tags, biluo_to_bio, repair_bio
-from .calibration import apply_calibration
+from .calibration import apply_calibration, name_key, needs_names
 from .layers import DocEntities, build_heads, crf_loss, crf_nll, decode_entities, has_heads
 from .layers import head_layers, set_tags
 
@@ -188,7 +188,16 @@ class CRFEntityRecognizer(TrainablePipe):
             result.tag_ids[i] = found.tag_ids[j]
             result.entities[i] = found.entities[j]
             result.confidences[i] = found.confidences[j]
-        calibrated = apply_calibration(self.cfg.get("calibration"), result.confidences)
+        calibration = self.cfg.get("calibration")
+        keys = None
+        if needs_names(calibration):
+            # A map by name tells the entities whose text is a training entity from new ones.
+            labels = self.labels
+            keys = [
+                [name_key(doc[start:end].text, labels[label]) for start, end, label in found_ents]
+                for doc, found_ents in zip(docs, (ents.tolist() for ents in result.entities))
+            ]
+        calibrated = apply_calibration(calibration, result.confidences, keys)
         return result._replace(confidences=calibrated)
 
     def set_annotations(self, docs: Iterable[Doc], predictions: DocEntities) -> None:

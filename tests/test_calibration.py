@@ -12,15 +12,20 @@ from spacy.tokens import DocBin
 
 from conftest import TRAIN_DATA, TRAIN_TEXTS, make_examples
 from spacy_secner.calibration import (
+    CANDIDATES,
     METHODS,
     apply_calibration,
     calibrate,
     cross_fitted,
+    ece_by_name,
     expected_calibration_error,
     fit_calibration,
+    method_name,
+    name_key,
     reliability,
     select_calibration,
 )
+from spacy_secner.evaluation import entity_key
 
 ROOT = Path(__file__).parent.parent
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -121,6 +126,107 @@ def test_reliability_bins_count_every_entity():
     assert table["ece"] == pytest.approx((0.05 + 2 * 0.45 + 0.45) / 4)
 
 
+def named_pairs(n: int = 3000, seed: int = 0):
+    """Pairs, their name keys and the training names: names the model was trained on (a third of
+    the entities) are right about as often as their confidence says (slightly too sharp), new
+    names far less often (p ** 4), as on DNRTI's dev set."""
+    rng = random.Random(seed)
+    names = {name_key(f"APT {i}", "HackOrg") for i in range(50)}
+    pairs, keys = [], []
+    for i in range(n):
+        p = rng.uniform(0.3, 0.99)
+        if i % 3 == 0:
+            key, truth = (f"apt{rng.randrange(50)}", "HackOrg"), too_sharp(p)
+        else:
+            key, truth = (f"new{i}", "HackOrg"), p**4
+        pairs.append((p, rng.random() < truth))
+        keys.append(key)
+    return pairs, keys, names
+
+
+def test_map_by_name_calibrates_known_and_new_names_apart():
+    pairs, keys, names = named_pairs()
+    known = [key in names for key in keys]
+    one_map = fit_calibration(pairs, "platt")
+    by_name = fit_calibration(pairs, "platt by name", keys, names)
+    assert method_name(by_name) == "platt by name" and method_name(one_map) == "platt"
+    assert by_name["known"]["method"] == by_name["new"]["method"] == "platt"
+    # Stored in the pipe's cfg as JSON: the names grouped by label.
+    assert json.loads(json.dumps(by_name)) == by_name
+    assert sorted(by_name["names"]["HackOrg"]) == sorted(text for text, _ in names)
+    with_one = [(calibrate(one_map, c), ok) for c, ok in pairs]
+    with_two = [(calibrate(by_name, c, key), ok) for (c, ok), key in zip(pairs, keys)]
+    # One map is right on average and wrong within each group; a map per group is right in both.
+    assert expected_calibration_error(with_one) < 0.05
+    assert ece_by_name(with_one, known)["new"]["ece"] > 0.05
+    assert ece_by_name(with_one, known)["known"]["ece"] > 0.1
+    assert ece_by_name(with_two, known)["ece"] < 0.03
+    assert ece_by_name(with_two, known)["known"]["entities"] == sum(known)
+    # Each group's map is monotone and matches fitting the group alone.
+    new_only = [pair for pair, k in zip(pairs, known) if not k]
+    assert by_name["new"] == fit_calibration(new_only, "platt")
+    grid = [i / 50 for i in range(51)]
+    for key in (("apt3", "HackOrg"), ("new", "HackOrg"), ("apt3", "Tool")):
+        mapped = [calibrate(by_name, p, key) for p in grid]
+        assert all(b >= a - 1e-12 for a, b in zip(mapped, mapped[1:]))
+    # The label is part of the name: APT 3 as a Tool is a new name.
+    assert calibrate(by_name, 0.9, ("apt3", "Tool")) == calibrate(by_name["new"], 0.9)
+    assert calibrate(by_name, 0.9, ("apt3", "HackOrg")) == calibrate(by_name["known"], 0.9)
+
+
+def test_map_by_name_falls_back_to_all_pairs_for_a_small_group():
+    pairs, keys, names = named_pairs(n=600)
+    # Three known entities only: too few for a map of their own.
+    keys = [
+        key if key[0].startswith("new") or i < 9 else (f"new-{i}", "HackOrg")
+        for i, key in enumerate(keys)
+    ]
+    fitted = fit_calibration(pairs, "temperature by name", keys, names)
+    assert fitted["known"] == fit_calibration(pairs, "temperature")
+    assert fitted["new"] != fitted["known"]
+
+
+def test_selection_by_name_prefers_a_map_per_group_when_the_groups_differ():
+    pairs, keys, names = named_pairs()
+    fitted, selection = select_calibration(pairs, keys=keys, names=names)
+    assert set(selection["cv_ece"]) == set(CANDIDATES)
+    assert selection["score"] == "ECE within known and new names"
+    assert selection["method"].endswith(" by name")
+    assert method_name(fitted) == selection["method"]
+    best = min(selection["cv_ece"].values())
+    for method in CANDIDATES[: CANDIDATES.index(selection["method"])]:
+        assert selection["cv_ece"][method] > best + selection["tolerance"]
+    # Without the names the candidates are the plain methods, scored by the plain ECE.
+    plain, plain_selection = select_calibration(pairs)
+    assert set(plain_selection["cv_ece"]) == set(METHODS)
+    assert plain_selection["score"] == "ECE"
+    assert plain["method"] in METHODS
+
+
+def test_map_by_name_needs_the_names():
+    pairs, keys, names = named_pairs(n=300)
+    fitted = fit_calibration(pairs, "temperature by name", keys, names)
+    with pytest.raises(ValueError, match="name key"):
+        apply_calibration(fitted, [[0.5]])
+    with pytest.raises(ValueError, match="name key"):
+        calibrate(fitted, 0.5)
+    with pytest.raises(ValueError, match="needs each pair's name key"):
+        fit_calibration(pairs, "temperature by name")
+    assert apply_calibration(fitted, [[0.9], []], [[("apt1", "HackOrg")], []]) == [
+        [calibrate(fitted["known"], 0.9)],
+        [],
+    ]
+
+
+def test_cross_fitted_by_name_fits_each_fold_with_the_names():
+    pairs, keys, names = named_pairs(n=900)
+    held_out = cross_fitted(pairs, "platt by name", keys=keys, names=names)
+    everything = fit_calibration(pairs, "platt by name", keys, names)
+    in_sample = [calibrate(everything, c, key) for (c, _), key in zip(pairs, keys)]
+    assert [c for c, _ in held_out] != pytest.approx(in_sample, abs=1e-9)
+    assert [c for c, _ in held_out] == pytest.approx(in_sample, abs=0.1)
+
+
 def confidences_of(nlp, texts):
     """Every entity's confidence, text after text (the entities themselves are compared apart)."""
     return [e._.confidence for doc in nlp.pipe(texts) for e in doc.ents]
@@ -142,6 +248,35 @@ def test_pipe_applies_the_stored_map_and_serializes_it(trained_cnn_nlp, tmp_path
     assert confidences_of(loaded, TRAIN_TEXTS) == pytest.approx(expected)
     # The map moves confidences only: the entities are the same.
     assert [[(e.text, e.label_) for e in doc.ents] for doc in loaded.pipe(TRAIN_TEXTS)] == ents
+
+
+def test_pipe_applies_a_map_by_name_and_serializes_it(trained_cnn_nlp, tmp_path):
+    """Entities whose text and label are a training entity's go through the known names' map,
+    the others through the new names' map, before and after saving."""
+    nlp = trained_cnn_nlp
+    pipe = nlp.get_pipe("ner_crf")
+    pipe.cfg.pop("calibration", None)
+    raw = [(e._.confidence, entity_key(e)) for doc in nlp.pipe(TRAIN_TEXTS) for e in doc.ents]
+    assert len(raw) >= 2
+    known = raw[0][1]
+    mapping = {
+        "method": "by_name",
+        "base": "platt",
+        "known": {"method": "platt", "a": 1.0, "b": 2.0},
+        "new": {"method": "platt", "a": 0.5, "b": -1.0},
+        "names": {known[1]: [known[0]]},
+    }
+    pipe.cfg["calibration"] = mapping
+    try:
+        expected = [calibrate(mapping["known" if key == known else "new"], c) for c, key in raw]
+        assert confidences_of(nlp, TRAIN_TEXTS) == pytest.approx(expected)
+        assert any(key != known for _, key in raw)
+        nlp.to_disk(tmp_path / "calibrated")
+    finally:
+        pipe.cfg.pop("calibration")
+    loaded = spacy.load(tmp_path / "calibrated")
+    assert loaded.get_pipe("ner_crf").cfg["calibration"] == mapping
+    assert confidences_of(loaded, TRAIN_TEXTS) == pytest.approx(expected)
 
 
 def test_pipeline_saved_before_calibration_keeps_its_confidences():
@@ -212,7 +347,11 @@ def test_calibrate_script_fits_on_dev_and_writes_a_calibrated_copy(trained_cnn_n
     _run_calibrate_script(tmp_path, train=tmp_path / "train.spacy", fit_on="tokens")
     assert (tmp_path / "model-best" / "ner_crf" / "cfg").read_text() == before
     results = json.loads((tmp_path / "metrics" / "calibration.json").read_text())
-    assert results["map"]["method"] == results["selection"]["method"]
+    assert method_name(results["map"]) == results["selection"]["method"]
+    # With the training entities' names, the candidates include maps by name, scored within
+    # known and new names.
+    assert set(results["selection"]["cv_ece"]) == set(CANDIDATES)
+    assert results["selection"]["score"] == "ECE within known and new names"
     assert results["fit_on"] == "dev"
     # The same dev sentences as raw text are reported beside them.
     assert results["splits"]["dev (raw text)"]["before"]["entities"] > 0
@@ -232,11 +371,16 @@ def test_calibrate_script_fits_on_dev_and_writes_a_calibrated_copy(trained_cnn_n
     assert new_entities["entities"] == new_test["entities"] - 1
     assert new_entities["precision"] == 1.0
     assert (tmp_path / "metrics" / "reliability.png").stat().st_size > 0
+    for stage in ("before", "after", "after, cross-fitted"):
+        by_name = dev_split[stage]["by_name"]
+        groups = by_name["known"]["entities"] + by_name["new"]["entities"]
+        assert groups == dev_split[stage]["entities"]
     calibrated = spacy.load(tmp_path / "training" / "model-calibrated")
     assert calibrated.get_pipe("ner_crf").cfg["calibration"] == results["map"]
-    raw = confidences_of(trained_cnn_nlp, TRAIN_TEXTS)
+    docs = trained_cnn_nlp.pipe(TRAIN_TEXTS)
+    raw = [(e._.confidence, entity_key(e)) for doc in docs for e in doc.ents]
     assert confidences_of(calibrated, TRAIN_TEXTS) == pytest.approx(
-        [calibrate(results["map"], c) for c in raw]
+        [calibrate(results["map"], c, key) for c, key in raw]
     )
 
 
@@ -248,6 +392,8 @@ def test_calibrate_script_fits_on_dev_raw_text(trained_cnn_nlp, tmp_path):
     _run_calibrate_script(tmp_path, train=None, fit_on="raw")
     results = json.loads((tmp_path / "metrics" / "calibration.json").read_text())
     assert results["fit_on"] == "dev (raw text)"
+    # Without the training set, no names: the plain methods only.
+    assert set(results["selection"]["cv_ece"]) == set(METHODS)
     fit_split = results["splits"]["dev (raw text)"]
     assert fit_split["before"]["precision"] == pytest.approx(0.5, abs=0.05)
     assert fit_split["after"]["ece"] < fit_split["before"]["ece"]
