@@ -14,6 +14,7 @@ from spacy_secner.calibration import (
     calibrate,
     cross_fitted,
     ece_by_name,
+    needs_names,
     plot_reliability,
     reliability,
     select_calibration,
@@ -131,7 +132,13 @@ def main(
                 else ""
             )
         )
-    print(f"map: {json.dumps(fitted)[:200]} ({selection})")
+    # A map by name holds thousands of names: the log shows how many.
+    shown = (
+        dict(fitted, names=sum(map(len, fitted["names"].values())))
+        if needs_names(fitted)
+        else fitted
+    )
+    print(f"map: {json.dumps(shown)} ({selection})")
     if fitted is not None:
         pipe.cfg["calibration"] = fitted
     if output.exists():
