@@ -58,8 +58,12 @@ data: venv
 all: venv data
 	PATH="$(abspath $(VENV))/bin:$$PATH" python -m spacy project run all .
 
+# The tests run in TEST_WORKERS processes (pytest-xdist), a test file per process at a time: the
+# suite is mostly process start-up, model loading and training on tiny inputs, which overlap well
+# on two cores.
+TEST_WORKERS ?= 2
 test: venv
-	$(PY) -m pytest -q --durations=10
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=10
 
 # The whole workflow on a slice of DNRTI (300 training sentences, one short epoch), in a
 # scratch copy of the project, ending in spacy.load("en_$(SMOKE_PACKAGE)") in a fresh process.
