@@ -14,10 +14,10 @@ from spacy_secner.calibration import (
     calibrate,
     cross_fitted,
     ece_by_name,
-    needs_names,
     plot_reliability,
     reliability,
     select_calibration,
+    summarize,
 )
 from spacy_secner.evaluation import (
     bio_of,
@@ -132,13 +132,7 @@ def main(
                 else ""
             )
         )
-    # A map by name holds thousands of names: the log shows how many.
-    shown = (
-        dict(fitted, names=sum(map(len, fitted["names"].values())))
-        if needs_names(fitted)
-        else fitted
-    )
-    print(f"map: {json.dumps(shown)} ({selection})")
+    print(f"map: {json.dumps(summarize(fitted))} ({selection})")
     if fitted is not None:
         pipe.cfg["calibration"] = fitted
     if output.exists():

@@ -67,6 +67,13 @@ def method_name(calibration: Dict[str, Any]) -> str:
     return calibration["method"]
 
 
+def summarize(calibration: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """The map as logs and reports show it: a map by name with the count of its names."""
+    if not needs_names(calibration):
+        return calibration
+    return dict(calibration, names=sum(map(len, calibration["names"].values())))  # type: ignore
+
+
 def apply_calibration(
     calibration: Optional[Dict[str, Any]],
     confidences: List[List[float]],

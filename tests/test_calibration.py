@@ -24,6 +24,7 @@ from spacy_secner.calibration import (
     name_key,
     reliability,
     select_calibration,
+    summarize,
 )
 from spacy_secner.evaluation import entity_key
 
@@ -154,6 +155,9 @@ def test_map_by_name_calibrates_known_and_new_names_apart():
     # Stored in the pipe's cfg as JSON: the names grouped by label.
     assert json.loads(json.dumps(by_name)) == by_name
     assert sorted(by_name["names"]["HackOrg"]) == sorted(text for text, _ in names)
+    # Logs and reports show how many names, not the names.
+    assert summarize(by_name) == {**by_name, "names": len(names)}
+    assert summarize(one_map) is one_map and summarize(None) is None
     with_one = [(calibrate(one_map, c), ok) for c, ok in pairs]
     with_two = [(calibrate(by_name, c, key), ok) for (c, ok), key in zip(pairs, keys)]
     # One map is right on average and wrong within each group; a map per group is right in both.

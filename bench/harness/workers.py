@@ -81,7 +81,12 @@ class _Pipeline:
             name: {k: v for k, v in getattr(pipe, "cfg", {}).items() if k != "labels"}
             for name, pipe in self.nlp.pipeline
         }
+        from spacy_secner.calibration import summarize
         from spacy_secner.layers import grouping_layer
+
+        for cfg in cfgs.values():
+            if cfg.get("calibration"):
+                cfg["calibration"] = summarize(cfg["calibration"])  # not its thousands of names
 
         for name, pipe in self.nlp.pipeline:
             # spacy-secner.TransformerModel.v1 keeps its grouping setting on the encoder layer.
