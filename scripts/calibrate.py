@@ -42,6 +42,12 @@ def main(
         "(the candidates then include maps by name), and the dev and test sentences that are not "
         "in it and the entities that are not among its entities are reported on their own",
     ),
+    by_name: bool = typer.Option(
+        True,
+        help="With --train, also consider maps by name (known and new names apart), chosen by the "
+        "ECE within known and new names; --no-by-name keeps one map for all entities, chosen by "
+        "the plain ECE (the groups are still reported)",
+    ),
     fit_on: str = typer.Option(
         "tokens",
         help="Fit on dev with DNRTI's own tokens ('tokens') or on the dev sentences as raw text "
@@ -89,8 +95,9 @@ def main(
             ]
     fit_pairs = confidence_pairs(found[fit_split])
     fit_keys = [e.key for e in found[fit_split]]
+    use_names = known is not None and by_name
     fitted, selection = select_calibration(
-        fit_pairs, keys=fit_keys if known is not None else None, names=known
+        fit_pairs, keys=fit_keys if use_names else None, names=known if use_names else None
     )
     results = {"map": fitted, "selection": selection, "fit_on": fit_split, "splits": {}}
     curves = {}
@@ -115,11 +122,7 @@ def main(
             # Calibration within known and within new names: what a map by name is chosen on.
             is_known = [key in known for key in keys]
             for stage, staged in stage_pairs.items():
-                by_name = ece_by_name(staged, is_known)
-                stages[stage]["by_name"] = {"ece": by_name["ece"]} | {
-                    group: {k: by_name[group][k] for k in ("entities", "precision", "ece")}
-                    for group in ("known", "new")
-                }
+                stages[stage]["by_name"] = ece_by_name(staged, is_known)
         results["splits"][split] = stages
         curves[split] = stages
         print(

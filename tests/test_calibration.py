@@ -308,7 +308,7 @@ def load_script(name: str):
 
 
 
-def _run_calibrate_script(tmp_path, *, train, fit_on):
+def _run_calibrate_script(tmp_path, *, train, fit_on, by_name=True):
     """scripts/calibrate.py on tmp_path's model-best, dev and test (documents of 2 sentences)."""
     load_script("calibrate").main(
         model=tmp_path / "model-best",
@@ -319,6 +319,7 @@ def _run_calibrate_script(tmp_path, *, train, fit_on):
         gpu_id=-1,
         sentences_per_doc=2,
         train=train,
+        by_name=by_name,
         fit_on=fit_on,
     )
 
@@ -405,3 +406,21 @@ def test_calibrate_script_fits_on_dev_raw_text(trained_cnn_nlp, tmp_path):
     assert "after, cross-fitted" not in results["splits"]["dev"]
     calibrated = spacy.load(tmp_path / "training" / "model-calibrated")
     assert calibrated.get_pipe("ner_crf").cfg["calibration"] == results["map"]
+
+
+def test_calibrate_script_without_maps_by_name_still_reports_the_groups(trained_cnn_nlp, tmp_path):
+    """`--no-by-name` with the training set: one map for all entities, chosen by the plain ECE,
+    and the ECE within known and new names reported as with maps by name."""
+    gold = _write_dev_and_test(trained_cnn_nlp, tmp_path)
+    DocBin(docs=gold[:2]).to_disk(tmp_path / "train.spacy")
+    trained_cnn_nlp.to_disk(tmp_path / "model-best")
+    _run_calibrate_script(tmp_path, train=tmp_path / "train.spacy", fit_on="tokens", by_name=False)
+    results = json.loads((tmp_path / "metrics" / "calibration.json").read_text())
+    assert set(results["selection"]["cv_ece"]) == set(METHODS)
+    assert results["selection"]["score"] == "ECE"
+    assert results["map"]["method"] in METHODS
+    dev = results["splits"]["dev"]
+    for stage in ("before", "after", "after, cross-fitted"):
+        groups = dev[stage]["by_name"]
+        assert groups["known"]["entities"] > 0 and groups["new"]["entities"] > 0
+        assert groups["known"]["entities"] + groups["new"]["entities"] == dev[stage]["entities"]
