@@ -81,12 +81,15 @@ def create_transformer_model(
     mixed_precision: bool = False,
     grad_scaler_config: Optional[dict] = None,
     max_batch_wordpieces: int = 1024,
+    frozen_inference: bool = True,
 ) -> Model[List[Doc], FullTransformerBatch]:
     """`spacy-transformers.TransformerModel.v3` (same settings, weights, serialization and
     outputs), whose encoder predicts on the windows of a batch sorted by wordpiece length, in
     groups of at most `max_batch_wordpieces` padded wordpieces (`layers/grouped_encoder.py`;
     0 turns the grouping off; training is one call), and whose batches are prepared with array
-    operations (`layers/transformer_model.py`).
+    operations (`layers/transformer_model.py`). With `frozen_inference`, the encoder predicts
+    on the CPU through a frozen TorchScript graph of itself (`layers/frozen_encoder.py`): the
+    same outputs up to float32 rounding, faster; training and other devices run it eagerly.
     """
     return GroupedTransformerModel(
         name,
@@ -96,6 +99,7 @@ def create_transformer_model(
         mixed_precision,
         grad_scaler_config or {},
         max_batch_wordpieces,
+        frozen_inference,
     )
 
 

@@ -153,11 +153,15 @@ def test_same_outputs_as_spacy_transformers_v3(tiny_bert_dir, tmp_path):
     model = config["components"]["transformer"]["model"]
     model["@architectures"] = "spacy-transformers.TransformerModel.v3"
     del model["max_batch_wordpieces"]
+    del model["frozen_inference"]
     for key in ("transformer_config", "grad_scaler_config"):
         model[key] = model[key] or {}
     config.to_disk(tmp_path / "model" / "config.cfg")
     v3 = spacy.load(tmp_path / "model")
     assert type(v3.get_pipe("transformer").model).__name__ == "TransformerModel"
+    # The eager encoder, as v3 runs it (its frozen graph is checked against it in
+    # test_frozen_encoder.py).
+    nlp.get_pipe("transformer").model.layers[0].shims[0].frozen_inference = False
     texts = TEXTS + ["", "don't  stop\n\nX-Agent 😀 émigré .", "[PAD] [CLS] tokens ."]
     for ours, theirs in zip(nlp.pipe(texts, batch_size=4), v3.pipe(texts, batch_size=4)):
         assert [(e.start, e.end, e.label_) for e in ours.ents] == offsets_of(theirs)

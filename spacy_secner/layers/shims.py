@@ -30,6 +30,7 @@ from spacy_transformers.util import make_tempdir
 from thinc.api import ArgsKwargs, Optimizer, PyTorchShim, get_torch_default_device, xp2torch
 
 from .adam_step import AdamState, fused_adam_step, fused_adam_supported
+from .frozen_encoder import frozen_forward
 
 
 class _PredictInEvalMode:
@@ -109,7 +110,41 @@ class EvalModeShim(_PredictInEvalMode, _AveragedParams, _FusedAdamUpdate, PyTorc
 
 class HFEvalModeShim(_PredictInEvalMode, _AveragedParams, _FusedAdamUpdate, HFShim):
     """spacy-transformers' `HFShim`, predicting in eval mode without a switch per call, using
-    the optimizer's parameter averages, and loading the saved weights as the encoder's own."""
+    the optimizer's parameter averages, and loading the saved weights as the encoder's own.
+    With `frozen_inference`, it predicts on the CPU through the encoder's frozen TorchScript
+    graph (`frozen_encoder.py`)."""
+
+    frozen_inference = False
+    # Counts the calls that may change the weights without torch seeing it (thinc writes
+    # them through arrays that share their memory): a frozen graph is rebuilt after any.
+    _weights_generation = 0
+
+    def predict(self, inputs: ArgsKwargs) -> Any:
+        if self.frozen_inference and not inputs.args and not self._mixed_precision:
+            if self._model.training:
+                self._model.eval()
+            with torch.no_grad():
+                output = frozen_forward(self._model, inputs.kwargs, self._weights_generation)
+            if output is not None:
+                return output
+        return super().predict(inputs)
+
+    def begin_update(self, inputs: ArgsKwargs) -> Any:
+        self._weights_generation += 1
+        return super().begin_update(inputs)
+
+    def finish_update(self, optimizer: Optimizer) -> None:
+        super().finish_update(optimizer)
+        self._weights_generation += 1
+
+    @contextlib.contextmanager
+    def use_params(self, params: Dict[Any, Any]) -> Iterator[None]:
+        self._weights_generation += 1
+        try:
+            with super().use_params(params):
+                yield
+        finally:
+            self._weights_generation += 1
 
     def from_bytes(self, bytes_data: bytes) -> "HFEvalModeShim":
         """What `HFShim.from_bytes` loads, with one copy of the weights less at its peak.

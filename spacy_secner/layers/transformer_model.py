@@ -8,7 +8,8 @@ differs, which dominates when the encoder is fast (a GPU, a small model):
   instead of `convert_ids_to_tokens` per wordpiece;
 - the alignment of tokens to wordpieces and its split per doc are array operations
   (`alignment.py`) instead of Python sets and a dict of every token;
-- the encoder's shim predicts without switching the encoder between train and eval mode.
+- the encoder's shim predicts without switching the encoder between train and eval mode;
+- on the CPU, the encoder predicts through its frozen TorchScript graph (`frozen_encoder.py`).
 A slow (Python) tokenizer has no offsets: such a model runs spacy-transformers' own forward.
 """
 from typing import Callable, Dict, List, Tuple
@@ -33,7 +34,7 @@ from .shims import HFEvalModeShim
 class GroupedTransformerModel(TransformerModel):
     """`TransformerModel` (spacy-transformers) whose batches are prepared with array operations
     and whose encoder predicts on length-sorted groups of at most `max_batch_wordpieces`
-    padded wordpieces (0: one call)."""
+    padded wordpieces (0: one call), through its frozen graph on the CPU if `frozen_inference`."""
 
     def __init__(
         self,
@@ -44,12 +45,14 @@ class GroupedTransformerModel(TransformerModel):
         mixed_precision: bool,
         grad_scaler_config: Dict,
         max_batch_wordpieces: int,
+        frozen_inference: bool = True,
     ) -> None:
         shim = HFEvalModeShim(
             HFObjects(None, None, None, dict(tokenizer_config), dict(transformer_config)),
             mixed_precision=mixed_precision,
             grad_scaler_config=dict(grad_scaler_config),
         )
+        shim.frozen_inference = frozen_inference
         encoder = grouped_encoder_layer(
             shim, _encoder_inputs, _encoder_outputs, max_batch_wordpieces
         )
@@ -79,6 +82,7 @@ class GroupedTransformerModel(TransformerModel):
             mixed_precision,
             dict(grad_scaler_config),
             max_batch_wordpieces,
+            frozen_inference,
         )
 
     def copy(self) -> "GroupedTransformerModel":
