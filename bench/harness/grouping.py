@@ -1,45 +1,56 @@
-"""The transformer's batching settings side by side: words/s of one loaded pipeline per setting.
+"""The transformer's settings side by side: words/s of one loaded pipeline per setting.
 
 `max_batch_items` (the `transformer` pipe: padded spaCy tokens per sub-batch of docs) and
 `max_batch_wordpieces` (`spacy-secner.TransformerModel.v1`: padded wordpieces per group of
 windows, 0 for one encoder call per sub-batch) trade padding against call size, and the best
-pair depends on the hardware. Every setting runs in the same process on the same texts, with
-the repeats interleaved (setting A B C, then A B C, ...) so that machine noise spreads evenly.
+pair depends on the hardware. A third, optional part chooses how the encoder predicts:
+"frozen" (its TorchScript graph, `frozen_inference`) or "eager". Every setting runs in the same
+process on the same texts, with the repeats interleaved (setting A B C, then A B C, ...) so
+that machine noise spreads evenly.
 """
 
 import statistics
 import time
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from spacy_secner.layers import grouping_layer
 
 from .texts import count_words
 
-Setting = Tuple[int, int]
+# (max_batch_items, max_batch_wordpieces, encoder mode: "frozen", "eager" or None for the
+# pipeline's own)
+Setting = Tuple[int, int, Optional[str]]
+ENCODER_MODES = ("frozen", "eager")
 
 
 def parse_settings(value: str) -> List[Setting]:
-    """"4096:512,512:0" -> [(4096, 512), (512, 0)]: max_batch_items:max_batch_wordpieces pairs."""
-    settings = []
+    """"4096:512,4096:512:eager" -> [(4096, 512, None), (4096, 512, "eager")]:
+    max_batch_items:max_batch_wordpieces[:frozen|eager] items."""
+    settings: List[Setting] = []
     for item in value.split(","):
         if not item.strip():
             continue
+        parts = item.strip().split(":")
+        mode = parts.pop() if len(parts) == 3 else None
         try:
-            items, wordpieces = (int(part) for part in item.split(":"))
+            items, wordpieces = (int(part) for part in parts)
         except ValueError:
             raise ValueError(
-                f"Bad setting {item!r}: want max_batch_items:max_batch_wordpieces, e.g. 4096:512"
+                f"Bad setting {item!r}: want max_batch_items:max_batch_wordpieces, e.g. 4096:512, "
+                "optionally :frozen or :eager"
             ) from None
         if items < 1 or wordpieces < 0:
             raise ValueError(f"Bad setting {item!r}: need max_batch_items >= 1, wordpieces >= 0")
-        settings.append((items, wordpieces))
+        if mode is not None and mode not in ENCODER_MODES:
+            raise ValueError(f"Bad setting {item!r}: the encoder mode is one of {ENCODER_MODES}")
+        settings.append((items, wordpieces, mode))
     if not settings:
         raise ValueError("No settings given")
     return settings
 
 
 def apply_setting(nlp: Any, setting: Setting) -> None:
-    """Set both values on the loaded pipeline's `transformer` (read by it at each call)."""
+    """Set the values on the loaded pipeline's `transformer` (read by it at each call)."""
     trf = nlp.get_pipe("transformer")
     encoder = grouping_layer(trf.model)
     if encoder is None:
@@ -47,14 +58,21 @@ def apply_setting(nlp: Any, setting: Setting) -> None:
             "The pipeline's transformer is not spacy-secner.TransformerModel.v1: it has no "
             "max_batch_wordpieces setting"
         )
-    trf.cfg["max_batch_items"], encoder.attrs["max_batch_wordpieces"] = setting
+    items, wordpieces, mode = setting
+    trf.cfg["max_batch_items"], encoder.attrs["max_batch_wordpieces"] = items, wordpieces
+    if mode is not None:
+        encoder.shims[0].frozen_inference = mode == "frozen"
 
 
 def current_setting(nlp: Any) -> Setting:
-    """The pipeline's (max_batch_items, max_batch_wordpieces); 0 wordpieces for v3's model."""
+    """The pipeline's (max_batch_items, max_batch_wordpieces, encoder mode); 0 wordpieces and
+    "eager" for v3's model."""
     trf = nlp.get_pipe("transformer")
     encoder = grouping_layer(trf.model)
-    return trf.cfg["max_batch_items"], 0 if encoder is None else encoder.attrs["max_batch_wordpieces"]
+    if encoder is None:
+        return trf.cfg["max_batch_items"], 0, "eager"
+    mode = "frozen" if getattr(encoder.shims[0], "frozen_inference", False) else "eager"
+    return trf.cfg["max_batch_items"], encoder.attrs["max_batch_wordpieces"], mode
 
 
 def time_settings(
@@ -97,6 +115,7 @@ def time_settings(
                         "texts": name,
                         "max_batch_items": setting[0],
                         "max_batch_wordpieces": setting[1],
+                        "encoder": setting[2] or original[2],
                         "wps_median": median,
                         "wps_best": words / min(seconds[setting]),
                         "vs_first": median / first,
@@ -109,12 +128,12 @@ def time_settings(
 
 def render_settings(rows: Sequence[Dict[str, Any]]) -> str:
     lines = [
-        "| texts | max_batch_items | max_batch_wordpieces | words/s (median) | best | vs first |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| texts | max_batch_items | max_batch_wordpieces | encoder | words/s (median) | best | vs first |",
+        "| --- | ---: | ---: | --- | ---: | ---: | ---: |",
     ]
     for r in rows:
         lines.append(
-            f"| {r['texts']} | {r['max_batch_items']} | {r['max_batch_wordpieces']} | "
+            f"| {r['texts']} | {r['max_batch_items']} | {r['max_batch_wordpieces']} | {r['encoder']} | "
             f"{r['wps_median']:,.0f} | {r['wps_best']:,.0f} | {r['vs_first']:.2f} |"
         )
     return "\n".join(lines)
