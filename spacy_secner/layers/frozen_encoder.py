@@ -2,8 +2,8 @@
 
 At batch 1 a 6-layer encoder's forward pass on a sentence is a few hundred small operations:
 Python's module calls and the eager dispatch of each operation cost a large part of its time,
-and `nn.Linear` multiplies by a weight stored (out, in), which this CPU's matrix products read
-more slowly than one stored (in, out). Traced, frozen and optimized for inference
+and `nn.Linear` multiplies by a weight stored (out, in), which the CPU's matrix products read
+more slowly than one stored (in, out) for so few rows. Traced, frozen and optimized for inference
 (`torch.jit.optimize_for_inference`), the same forward pass runs without the Python calls,
 with each weight transposed once (a copy of the linear weights: 41 MiB for the embedded MiniLM)
 and the bias added after the product.
@@ -21,7 +21,7 @@ with a warning, once.
 """
 import warnings
 import weakref
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 from transformers.file_utils import ModelOutput
@@ -48,7 +48,7 @@ class _Tupled(torch.nn.Module):
 
 
 class FrozenGraph:
-    """One encoder's frozen graph, with the parameter versions it was built from."""
+    """One encoder's frozen graph, with the key of the weights it was built from."""
 
     def __init__(self, encoder: torch.nn.Module, inputs: Dict[str, torch.Tensor], key: Any) -> None:
         self.names = tuple(name for name in INPUT_NAMES if name in inputs)
@@ -177,6 +177,3 @@ def _assert_close(key: str, got: Any, expected: Any) -> None:
 def graph_count() -> int:
     """How many encoders hold a frozen graph now (for tests and reports)."""
     return sum(1 for state in _GRAPHS.values() if state is not _FAILED)
-
-
-__all__: List[str] = ["FrozenGraph", "frozen_forward", "drop_graph", "parameter_key", "graph_count"]
