@@ -222,3 +222,19 @@ def outputs_before(nlp):
         with torch.no_grad():
             for param in encoder.parameters():
                 param.mul_(1.5)
+
+
+def test_a_new_parameter_object_reaches_the_graph(nlp):
+    """A parameter replaced by another tensor (`load_state_dict(assign=True)`, setattr)."""
+    encoder = shim_of(nlp)._model
+    outputs(nlp, TEXTS[:2], 2)
+    modules = list(encoder.modules())
+    key = parameter_key(modules)
+    layer = encoder.encoder.layer[0].output.dense
+    layer.weight = torch.nn.Parameter(layer.weight.detach() * 3)
+    assert parameter_key(modules) != key
+    frozen = outputs(nlp, TEXTS, 2)
+    shim_of(nlp).frozen_inference = False
+    eager = outputs(nlp, TEXTS, 2)
+    for a, b in zip(frozen[2], eager[2]):
+        numpy.testing.assert_allclose(a, b, atol=1e-5)

@@ -50,9 +50,16 @@ class _Tupled(torch.nn.Module):
 class FrozenGraph:
     """One encoder's frozen graph, with the key of the weights it was built from."""
 
-    def __init__(self, encoder: torch.nn.Module, inputs: Dict[str, torch.Tensor], key: Any) -> None:
+    def __init__(
+        self,
+        encoder: torch.nn.Module,
+        inputs: Dict[str, torch.Tensor],
+        key: Any,
+        modules: Sequence[torch.nn.Module],
+    ) -> None:
         self.names = tuple(name for name in INPUT_NAMES if name in inputs)
         self.key = key
+        self.modules = list(modules)
         check = _check_inputs(inputs)
         verbosity = hf_logging.get_verbosity()
         with torch.no_grad(), warnings.catch_warnings():
@@ -86,11 +93,16 @@ class FrozenGraph:
         return tuple(inputs[name] for name in self.names)
 
 
-def parameter_key(module: torch.nn.Module) -> Tuple[Tuple[int, int], ...]:
-    """Each parameter's and buffer's storage and version: any in-place change (an optimizer
-    step, `load_state_dict`) or replacement changes it."""
+def parameter_key(modules: Sequence[torch.nn.Module]) -> Tuple[Tuple[int, int], ...]:
+    """Each parameter's and buffer's storage and version in `modules` (an encoder's, listed
+    once: walking the module tree at every call cost more than the rest of the check): any
+    in-place change (an optimizer step, `load_state_dict`) or new tensor changes it."""
     return tuple(
-        (t.data_ptr(), t._version) for t in (*module.parameters(), *module.buffers())
+        (t.data_ptr(), t._version)
+        for module in modules
+        for tensors in (module._parameters, module._buffers)
+        for t in tensors.values()
+        if t is not None
     )
 
 
@@ -116,10 +128,11 @@ def frozen_forward(
     if state is _FAILED:
         return None
     names = tuple(name for name in INPUT_NAMES if name in inputs)
-    key = (generation, parameter_key(encoder))
+    modules = state.modules if state is not None else list(encoder.modules())
+    key = (generation, parameter_key(modules))
     if state is None or state.names != names or state.key != key:
         try:
-            state = FrozenGraph(encoder, inputs, key)
+            state = FrozenGraph(encoder, inputs, key, modules)
         except Exception as error:  # noqa: BLE001  (any failure means: stay eager)
             warnings.warn(
                 f"The encoder ({type(encoder).__name__}) predicts eagerly: its frozen "
