@@ -159,17 +159,14 @@ def _check_inputs(inputs: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """A batch of another shape than `inputs`: one more row, 3 more wordpieces, the new row
     padded (mask 0) past the length of the first, so that a graph which fixed the batch size,
     the length or the absence of padding does not pass."""
-    ids = inputs["input_ids"]
-    n, length = ids.shape
+    n, length = inputs["input_ids"].shape
     grown: Dict[str, torch.Tensor] = {}
     for name, value in inputs.items():
+        # The new columns repeat each row's last one (its mask too).
         rows = torch.cat([value, value[:1]], 0)
-        tail = rows[:, -1:].expand(-1, 3)
-        grown[name] = torch.cat([rows, tail], 1).contiguous()
+        grown[name] = torch.cat([rows, rows[:, -1:].expand(-1, 3)], 1).contiguous()
     if "attention_mask" in grown:
-        mask = grown["attention_mask"]
-        mask[:n, length:] = mask[:n, length - 1 : length].expand(-1, 3)
-        mask[n, max(1, length // 2) :] = 0
+        grown["attention_mask"][n, max(1, length // 2) :] = 0
     return grown
 
 
@@ -185,8 +182,3 @@ def _assert_close(key: str, got: Any, expected: Any) -> None:
     diff = float((got - expected).abs().max()) if got.numel() else 0.0
     if not diff <= CHECK_ATOL:
         raise ValueError(f"{key} differs from the eager encoder's by {diff:.3g}")
-
-
-def graph_count() -> int:
-    """How many encoders hold a frozen graph now (for tests and reports)."""
-    return sum(1 for state in _GRAPHS.values() if state is not _FAILED)
