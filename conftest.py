@@ -188,14 +188,18 @@ def make_grouped_trf_nlp(
     *,
     transformer_config: Optional[Dict] = None,
     sentencizer: bool = True,
+    packed_row_wordpieces: Optional[int] = None,
 ) -> Language:
     """The tiny `transformer` + `ner_crf` on `spacy-secner.TransformerModel.v1`, with sentence
-    windows (and a sentencizer first, unless `sentencizer` is False), initialized."""
+    windows (and a sentencizer first, unless `sentencizer` is False), initialized; windows
+    packed as the architecture's default does unless `packed_row_wordpieces` is given."""
     fix_random_seed(0)
     config = spacy.util.load_config_from_str(trf_config_str(model_dir))
     model = config["components"]["transformer"]["model"]
     model["@architectures"] = "spacy-secner.TransformerModel.v1"
     model["max_batch_wordpieces"] = max_batch_wordpieces
+    if packed_row_wordpieces is not None:
+        model["packed_row_wordpieces"] = packed_row_wordpieces
     model["get_spans"] = {
         "@span_getters": "spacy-secner.sent_strided_spans.v1",
         "window": 128,

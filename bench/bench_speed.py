@@ -263,8 +263,9 @@ def grouping(
     model: str = typer.Option("en_secner", help="Pipeline package name or directory"),
     settings: str = typer.Option(
         "4096:512,512:0,4096:0,8192:512,4096:256,4096:1024,16384:512",
-        help="max_batch_items:max_batch_wordpieces[:frozen|eager] items (the encoder's "
-        "frozen graph or its eager forward; default: the pipeline's own); ratios are to the first",
+        help="max_batch_items:max_batch_wordpieces[:packed_row_wordpieces][:frozen|eager] items "
+        "(rows of packed windows, 0 for padded groups; the encoder's frozen graph or its eager "
+        "forward; left out: the pipeline's own); ratios are to the first",
     ),
     dnrti_dir: str = typer.Option(
         "", help="DNRTI directory (empty: $DNRTI_DIR, else assets/dnrti)"
@@ -278,8 +279,8 @@ def grouping(
     docs: int = typer.Option(50, min=1, help="Number of multi-sentence documents"),
     output: Optional[Path] = typer.Option(None, help="Also write the rows as JSON here"),
 ) -> None:
-    """Words/s of one loaded pipeline under several transformer settings (batching, and the
-    encoder's frozen graph or eager forward pass)."""
+    """Words/s of one loaded pipeline under several transformer settings (batching, packing,
+    and the encoder's frozen graph or eager forward pass)."""
     import spacy
     import torch
 

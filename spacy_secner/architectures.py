@@ -82,14 +82,17 @@ def create_transformer_model(
     grad_scaler_config: Optional[dict] = None,
     max_batch_wordpieces: int = 1024,
     frozen_inference: bool = True,
+    packed_row_wordpieces: int = 128,
 ) -> Model[List[Doc], FullTransformerBatch]:
     """`spacy-transformers.TransformerModel.v3` (same settings, weights, serialization and
-    outputs), whose encoder predicts on the windows of a batch sorted by wordpiece length, in
-    groups of at most `max_batch_wordpieces` padded wordpieces (`layers/grouped_encoder.py`;
-    0 turns the grouping off; training is one call), and whose batches are prepared with array
-    operations (`layers/transformer_model.py`). With `frozen_inference`, the encoder predicts
-    on the CPU through a frozen TorchScript graph of itself (`layers/frozen_encoder.py`): the
-    same outputs up to float32 rounding, faster; training and other devices run it eagerly.
+    outputs), whose batches are prepared with array operations (`layers/transformer_model.py`)
+    and whose encoder, when predicting, reads the windows of a batch packed several to a row
+    of `packed_row_wordpieces` (`layers/packing.py`: each window keeps its positions and
+    attends only to itself; 0 pads them instead, in length-sorted groups), in calls of at most
+    `max_batch_wordpieces` padded wordpieces (`layers/grouped_encoder.py`; 0: one call;
+    training is one call). With `frozen_inference`, the encoder predicts on the CPU through a
+    frozen TorchScript graph of itself (`layers/frozen_encoder.py`). Both give the same
+    outputs up to float32 rounding, faster; training and other devices run it eagerly.
     """
     return GroupedTransformerModel(
         name,
@@ -100,6 +103,7 @@ def create_transformer_model(
         grad_scaler_config or {},
         max_batch_wordpieces,
         frozen_inference,
+        packed_row_wordpieces,
     )
 
 

@@ -54,7 +54,7 @@ def outputs(nlp, texts, batch_size):
 
 @pytest.fixture
 def nlp(tiny_bert_dir):
-    return make_grouped_trf_nlp(tiny_bert_dir, 16)
+    return make_grouped_trf_nlp(tiny_bert_dir, 16, packed_row_wordpieces=16)
 
 
 @pytest.mark.parametrize("batch_size", [1, 4])
@@ -101,7 +101,7 @@ def test_graph_is_rebuilt_when_the_weights_change(nlp, monkeypatch):
 def test_loaded_weights_reach_the_graph(nlp, tiny_bert_dir, tmp_path):
     """Weights read into a pipeline that already predicted (from_bytes replaces the encoder)."""
     outputs(nlp, TEXTS[:2], 2)
-    other = make_grouped_trf_nlp(tiny_bert_dir, 16)
+    other = make_grouped_trf_nlp(tiny_bert_dir, 16, packed_row_wordpieces=16)
     for param in shim_of(other)._model.parameters():
         torch.nn.init.normal_(param, std=0.5)
     other.to_disk(tmp_path / "other")
@@ -124,7 +124,7 @@ def test_copies_and_saved_pipelines_hold_no_graph(nlp, tmp_path):
 
 
 def test_setting_off_in_the_config(tiny_bert_dir, tmp_path, monkeypatch):
-    nlp = make_grouped_trf_nlp(tiny_bert_dir, 16)
+    nlp = make_grouped_trf_nlp(tiny_bert_dir, 16, packed_row_wordpieces=16)
     nlp.to_disk(tmp_path / "model")
     loaded = spacy.load(
         tmp_path / "model", config={"components": {"transformer": {"model": {"frozen_inference": False}}}}

@@ -39,13 +39,17 @@ def test_train_and_predict_on_gpu(on_gpu, kind, tiny_bert_dir):
 
 
 def test_grouped_encoder_on_gpu(on_gpu, tiny_bert_dir):
-    """spacy-secner.TransformerModel.v1 on cupy arrays and CUDA tensors equals one call."""
+    """spacy-secner.TransformerModel.v1 on cupy arrays and CUDA tensors, packed and in padded
+    groups, equals one padded call."""
     nlp = make_grouped_trf_nlp(tiny_bert_dir, 16)
     texts = ["APT28 struck .", " ".join(TRAIN_TEXTS), TRAIN_TEXTS[0] + " Turla used Snake ."]
+    attrs = nlp.get_pipe("transformer").model.layers[0].attrs
+    packed = list(nlp.pipe(texts))
+    attrs["packed_row_wordpieces"] = 0
     grouped = list(nlp.pipe(texts))
-    nlp.get_pipe("transformer").model.layers[0].attrs["max_batch_wordpieces"] = 0
+    attrs["max_batch_wordpieces"] = 0
     whole = list(nlp.pipe(texts))
-    for a, b in zip(whole, grouped):
+    for a, b in [*zip(whole, grouped), *zip(whole, packed)]:
         assert offsets_of(a) == offsets_of(b)
         ha = a._.trf_data.model_output.last_hidden_state
         hb = b._.trf_data.model_output.last_hidden_state

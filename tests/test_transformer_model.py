@@ -1,4 +1,5 @@
-"""`spacy-secner.TransformerModel.v1`: v3's model, predicting on length-sorted groups of windows."""
+"""`spacy-secner.TransformerModel.v1`: v3's model, predicting on length-sorted groups of windows
+(packing them into rows is off here; `test_packing.py` has it)."""
 import numpy
 import pytest
 import spacy
@@ -42,7 +43,7 @@ def hidden_and_pooled(doc):
 
 
 def test_grouped_predictions_equal_one_call(tiny_bert_dir, monkeypatch):
-    nlp = make_grouped_trf_nlp(tiny_bert_dir, 0)
+    nlp = make_grouped_trf_nlp(tiny_bert_dir, 0, packed_row_wordpieces=0)
     calls = encoder_calls(monkeypatch)
     whole = list(nlp.pipe(TEXTS, batch_size=8))
     assert len(calls) == 1
@@ -67,7 +68,7 @@ def test_grouped_predictions_equal_one_call(tiny_bert_dir, monkeypatch):
 
 
 def test_per_layer_hidden_states_are_regrouped_too(tiny_bert_dir):
-    nlp = make_grouped_trf_nlp(tiny_bert_dir, 16, transformer_config={"output_hidden_states": True})
+    nlp = make_grouped_trf_nlp(tiny_bert_dir, 16, transformer_config={"output_hidden_states": True}, packed_row_wordpieces=0)
     grouped = list(nlp.pipe(TEXTS))
     nlp.get_pipe("transformer").model.layers[0].attrs["max_batch_wordpieces"] = 0
     whole = list(nlp.pipe(TEXTS))
@@ -81,7 +82,7 @@ def test_per_layer_hidden_states_are_regrouped_too(tiny_bert_dir):
 
 
 def test_attention_outputs_fall_back_to_one_call(tiny_bert_dir, monkeypatch):
-    nlp = make_grouped_trf_nlp(tiny_bert_dir, 16, transformer_config={"output_attentions": True})
+    nlp = make_grouped_trf_nlp(tiny_bert_dir, 16, transformer_config={"output_attentions": True}, packed_row_wordpieces=0)
     calls = encoder_calls(monkeypatch)
     docs = list(nlp.pipe(TEXTS))
     # One group is tried, sees an output it cannot regroup, and the batch goes as one call.
@@ -90,14 +91,14 @@ def test_attention_outputs_fall_back_to_one_call(tiny_bert_dir, monkeypatch):
 
 
 def test_training_is_one_call(tiny_bert_dir, monkeypatch):
-    nlp = make_grouped_trf_nlp(tiny_bert_dir, 16, sentencizer=False)
+    nlp = make_grouped_trf_nlp(tiny_bert_dir, 16, sentencizer=False, packed_row_wordpieces=0)
     calls = encoder_calls(monkeypatch)
     nlp.update(make_examples(nlp), sgd=nlp.create_optimizer())
     assert len(calls) == 1
 
 
 def test_setting_survives_disk_round_trip(tiny_bert_dir, tmp_path, monkeypatch):
-    nlp = make_grouped_trf_nlp(tiny_bert_dir, 16)
+    nlp = make_grouped_trf_nlp(tiny_bert_dir, 16, packed_row_wordpieces=0)
     expected = [offsets_of(doc) for doc in nlp.pipe(TEXTS)]
     nlp.to_disk(tmp_path / "model")
     loaded = spacy.load(tmp_path / "model")
@@ -109,7 +110,7 @@ def test_setting_survives_disk_round_trip(tiny_bert_dir, tmp_path, monkeypatch):
 
 
 def test_grouped_forward_refuses_backprop(tiny_bert_dir):
-    nlp = make_grouped_trf_nlp(tiny_bert_dir, 16)
+    nlp = make_grouped_trf_nlp(tiny_bert_dir, 16, packed_row_wordpieces=0)
     model = nlp.get_pipe("transformer").model
     wordpieces = WordpieceBatch.from_batch_encoding(huggingface_tokenize(model.tokenizer, TEXTS))
     output, backprop = length_sorted_forward(model.layers[0], wordpieces, False)
@@ -121,7 +122,7 @@ def test_grouped_forward_refuses_backprop(tiny_bert_dir):
 def test_grouped_layer_serializes_as_spacy_transformers_own(tiny_bert_dir):
     """The grouped layer has the same name, structure and weights as v3's, so a pipeline saved
     with either architecture loads with the other."""
-    grouped = make_grouped_trf_nlp(tiny_bert_dir, 16).get_pipe("transformer").model
+    grouped = make_grouped_trf_nlp(tiny_bert_dir, 16, packed_row_wordpieces=0).get_pipe("transformer").model
     config = {"@architectures": "spacy-transformers.TransformerModel.v3", "name": str(tiny_bert_dir),
               "get_spans": {"@span_getters": "spacy-transformers.strided_spans.v1", "window": 128, "stride": 96}}
     v3 = spacy.util.registry.resolve({"model": config})["model"]
@@ -146,7 +147,7 @@ def test_same_outputs_as_spacy_transformers_v3(tiny_bert_dir, tmp_path):
     batch with array operations, and its encoder's shim keeps eval mode)."""
     from spacy_secner.layers import GroupedTransformerModel
 
-    nlp = make_grouped_trf_nlp(tiny_bert_dir, 0)
+    nlp = make_grouped_trf_nlp(tiny_bert_dir, 0, packed_row_wordpieces=0)
     assert isinstance(nlp.get_pipe("transformer").model, GroupedTransformerModel)
     nlp.to_disk(tmp_path / "model")
     config = spacy.util.load_config(tmp_path / "model" / "config.cfg", interpolate=False)
@@ -154,6 +155,7 @@ def test_same_outputs_as_spacy_transformers_v3(tiny_bert_dir, tmp_path):
     model["@architectures"] = "spacy-transformers.TransformerModel.v3"
     del model["max_batch_wordpieces"]
     del model["frozen_inference"]
+    del model["packed_row_wordpieces"]
     for key in ("transformer_config", "grad_scaler_config"):
         model[key] = model[key] or {}
     config.to_disk(tmp_path / "model" / "config.cfg")
@@ -189,7 +191,7 @@ def test_same_outputs_as_spacy_transformers_v3(tiny_bert_dir, tmp_path):
 
 def test_encoder_stays_in_eval_mode_between_predictions(tiny_bert_dir):
     """Predicting switches no module's mode; a training step puts it back in train mode."""
-    nlp = make_grouped_trf_nlp(tiny_bert_dir, 16)
+    nlp = make_grouped_trf_nlp(tiny_bert_dir, 16, packed_row_wordpieces=0)
     encoder = nlp.get_pipe("transformer").model.transformer
     list(nlp.pipe(TEXTS))
     assert not encoder.training

@@ -1,10 +1,12 @@
 """The transformer's settings side by side: words/s of one loaded pipeline per setting.
 
 `max_batch_items` (the `transformer` pipe: padded spaCy tokens per sub-batch of docs) and
-`max_batch_wordpieces` (`spacy-secner.TransformerModel.v1`: padded wordpieces per group of
-windows, 0 for one encoder call per sub-batch) trade padding against call size, and the best
-pair depends on the hardware. A third, optional part chooses how the encoder predicts:
-"frozen" (its TorchScript graph, `frozen_inference`) or "eager". Every setting runs in the same
+`max_batch_wordpieces` (`spacy-secner.TransformerModel.v1`: padded wordpieces per encoder call,
+0 for one call per sub-batch) trade padding against call size, and the best pair depends on
+the hardware. An optional third number sets `packed_row_wordpieces` (windows packed into rows
+of that many wordpieces; 0 pads them in length-sorted groups instead), and an optional last
+part chooses how the encoder predicts: "frozen" (its TorchScript graph, `frozen_inference`) or
+"eager". What a setting leaves out stays as the pipeline has it. Every setting runs in the same
 process on the same texts, with the repeats interleaved (setting A B C, then A B C, ...) so
 that machine noise spreads evenly.
 """
@@ -17,33 +19,38 @@ from spacy_secner.layers import grouping_layer
 
 from .texts import count_words
 
-# (max_batch_items, max_batch_wordpieces, encoder mode: "frozen", "eager" or None for the
-# pipeline's own)
-Setting = Tuple[int, int, Optional[str]]
+# (max_batch_items, max_batch_wordpieces, packed_row_wordpieces or None, encoder mode:
+# "frozen", "eager" or None); None keeps the pipeline's own.
+Setting = Tuple[int, int, Optional[int], Optional[str]]
 ENCODER_MODES = ("frozen", "eager")
 
 
 def parse_settings(value: str) -> List[Setting]:
-    """"4096:512,4096:512:eager" -> [(4096, 512, None), (4096, 512, "eager")]:
-    max_batch_items:max_batch_wordpieces[:frozen|eager] items."""
+    """"4096:512,4096:512:0:eager" -> [(4096, 512, None, None), (4096, 512, 0, "eager")]:
+    max_batch_items:max_batch_wordpieces[:packed_row_wordpieces][:frozen|eager] items."""
     settings: List[Setting] = []
     for item in value.split(","):
         if not item.strip():
             continue
         parts = item.strip().split(":")
-        mode = parts.pop() if len(parts) == 3 else None
+        mode = parts.pop() if len(parts) > 2 and not parts[-1].lstrip("-").isdigit() else None
         try:
-            items, wordpieces = (int(part) for part in parts)
+            numbers = [int(part) for part in parts]
+            if len(numbers) not in (2, 3):
+                raise ValueError
         except ValueError:
             raise ValueError(
                 f"Bad setting {item!r}: want max_batch_items:max_batch_wordpieces, e.g. 4096:512, "
-                "optionally :frozen or :eager"
+                "optionally :packed_row_wordpieces, then optionally :frozen or :eager"
             ) from None
-        if items < 1 or wordpieces < 0:
-            raise ValueError(f"Bad setting {item!r}: need max_batch_items >= 1, wordpieces >= 0")
+        items, wordpieces, rows = numbers[0], numbers[1], (numbers[2:] or [None])[0]
+        if items < 1 or wordpieces < 0 or (rows is not None and rows < 0):
+            raise ValueError(
+                f"Bad setting {item!r}: need max_batch_items >= 1, wordpieces >= 0, rows >= 0"
+            )
         if mode is not None and mode not in ENCODER_MODES:
             raise ValueError(f"Bad setting {item!r}: the encoder mode is one of {ENCODER_MODES}")
-        settings.append((items, wordpieces, mode))
+        settings.append((items, wordpieces, rows, mode))
     if not settings:
         raise ValueError("No settings given")
     return settings
@@ -58,21 +65,24 @@ def apply_setting(nlp: Any, setting: Setting) -> None:
             "The pipeline's transformer is not spacy-secner.TransformerModel.v1: it has no "
             "max_batch_wordpieces setting"
         )
-    items, wordpieces, mode = setting
+    items, wordpieces, rows, mode = setting
     trf.cfg["max_batch_items"], encoder.attrs["max_batch_wordpieces"] = items, wordpieces
+    if rows is not None:
+        encoder.attrs["packed_row_wordpieces"] = rows
     if mode is not None:
         encoder.shims[0].frozen_inference = mode == "frozen"
 
 
 def current_setting(nlp: Any) -> Setting:
-    """The pipeline's (max_batch_items, max_batch_wordpieces, encoder mode); 0 wordpieces and
-    "eager" for v3's model."""
+    """The pipeline's (max_batch_items, max_batch_wordpieces, packed_row_wordpieces, encoder
+    mode); 0 wordpieces, 0 rows and "eager" for v3's model."""
     trf = nlp.get_pipe("transformer")
     encoder = grouping_layer(trf.model)
     if encoder is None:
-        return trf.cfg["max_batch_items"], 0, "eager"
+        return trf.cfg["max_batch_items"], 0, 0, "eager"
     mode = "frozen" if getattr(encoder.shims[0], "frozen_inference", False) else "eager"
-    return trf.cfg["max_batch_items"], encoder.attrs["max_batch_wordpieces"], mode
+    rows = encoder.attrs.get("packed_row_wordpieces", 0)
+    return trf.cfg["max_batch_items"], encoder.attrs["max_batch_wordpieces"], rows, mode
 
 
 def time_settings(
@@ -91,17 +101,23 @@ def time_settings(
         "vs_first" (median ratio to the first setting).
     """
     original = current_setting(nlp)
+
+    def resolved(setting: Setting) -> Setting:
+        # What a setting leaves out is the pipeline's own, not the setting timed before it.
+        items, wordpieces, packed, mode = setting
+        return items, wordpieces, original[2] if packed is None else packed, mode or original[3]
+
     rows = []
     try:
         for name, chosen in texts.items():
             words = count_words(chosen)
             seconds: Dict[Setting, List[float]] = {s: [] for s in settings}
             for setting in settings:
-                apply_setting(nlp, setting)
+                apply_setting(nlp, resolved(setting))
                 list(nlp.pipe(chosen, batch_size=batch_size))
             for _ in range(repeats):
                 for setting in settings:
-                    apply_setting(nlp, setting)
+                    apply_setting(nlp, resolved(setting))
                     sync()
                     start = time.perf_counter()
                     list(nlp.pipe(chosen, batch_size=batch_size))
@@ -115,7 +131,10 @@ def time_settings(
                         "texts": name,
                         "max_batch_items": setting[0],
                         "max_batch_wordpieces": setting[1],
-                        "encoder": setting[2] or original[2],
+                        "packed_row_wordpieces": (
+                            setting[2] if setting[2] is not None else original[2]
+                        ),
+                        "encoder": setting[3] or original[3],
                         "wps_median": median,
                         "wps_best": words / min(seconds[setting]),
                         "vs_first": median / first,
@@ -128,12 +147,14 @@ def time_settings(
 
 def render_settings(rows: Sequence[Dict[str, Any]]) -> str:
     lines = [
-        "| texts | max_batch_items | max_batch_wordpieces | encoder | words/s (median) | best | vs first |",
-        "| --- | ---: | ---: | --- | ---: | ---: | ---: |",
+        "| texts | max_batch_items | max_batch_wordpieces | packed_row_wordpieces | encoder "
+        "| words/s (median) | best | vs first |",
+        "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
     ]
     for r in rows:
         lines.append(
-            f"| {r['texts']} | {r['max_batch_items']} | {r['max_batch_wordpieces']} | {r['encoder']} | "
+            f"| {r['texts']} | {r['max_batch_items']} | {r['max_batch_wordpieces']} | "
+            f"{r['packed_row_wordpieces']} | {r['encoder']} | "
             f"{r['wps_median']:,.0f} | {r['wps_best']:,.0f} | {r['vs_first']:.2f} |"
         )
     return "\n".join(lines)

@@ -12,10 +12,13 @@ from harness.grouping import (
 
 
 def test_parse_settings():
-    assert parse_settings("4096:512, 512:0,4096:512:eager") == [
-        (4096, 512, None), (512, 0, None), (4096, 512, "eager")
+    assert parse_settings("4096:512, 512:0,4096:512:eager,4096:512:0,4096:512:128:frozen") == [
+        (4096, 512, None, None), (512, 0, None, None), (4096, 512, None, "eager"),
+        (4096, 512, 0, None), (4096, 512, 128, "frozen"),
     ]
-    for bad in ["", "4096", "4096:x", "0:512", "512:-1", "1:2:3", "1:2:jit", "1:2:eager:3"]:
+    bad_ones = ["", "4096", "4096:x", "0:512", "512:-1", "1:2:-3", "1:2:jit", "1:2:eager:3",
+                "1:2:3:4", "1:2:3:4:eager"]
+    for bad in bad_ones:
         with pytest.raises(ValueError):
             parse_settings(bad)
 
@@ -25,26 +28,32 @@ def test_time_settings_times_each_and_restores(tiny_bert_dir):
     seen = []
     layer = nlp.get_pipe("transformer").model.layers[0]
     texts = {"sentences": TRAIN_TEXTS, "documents": [" ".join(TRAIN_TEXTS)]}
-    settings = [(4096, 64, None), (16, 0, "eager"), (4096, 8, "frozen")]
+    settings = [(4096, 64, None, None), (16, 0, 0, "eager"), (4096, 8, 16, "frozen")]
+    original = current_setting(nlp)
+    assert original == (4096, 64, 128, "frozen")
     rows = time_settings(
         nlp, texts, settings, batch_size=4, repeats=2,
         sync=lambda: seen.append(current_setting(nlp)),
     )
-    assert [(r["texts"], r["max_batch_items"], r["max_batch_wordpieces"], r["encoder"]) for r in rows] == [
-        (name, items, wordpieces, mode or "frozen") for name in texts for items, wordpieces, mode in settings
+    assert [
+        (r["texts"], r["max_batch_items"], r["max_batch_wordpieces"], r["packed_row_wordpieces"], r["encoder"])
+        for r in rows
+    ] == [
+        (name, items, wordpieces, 128 if packed is None else packed, mode or "frozen")
+        for name in texts for items, wordpieces, packed, mode in settings
     ]
     assert all(r["wps_median"] > 0 and r["wps_best"] >= r["wps_median"] for r in rows)
     assert rows[0]["vs_first"] == 1.0
     # Interleaved: each timed pass is bracketed by two syncs under its own setting.
-    applied = [(4096, 64, "frozen"), (16, 0, "eager"), (4096, 8, "frozen")]
+    applied = [(4096, 64, 128, "frozen"), (16, 0, 0, "eager"), (4096, 8, 16, "frozen")]
     assert seen[:6] == [applied[0]] * 2 + [applied[1]] * 2 + [applied[2]] * 2
-    assert current_setting(nlp) == (4096, 64, "frozen") and layer.attrs["max_batch_wordpieces"] == 64
-    assert layer.shims[0].frozen_inference
+    assert current_setting(nlp) == original and layer.attrs["max_batch_wordpieces"] == 64
+    assert layer.attrs["packed_row_wordpieces"] == 128 and layer.shims[0].frozen_inference
     table = render_settings(rows)
-    assert table.count("\n") == 1 + len(rows) and "| documents | 16 | 0 | eager |" in table
+    assert table.count("\n") == 1 + len(rows) and "| documents | 16 | 0 | 0 | eager |" in table
 
 
 def test_needs_the_grouping_transformer(tiny_bert_dir):
     nlp = make_trf_nlp(tiny_bert_dir)  # spacy-transformers' v3
     with pytest.raises(ValueError, match="TransformerModel.v1"):
-        apply_setting(nlp, (4096, 512, None))
+        apply_setting(nlp, (4096, 512, None, None))

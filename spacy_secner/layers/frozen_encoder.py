@@ -27,8 +27,11 @@ import torch
 from transformers.file_utils import ModelOutput
 from transformers.utils import logging as hf_logging
 
-# The inputs a frozen graph takes, in this order; a call with any other keyword is eager.
-INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+from .packing import packed_inputs
+
+# The inputs a frozen graph takes, in this order (the last two for packed rows of windows,
+# `packing.py`); a call with any other keyword is eager.
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "window_ids")
 # The largest difference allowed between the graph's and the eager encoder's outputs on the
 # check batch; float32 rounding gives about 1e-5 on hidden states of size ~1-10.
 CHECK_ATOL = 1e-3
@@ -44,7 +47,12 @@ class _Tupled(torch.nn.Module):
         self.names = tuple(names)
 
     def forward(self, *inputs: torch.Tensor) -> Tuple[Any, ...]:
-        return self.encoder(**dict(zip(self.names, inputs)), return_dict=False)
+        return self.encoder(**_encoder_kwargs(dict(zip(self.names, inputs))), return_dict=False)
+
+
+def _encoder_kwargs(inputs: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The encoder's keywords for `inputs`, packed rows' window ids turned into their mask."""
+    return packed_inputs(inputs) if "window_ids" in inputs else inputs
 
 
 class FrozenGraph:
@@ -75,7 +83,7 @@ class FrozenGraph:
                 self.graph = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
             finally:
                 hf_logging.set_verbosity(verbosity)
-            expected = encoder(**check)
+            expected = encoder(**_encoder_kwargs(check))
             got = self.graph(*self._args(check))
         self.output_type = type(expected)
         self.output_keys = list(expected.keys())
@@ -111,7 +119,8 @@ def frozen_forward(
 ) -> Optional[ModelOutput]:
     """The encoder's outputs on `inputs` through its frozen graph (built or rebuilt as needed),
     or None where a graph does not apply: a module in training mode, gradients on, a device
-    other than the CPU, inputs other than `INPUT_NAMES`, or an encoder whose graph failed.
+    other than the CPU, inputs other than `INPUT_NAMES`, an empty batch, or an encoder whose
+    graph failed.
 
     generation (int): The caller's count of weight changes torch does not see; a new value
         rebuilds the graph.
@@ -121,6 +130,8 @@ def frozen_forward(
         or torch.is_grad_enabled()
         or not set(inputs) <= set(INPUT_NAMES)
         or "input_ids" not in inputs
+        or not isinstance(inputs["input_ids"], torch.Tensor)
+        or inputs["input_ids"].numel() == 0  # nothing to trace on
         or any(not isinstance(v, torch.Tensor) or v.device.type != "cpu" for v in inputs.values())
     ):
         return None

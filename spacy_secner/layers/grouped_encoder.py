@@ -1,23 +1,28 @@
-"""The Hugging Face encoder layer of spacy-transformers, predicting on length-sorted groups.
+"""The Hugging Face encoder layer of spacy-transformers, predicting on packed or length-sorted
+windows.
 
 spacy-transformers pads all the windows of an encoder call to the longest one. Sentence windows
 of whole reports vary a lot in length: padding to the longest made the encoder read 1.6
-wordpieces for every real one on the benchmark's documents. This layer runs the encoder on the
-windows of a batch sorted by wordpiece length, in groups of at most `max_batch_wordpieces`
-padded wordpieces, and puts the outputs back in the original order and padded shape, so
-everything downstream sees what one call gives; only padded positions hold zeros instead of the
-encoder's values for padding. Training (`is_train`) is one call, as in spacy-transformers.
+wordpieces for every real one on the benchmark's documents. When predicting, this layer packs
+the windows several to a row of about `packed_row_wordpieces` (`packing.py`: each window keeps
+its positions and attends only to itself), or, with that setting 0 or an encoder that fails the
+packing check, sorts them by wordpiece length into padded groups. Either way the calls hold at
+most `max_batch_wordpieces` padded wordpieces each, and the outputs go back in the original
+order and padded shape, so everything downstream sees what one call gives; only padded
+positions hold zeros instead of the encoder's values for padding. Training (`is_train`) is one
+call, as in spacy-transformers.
 """
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from spacy_transformers.data_classes import WordpieceBatch
-from thinc.api import Model
+from thinc.api import ArgsKwargs, Model, xp2torch
 from thinc.shims import Shim
 from thinc.layers.pytorchwrapper import forward as pytorch_forward
 from transformers.file_utils import ModelOutput
 
 from ..batching import padded_batches
+from .packing import pack_calls, packing_holds, plan_rows, unpack
 
 # The encoder outputs this knows how to put back in place: per wordpiece (batch, length, ...),
 # a tuple of those (one per layer), or one vector per window (batch, width).
@@ -27,12 +32,17 @@ _PER_WINDOW = {"pooler_output"}
 
 
 def grouped_encoder_layer(
-    shim: Shim, convert_inputs: Callable, convert_outputs: Callable, max_batch_wordpieces: int
+    shim: Shim,
+    convert_inputs: Callable,
+    convert_outputs: Callable,
+    max_batch_wordpieces: int,
+    packed_row_wordpieces: int = 0,
 ) -> Model:
-    """The encoder layer of a transformer model (as spacy-transformers' `HFWrapper`: same name,
-    dims and attrs, so it serializes exactly as that one) around `shim`, with a forward that
-    groups windows by length when predicting (0 turns the grouping off). The setting is read
-    at each call, from `attrs["max_batch_wordpieces"]`.
+    """The encoder layer of a transformer model (as spacy-transformers' `HFWrapper`: same name
+    and dims) around `shim`, with a forward that packs windows into rows of
+    `packed_row_wordpieces` (0: no packing) or groups them by length when predicting, in calls
+    of at most `max_batch_wordpieces` padded wordpieces (0: one call). The settings are read at
+    each call, from `attrs`.
     """
     return Model(
         "hf-pytorch",
@@ -41,6 +51,7 @@ def grouped_encoder_layer(
             "convert_inputs": convert_inputs,
             "convert_outputs": convert_outputs,
             "max_batch_wordpieces": max_batch_wordpieces,
+            "packed_row_wordpieces": packed_row_wordpieces,
         },
         shims=[shim],
         dims={"nI": None, "nO": None},
@@ -50,9 +61,14 @@ def grouped_encoder_layer(
 def length_sorted_forward(
     model: Model, wordpieces: WordpieceBatch, is_train: bool
 ) -> Tuple[ModelOutput, Callable]:
-    """The HF wrapper's forward on length-sorted groups of `wordpieces` when predicting,
-    returning its outputs as one call over all of them would."""
+    """The HF wrapper's forward on packed rows or length-sorted groups of `wordpieces` when
+    predicting, returning its outputs as one call over all of them would."""
     max_padded = model.attrs.get("max_batch_wordpieces", 0)
+    row_wordpieces = model.attrs.get("packed_row_wordpieces", 0)
+    if not is_train and row_wordpieces > 0 and len(wordpieces) > 0:
+        packed = _packed_forward(model, wordpieces, row_wordpieces, max_padded)
+        if packed is not None:
+            return packed, _predict_only
     if is_train or max_padded <= 0 or len(wordpieces) < 2:
         return pytorch_forward(model, wordpieces, is_train)
     groups = padded_batches(wordpieces.lengths, max_padded)
@@ -66,6 +82,66 @@ def length_sorted_forward(
             return pytorch_forward(model, wordpieces, is_train)
         parts.append((rows, output))
     return _scatter(parts, wordpieces.input_ids.shape), _predict_only
+
+
+def _packed_forward(
+    model: Model, wordpieces: WordpieceBatch, row_wordpieces: int, max_padded: int
+) -> Optional[ModelOutput]:
+    """The encoder's outputs for `wordpieces` from packed rows, or None where packing does not
+    apply: an encoder that fails the packing check, or outputs it cannot put back per window
+    (e.g. attentions)."""
+    shim = model.shims[0]
+    if not getattr(shim, "accepts_packed_rows", False):
+        return None
+    encoder = shim._model
+    if encoder.training:
+        encoder.eval()  # as the shim's predict leaves it
+    inputs = {"input_ids": wordpieces.input_ids, "attention_mask": wordpieces.attention_mask}
+    if wordpieces.token_type_ids is not None:
+        inputs["token_type_ids"] = wordpieces.token_type_ids
+    lengths = list(wordpieces.lengths)
+    if not packing_holds(encoder, inputs, lengths):
+        return None
+    calls = pack_calls(inputs, lengths, plan_rows(lengths, row_wordpieces), max_padded)
+    n_windows, width = wordpieces.input_ids.shape
+    merged: Dict[str, Any] = {}
+    first: Optional[ModelOutput] = None
+    for call in calls:
+        kwargs = {name: xp2torch(value, device=shim.device) for name, value in call.inputs.items()}
+        output = shim.predict(ArgsKwargs(args=(), kwargs=kwargs))
+        if first is None:
+            first = output
+            if not set(output.keys()) <= _PER_WORDPIECE | _PER_WORDPIECE_TUPLES | _PER_WINDOW:
+                return None
+        for key, value in output.items():
+            if key in _PER_WORDPIECE:
+                out = merged.setdefault(key, _flat_zeros(value, n_windows * width))
+                unpack(value, call, out)
+            elif key in _PER_WORDPIECE_TUPLES:
+                outs = merged.setdefault(
+                    key, tuple(_flat_zeros(layer, n_windows * width) for layer in value)
+                )
+                for layer, out in zip(value, outs):
+                    unpack(layer, call, out)
+    assert first is not None
+    for key, value in merged.items():
+        if key in _PER_WORDPIECE:
+            merged[key] = value.reshape(n_windows, width, *value.shape[1:])
+        else:
+            merged[key] = tuple(t.reshape(n_windows, width, *t.shape[1:]) for t in value)
+    if "pooler_output" in first.keys():
+        # The pooler reads each row's first wordpiece: run it on each window's instead.
+        pooler = getattr(encoder, "pooler", None)
+        if pooler is None or "last_hidden_state" not in merged:
+            return None
+        with torch.no_grad(), torch.autocast(device_type="cuda", enabled=shim._mixed_precision):
+            merged["pooler_output"] = pooler(merged["last_hidden_state"])
+    return type(first)(**{key: merged[key] for key in first.keys()})
+
+
+def _flat_zeros(sample: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """Zeros for `n_rows` flat wordpieces of a per-wordpiece output like `sample`."""
+    return sample.new_zeros((n_rows, *sample.shape[2:]))
 
 
 def _take_rows(wordpieces: WordpieceBatch, rows: Sequence[int]) -> WordpieceBatch:

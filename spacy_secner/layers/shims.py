@@ -31,6 +31,7 @@ from thinc.api import ArgsKwargs, Optimizer, PyTorchShim, get_torch_default_devi
 
 from .adam_step import AdamState, fused_adam_step, fused_adam_supported
 from .frozen_encoder import frozen_forward
+from .packing import packed_inputs
 
 
 class _PredictInEvalMode:
@@ -112,9 +113,11 @@ class HFEvalModeShim(_PredictInEvalMode, _AveragedParams, _FusedAdamUpdate, HFSh
     """spacy-transformers' `HFShim`, predicting in eval mode without a switch per call, using
     the optimizer's parameter averages, and loading the saved weights as the encoder's own.
     With `frozen_inference`, it predicts on the CPU through the encoder's frozen TorchScript
-    graph (`frozen_encoder.py`)."""
+    graph (`frozen_encoder.py`). It takes packed rows of windows (`packing.py`): inputs with
+    `window_ids` and `position_ids`."""
 
     frozen_inference = False
+    accepts_packed_rows = True
     # Counts the calls that may change the weights without torch seeing it (thinc writes
     # them through arrays that share their memory): a frozen graph is rebuilt after any.
     _weights_generation = 0
@@ -127,6 +130,8 @@ class HFEvalModeShim(_PredictInEvalMode, _AveragedParams, _FusedAdamUpdate, HFSh
                 output = frozen_forward(self._model, inputs.kwargs, self._weights_generation)
             if output is not None:
                 return output
+        if "window_ids" in inputs.kwargs:
+            inputs = ArgsKwargs(args=inputs.args, kwargs=packed_inputs(inputs.kwargs))
         return super().predict(inputs)
 
     def begin_update(self, inputs: ArgsKwargs) -> Any:

@@ -1,5 +1,5 @@
 """spacy-transformers' `TransformerModel` with a forward pass that prepares its batch with
-array operations, and an encoder layer that reads windows in length-sorted groups.
+array operations, and an encoder layer that reads windows packed into rows.
 
 Same weights, settings, serialization and outputs as spacy-transformers' model (a subclass of
 it, so its pipe, listeners and loading treat it as one); only the work around the encoder
@@ -8,6 +8,7 @@ differs, which dominates when the encoder is fast (a GPU, a small model):
   instead of `convert_ids_to_tokens` per wordpiece;
 - the alignment of tokens to wordpieces and its split per doc are array operations
   (`alignment.py`) instead of Python sets and a dict of every token;
+- the encoder reads the windows packed several to a row (`packing.py`), not padded;
 - the encoder's shim predicts without switching the encoder between train and eval mode;
 - on the CPU, the encoder predicts through its frozen TorchScript graph (`frozen_encoder.py`).
 A slow (Python) tokenizer has no offsets: such a model runs spacy-transformers' own forward.
@@ -33,8 +34,9 @@ from .shims import HFEvalModeShim
 
 class GroupedTransformerModel(TransformerModel):
     """`TransformerModel` (spacy-transformers) whose batches are prepared with array operations
-    and whose encoder predicts on length-sorted groups of at most `max_batch_wordpieces`
-    padded wordpieces (0: one call), through its frozen graph on the CPU if `frozen_inference`."""
+    and whose encoder predicts on windows packed into rows of `packed_row_wordpieces` (0:
+    length-sorted groups instead), in calls of at most `max_batch_wordpieces` padded wordpieces
+    (0: one call), through its frozen graph on the CPU if `frozen_inference`."""
 
     def __init__(
         self,
@@ -46,6 +48,7 @@ class GroupedTransformerModel(TransformerModel):
         grad_scaler_config: Dict,
         max_batch_wordpieces: int,
         frozen_inference: bool = True,
+        packed_row_wordpieces: int = 0,
     ) -> None:
         shim = HFEvalModeShim(
             HFObjects(None, None, None, dict(tokenizer_config), dict(transformer_config)),
@@ -54,7 +57,7 @@ class GroupedTransformerModel(TransformerModel):
         )
         shim.frozen_inference = frozen_inference
         encoder = grouped_encoder_layer(
-            shim, _encoder_inputs, _encoder_outputs, max_batch_wordpieces
+            shim, _encoder_inputs, _encoder_outputs, max_batch_wordpieces, packed_row_wordpieces
         )
         # What TransformerModel.__init__ sets, with this module's forward.
         Model.__init__(
@@ -83,6 +86,7 @@ class GroupedTransformerModel(TransformerModel):
             dict(grad_scaler_config),
             max_batch_wordpieces,
             frozen_inference,
+            packed_row_wordpieces,
         )
 
     def copy(self) -> "GroupedTransformerModel":

@@ -1,0 +1,239 @@
+"""Windows packed several to a row for the encoder (`layers/packing.py`): the rows, their mask,
+and the same outputs as the windows padded apart."""
+import random
+import warnings
+
+import numpy
+import pytest
+import torch
+
+from spacy_secner.layers import packing
+from spacy_secner.layers.grouped_encoder import length_sorted_forward
+from spacy_secner.layers.packing import pack_calls, packed_inputs, plan_rows, unpack
+
+from conftest import TRAIN_TEXTS, make_grouped_trf_nlp, offsets_of
+
+# Sentences of very different lengths, several per text, and an empty text.
+TEXTS = [
+    "APT28 struck .",
+    TRAIN_TEXTS[0] + " " + TRAIN_TEXTS[1],
+    "Turla used Snake . It spread .",
+    " ".join(TRAIN_TEXTS),
+    "",
+    "Lazarus .",
+]
+
+
+def layer_of(nlp):
+    return nlp.get_pipe("transformer").model.layers[0]
+
+
+def predictions(nlp, texts, batch_size):
+    """Entities, confidences, and each doc's encoder outputs on its real wordpieces."""
+    docs = list(nlp.pipe(texts, batch_size=batch_size))
+    result = []
+    for doc in docs:
+        data = doc._.trf_data
+        mask = data.wordpieces.attention_mask.astype(bool) if len(doc) else None
+        result.append(
+            (
+                offsets_of(doc),
+                [e._.confidence for e in doc.ents],
+                None if mask is None else data.model_output.last_hidden_state[mask],
+                None if mask is None else data.model_output.pooler_output,
+            )
+        )
+    return result
+
+
+def assert_same(packed, padded):
+    for (spans_a, conf_a, hidden_a, pooled_a), (spans_b, conf_b, hidden_b, pooled_b) in zip(packed, padded):
+        assert spans_a == spans_b
+        assert conf_a == pytest.approx(conf_b, abs=1e-5)
+        if hidden_b is not None:
+            numpy.testing.assert_allclose(hidden_a, hidden_b, atol=1e-5)
+            numpy.testing.assert_allclose(pooled_a, pooled_b, atol=1e-5)
+
+
+@pytest.mark.parametrize("lengths,capacity", [([5, 1, 9, 3, 3, 12, 7, 0, 4], 12), ([30, 2, 2], 10), ([], 8)])
+def test_plan_rows_places_every_window_once_within_its_row(lengths, capacity):
+    rows = plan_rows(lengths, capacity)
+    assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
+    for row in rows:
+        fill = sum(lengths[i] for i in row)
+        # A window longer than a row goes alone.
+        assert fill <= capacity or len([i for i in row if lengths[i]]) == 1
+
+
+def test_plan_rows_fills_rows_best_fit_longest_first():
+    random.seed(0)
+    lengths = [random.randint(5, 60) for _ in range(200)]
+    rows = plan_rows(lengths, 128)
+    fills = [sum(lengths[i] for i in row) for row in rows]
+    assert max(fills) <= 128
+    # Near the bound: the rows waste less than the longest window over all.
+    assert len(rows) <= sum(lengths) / 128 + 2
+    # Within a row, windows come longest first.
+    for row in rows:
+        assert [lengths[i] for i in row] == sorted((lengths[i] for i in row), reverse=True)
+
+
+def test_pack_calls_puts_each_window_in_place_with_its_positions():
+    lengths = [4, 2, 5, 3]
+    width = 6
+    ids = numpy.zeros((4, width), dtype=numpy.int64)
+    for i, length in enumerate(lengths):
+        ids[i, :length] = 100 * (i + 1) + numpy.arange(length)
+    mask = (ids > 0).astype("float32")
+    types = numpy.zeros_like(ids)
+    rows = plan_rows(lengths, 7)
+    calls = pack_calls({"input_ids": ids, "attention_mask": mask, "token_type_ids": types}, lengths, rows, 0)
+    assert len(calls) == 1
+    inputs = calls[0].inputs
+    assert inputs["input_ids"].shape == (len(rows), 7)
+    for r, row in enumerate(rows):
+        offset = 0
+        for slot, i in enumerate(row):
+            span = slice(offset, offset + lengths[i])
+            assert list(inputs["input_ids"][r, span]) == list(ids[i, : lengths[i]])
+            assert list(inputs["position_ids"][r, span]) == list(range(lengths[i]))
+            assert set(inputs["window_ids"][r, span]) == {slot}
+            assert set(inputs["attention_mask"][r, span]) == {1.0}
+            offset += lengths[i]
+        # Padding: no window, masked.
+        assert set(inputs["window_ids"][r, offset:]) <= {-1}
+        assert set(inputs["attention_mask"][r, offset:]) <= {0.0}
+    # Unpacking the packed input ids gives the original ones back.
+    out = torch.zeros(4 * width, dtype=torch.int64)
+    unpack(torch.as_tensor(inputs["input_ids"]), calls[0], out)
+    assert numpy.array_equal(out.reshape(4, width).numpy(), ids)
+    # A budget of padded wordpieces splits the rows over calls.
+    split = pack_calls({"input_ids": ids, "attention_mask": mask}, lengths, rows, 7)
+    assert len(split) == len(rows) and all(c.inputs["input_ids"].size <= 7 for c in split)
+
+
+def test_packed_mask_keeps_each_window_to_itself():
+    window_ids = torch.tensor([[0, 0, 1, 1, 1, -1]])
+    mask = torch.tensor([[1.0, 1, 1, 1, 1, 0]])
+    kwargs = packed_inputs({"input_ids": window_ids, "attention_mask": mask, "window_ids": window_ids})
+    assert "window_ids" not in kwargs
+    expected = torch.tensor(
+        [[1, 1, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0], [0, 0, 1, 1, 1, 0], [0, 0, 1, 1, 1, 0],
+         [0, 0, 1, 1, 1, 0], [0, 0, 0, 0, 0, 0]],
+        dtype=torch.float32,
+    )
+    assert torch.equal(kwargs["attention_mask"][0], expected)
+
+
+@pytest.mark.parametrize("frozen", [True, False])
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_packed_predictions_equal_padded_ones(tiny_bert_dir, monkeypatch, frozen, batch_size):
+    """Entities, confidences, hidden states and pooled outputs per window are those of the
+    windows padded apart, through the frozen graph and eagerly."""
+    nlp = make_grouped_trf_nlp(tiny_bert_dir, 64)
+    layer = layer_of(nlp)
+    layer.shims[0].frozen_inference = frozen
+    assert layer.attrs["packed_row_wordpieces"] == 128, "packed by default"
+    seen = []
+    inner = packing.pack_calls
+    monkeypatch.setattr(
+        "spacy_secner.layers.grouped_encoder.pack_calls",
+        lambda *args: seen.append(inner(*args)) or seen[-1],
+    )
+    packed = predictions(nlp, TEXTS, batch_size)
+    # Several windows shared a row in some call.
+    assert any((c.inputs["window_ids"] > 0).any() for calls in seen for c in calls)
+    layer.attrs["packed_row_wordpieces"] = 0
+    assert_same(packed, predictions(nlp, TEXTS, batch_size))
+
+
+def test_rows_shorter_than_a_window_and_calls_of_one_row(tiny_bert_dir):
+    nlp = make_grouped_trf_nlp(tiny_bert_dir, 1)
+    layer_of(nlp).attrs["packed_row_wordpieces"] = 4
+    packed = predictions(nlp, TEXTS, 4)
+    layer_of(nlp).attrs["packed_row_wordpieces"] = 0
+    assert_same(packed, predictions(nlp, TEXTS, 4))
+
+
+def test_per_layer_hidden_states_are_unpacked_too(tiny_bert_dir):
+    nlp = make_grouped_trf_nlp(tiny_bert_dir, 64, transformer_config={"output_hidden_states": True})
+    packed = list(nlp.pipe(TEXTS[:4]))
+    layer_of(nlp).attrs["packed_row_wordpieces"] = 0
+    padded = list(nlp.pipe(TEXTS[:4]))
+    for a, b in zip(packed, padded):
+        layers_a, layers_b = a._.trf_data.model_output.hidden_states, b._.trf_data.model_output.hidden_states
+        assert len(layers_a) == len(layers_b) > 1
+        mask = b._.trf_data.wordpieces.attention_mask.astype(bool)
+        for la, lb in zip(layers_a, layers_b):
+            numpy.testing.assert_allclose(la[mask], lb[mask], atol=1e-5)
+
+
+def test_an_encoder_that_ignores_positions_is_not_packed(tiny_bert_dir, monkeypatch):
+    """An encoder whose outputs differ when packed (here: one that drops `position_ids`) fails
+    the check, with a warning, and reads its windows padded from then on."""
+    from transformers import BertModel
+
+    inner = BertModel.forward
+
+    def without_positions(self, *args, position_ids=None, **kwargs):
+        return inner(self, *args, **kwargs)
+
+    monkeypatch.setattr(BertModel, "forward", without_positions)
+    with pytest.warns(UserWarning, match="padded, not packed"):
+        nlp = make_grouped_trf_nlp(tiny_bert_dir, 64)  # its first prediction checks
+    packed_rows = []
+    monkeypatch.setattr(
+        "spacy_secner.layers.grouped_encoder.pack_calls",
+        lambda *args: packed_rows.append(args) or packing.pack_calls(*args),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once, not again
+        got = predictions(nlp, TEXTS, 4)
+    assert packed_rows == []
+    layer_of(nlp).attrs["packed_row_wordpieces"] = 0
+    assert_same(got, predictions(nlp, TEXTS, 4))
+
+
+def test_packing_check_runs_once_per_encoder(tiny_bert_dir, monkeypatch):
+    checks = []
+    inner = packing.pack_calls
+
+    def record(inputs, lengths, rows, max_padded):
+        checks.append(max_padded == 0 and len(rows) == 1)
+        return inner(inputs, lengths, rows, max_padded)
+
+    monkeypatch.setattr(packing, "pack_calls", record)
+    nlp = make_grouped_trf_nlp(tiny_bert_dir, 64)
+    list(nlp.pipe(TEXTS, batch_size=2))
+    list(nlp.pipe(TEXTS, batch_size=2))
+    assert checks == [True]
+    # A copy is another encoder: checked again.
+    copied = nlp.get_pipe("transformer").model.copy()
+    copied.predict([nlp.make_doc(TEXTS[1])])
+    assert checks == [True, True]
+
+
+def test_training_reads_windows_padded(tiny_bert_dir, monkeypatch):
+    from conftest import make_examples
+
+    nlp = make_grouped_trf_nlp(tiny_bert_dir, 64, sentencizer=False)
+    monkeypatch.setattr(
+        "spacy_secner.layers.grouped_encoder.pack_calls",
+        lambda *args: pytest.fail("packed while training"),
+    )
+    losses = {}
+    nlp.update(make_examples(nlp), sgd=nlp.create_optimizer(), losses=losses)
+    assert losses["ner_crf"] > 0
+
+
+def test_packed_forward_refuses_backprop(tiny_bert_dir):
+    from spacy_transformers.data_classes import WordpieceBatch
+    from spacy_transformers.layers.transformer_model import huggingface_tokenize
+
+    nlp = make_grouped_trf_nlp(tiny_bert_dir, 64)
+    model = nlp.get_pipe("transformer").model
+    wordpieces = WordpieceBatch.from_batch_encoding(huggingface_tokenize(model.tokenizer, TEXTS[:4]))
+    output, backprop = length_sorted_forward(model.layers[0], wordpieces, False)
+    assert output.last_hidden_state.shape[:2] == wordpieces.input_ids.shape
+    with pytest.raises(ValueError, match="only to predict"):
+        backprop(output)
