@@ -1,8 +1,11 @@
-"""Seconds per training step, and how much of it is the optimizer's update, with the shims'
-fused Adam step and with thinc's per-parameter loop, taking turns in one process.
+"""Seconds per training step, and how much of it is the optimizer's update, under two settings
+taking turns in one process: the shims' fused Adam step against thinc's per-parameter loop
+(`--compare update`), or the encoder's windows packed into rows against padded
+(`--compare packing`).
 
     python bench/bench_train_step.py corpus/train.spacy              # the embedded MiniLM
     python bench/bench_train_step.py corpus/train.spacy --tiny       # a tiny random encoder
+    python bench/bench_train_step.py corpus/train.spacy --compare packing
 
 On a GPU (`--gpu-id 0`) the update's time is taken between two synchronisations, and the step
 time at the end of each round's steps, so both count the device's work.
@@ -18,7 +21,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Callable, Dict, List
 
 import typer
 
@@ -35,8 +38,12 @@ def main(
     rounds: int = typer.Option(3, min=1, help="Rounds; the settings take turns in each"),
     threads: int = typer.Option(1, min=1, help="torch threads (the default config trains with 1)"),
     gpu_id: int = typer.Option(-1, help="GPU (-1: CPU)"),
+    compare: str = typer.Option(
+        "update", help="update: fused Adam against thinc's loop; packing: packed windows "
+        "(the config's packed_row_wordpieces) against padded ones (0)"
+    ),
 ) -> None:
-    """Time training steps with the fused Adam update and with thinc's loop."""
+    """Time training steps under two settings, taking turns on the same batches."""
     import spacy
     import torch
     from spacy.tokens import Doc, DocBin
@@ -83,7 +90,25 @@ def main(
         update_seconds[0] += time.perf_counter() - start
 
     shims._FusedAdamUpdate.finish_update = timed_finish_update
-    settings = {"fused": True, "thinc": False}
+    if compare == "update":
+        def use_fused(fused: bool) -> Callable[[], None]:
+            return lambda: setattr(shims._FusedAdamUpdate, "fused_adam", fused)
+
+        settings = {"fused": use_fused(True), "thinc": use_fused(False)}
+    elif compare == "packing":
+        from spacy_secner.layers import grouping_layer
+
+        layer = grouping_layer(nlp.get_pipe("transformer").model)
+        rows = layer.attrs.get("packed_row_wordpieces", 0) if layer is not None else 0
+        if rows <= 0:
+            raise typer.BadParameter("The config's transformer packs no windows to compare")
+
+        def use_rows(value: int) -> Callable[[], None]:
+            return lambda: layer.attrs.__setitem__("packed_row_wordpieces", value)
+
+        settings = {f"packed ({rows})": use_rows(rows), "padded": use_rows(0)}
+    else:
+        raise typer.BadParameter(f"--compare is update or packing, not {compare!r}")
     results: Dict[str, Dict[str, List[float]]] = {
         k: {"step": [], "update": [], "words_per_s": []} for k in settings
     }
@@ -92,8 +117,8 @@ def main(
         round_batches = [batches[(round_ * steps + i) % len(batches)] for i in range(steps)]
         words = sum(len(eg.reference) for batch in round_batches for eg in batch)
         order = list(settings.items()) if round_ % 2 else list(settings.items())[::-1]
-        for name, fused in order:
-            shims._FusedAdamUpdate.fused_adam = fused
+        for name, apply in order:
+            apply()
             update_seconds[0] = 0.0
             start = time.perf_counter()
             for batch in round_batches:

@@ -213,17 +213,69 @@ def test_packing_check_runs_once_per_encoder(tiny_bert_dir, monkeypatch):
     assert checks == [True, True]
 
 
-def test_training_reads_windows_padded(tiny_bert_dir, monkeypatch):
+def encoder_gradients(layer, wordpieces, d_hidden):
+    """The encoder's parameter gradients for one training pass of `layer` with gradient
+    `d_hidden` on its last hidden state."""
+    encoder = layer.shims[0]._model
+    for param in encoder.parameters():
+        param.grad = None
+    output, backprop = layer(wordpieces, is_train=True)
+    assert output.last_hidden_state.shape == d_hidden.shape
+    backprop(type(output)(last_hidden_state=d_hidden))
+    return output.last_hidden_state.detach().clone(), {
+        name: param.grad.clone() for name, param in encoder.named_parameters() if param.grad is not None
+    }
+
+
+def test_training_on_packed_rows_gives_the_padded_gradients(tiny_bert_dir, monkeypatch):
+    """Training packs the batch into one call; without dropout, the outputs and every
+    gradient of the encoder are those of spacy-transformers' one padded call."""
+    from spacy_transformers.data_classes import WordpieceBatch
+    from spacy_transformers.layers.transformer_model import huggingface_tokenize
+
+    no_dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    nlp = make_grouped_trf_nlp(tiny_bert_dir, 16, transformer_config=no_dropout)
+    model = nlp.get_pipe("transformer").model
+    layer = model.layers[0]
+    texts = [t for t in TEXTS if t] + TRAIN_TEXTS
+    wordpieces = WordpieceBatch.from_batch_encoding(huggingface_tokenize(model.tokenizer, texts))
+    torch.manual_seed(0)
+    d_hidden = torch.randn(*wordpieces.input_ids.shape, model.get_dim("nO"))
+    d_hidden *= torch.as_tensor(wordpieces.attention_mask)[:, :, None]  # no gradient on padding
+    seen = []
+    monkeypatch.setattr(
+        "spacy_secner.layers.grouped_encoder.pack_calls",
+        lambda *args: seen.append(packing.pack_calls(*args)) or seen[-1],
+    )
+    packed_hidden, packed_grads = encoder_gradients(layer, wordpieces, d_hidden.clone())
+    assert len(seen) == 1 and len(seen[0]) == 1, "one call"
+    assert (seen[0][0].inputs["window_ids"] > 0).any(), "windows shared a row"
+    layer.attrs["packed_row_wordpieces"] = 0
+    padded_hidden, padded_grads = encoder_gradients(layer, wordpieces, d_hidden.clone())
+    mask = torch.as_tensor(wordpieces.attention_mask).bool()
+    torch.testing.assert_close(packed_hidden[mask], padded_hidden[mask], atol=1e-5, rtol=1e-4)
+    assert packed_grads.keys() == padded_grads.keys() and len(padded_grads) > 10
+    for name, grad in padded_grads.items():
+        torch.testing.assert_close(packed_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_a_pipeline_trains_on_packed_rows(tiny_bert_dir, monkeypatch):
     from conftest import make_examples
 
     nlp = make_grouped_trf_nlp(tiny_bert_dir, 64, sentencizer=False)
+    calls = []
     monkeypatch.setattr(
         "spacy_secner.layers.grouped_encoder.pack_calls",
-        lambda *args: pytest.fail("packed while training"),
+        lambda *args: calls.append(args[3]) or packing.pack_calls(*args),
     )
-    losses = {}
-    nlp.update(make_examples(nlp), sgd=nlp.create_optimizer(), losses=losses)
-    assert losses["ner_crf"] > 0
+    optimizer = nlp.create_optimizer()
+    losses = []
+    for _ in range(8):
+        step = {}
+        nlp.update(make_examples(nlp), sgd=optimizer, losses=step)
+        losses.append(step["ner_crf"])
+    assert calls and set(calls) == {0}, "one packed call per training step"
+    assert losses[-1] < losses[0]
 
 
 def test_packed_forward_refuses_backprop(tiny_bert_dir):

@@ -72,6 +72,12 @@ def _averaged(config: Config) -> None:
     config["training"]["optimizer"]["use_averages"] = True
 
 
+def _padded(config: Config) -> None:
+    # The encoder reads its windows padded, as spacy-transformers does, in training and
+    # prediction: the same model, with other rounding and dropout draws.
+    config["components"]["transformer"]["model"]["packed_row_wordpieces"] = 0
+
+
 def _mention_swap(config: Config) -> None:
     config["corpora"]["train"]["augmenter"] = {
         "@augmenters": "spacy-secner.mention_swap.v1",
@@ -121,6 +127,8 @@ VARIANTS: List[Variant] = [
             "the sentences, each entity swapped with p 0.5)", _mention_swap),
     Variant("averaged", "lever", "headline evaluated and saved with the optimizer's moving "
             "average of the weights (`use_averages`)", _averaged),
+    Variant("padded", "lever", "headline with the encoder's windows padded apart, not packed "
+            "into rows (training and prediction)", _padded),
 ]
 
 

@@ -47,7 +47,10 @@ def test_every_variant_builds_and_changes_one_thing(variant, tiny_bert_dir):
         "mean-pooling": ("crf", 1, True, 0.0, "reduce_mean.v1"),
         "mention-swap": ("crf", 1, True, 0.0, "spacy-secner.reduce_first.v1"),
         "averaged": ("crf", 1, True, 0.0, "spacy-secner.reduce_first.v1"),
+        "padded": ("crf", 1, True, 0.0, "spacy-secner.reduce_first.v1"),
     }[variant.name]
+    packed_rows = config["components"]["transformer"]["model"]["packed_row_wordpieces"]
+    assert packed_rows == (0 if variant.name == "padded" else 128)
     assert config["training"]["optimizer"]["use_averages"] is (variant.name == "averaged")
     augmenter = config["corpora"]["train"]["augmenter"]
     if variant.name == "mention-swap":

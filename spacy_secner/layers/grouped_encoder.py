@@ -61,14 +61,15 @@ def grouped_encoder_layer(
 def length_sorted_forward(
     model: Model, wordpieces: WordpieceBatch, is_train: bool
 ) -> Tuple[ModelOutput, Callable]:
-    """The HF wrapper's forward on packed rows or length-sorted groups of `wordpieces` when
-    predicting, returning its outputs as one call over all of them would."""
+    """The HF wrapper's forward on packed rows (predicting and training) or length-sorted
+    groups (predicting) of `wordpieces`, returning its outputs as one padded call over all of
+    them would."""
     max_padded = model.attrs.get("max_batch_wordpieces", 0)
     row_wordpieces = model.attrs.get("packed_row_wordpieces", 0)
-    if not is_train and row_wordpieces > 0 and len(wordpieces) > 0:
-        packed = _packed_forward(model, wordpieces, row_wordpieces, max_padded)
+    if row_wordpieces > 0 and len(wordpieces) > 0:
+        packed = _packed_forward(model, wordpieces, row_wordpieces, max_padded, is_train)
         if packed is not None:
-            return packed, _predict_only
+            return packed
     if is_train or max_padded <= 0 or len(wordpieces) < 2:
         return pytorch_forward(model, wordpieces, is_train)
     groups = padded_batches(wordpieces.lengths, max_padded)
@@ -85,16 +86,21 @@ def length_sorted_forward(
 
 
 def _packed_forward(
-    model: Model, wordpieces: WordpieceBatch, row_wordpieces: int, max_padded: int
-) -> Optional[ModelOutput]:
-    """The encoder's outputs for `wordpieces` from packed rows, or None where packing does not
-    apply: an encoder that fails the packing check, or outputs it cannot put back per window
-    (e.g. attentions)."""
+    model: Model, wordpieces: WordpieceBatch, row_wordpieces: int, max_padded: int, is_train: bool
+) -> Optional[Tuple[ModelOutput, Callable]]:
+    """The encoder's outputs for `wordpieces` from packed rows, with their backprop when
+    training, or None where packing does not apply: an encoder that fails the packing check,
+    or outputs it cannot put back per window (e.g. attentions).
+
+    Training packs the whole batch into one call, as spacy-transformers makes one padded call:
+    one backward pass through the encoder. Its gradients are those of the padded call (each
+    window's computation is the same; only dropout draws other masks).
+    """
     shim = model.shims[0]
     if not getattr(shim, "accepts_packed_rows", False):
         return None
     encoder = shim._model
-    if encoder.training:
+    if not is_train and encoder.training:
         encoder.eval()  # as the shim's predict leaves it
     inputs = {"input_ids": wordpieces.input_ids, "attention_mask": wordpieces.attention_mask}
     if wordpieces.token_type_ids is not None:
@@ -102,17 +108,23 @@ def _packed_forward(
     lengths = list(wordpieces.lengths)
     if not packing_holds(encoder, inputs, lengths):
         return None
-    calls = pack_calls(inputs, lengths, plan_rows(lengths, row_wordpieces), max_padded)
+    rows = plan_rows(lengths, row_wordpieces)
+    calls = pack_calls(inputs, lengths, rows, 0 if is_train else max_padded)
     n_windows, width = wordpieces.input_ids.shape
     merged: Dict[str, Any] = {}
     first: Optional[ModelOutput] = None
+    torch_backprop: Optional[Callable] = None
     for call in calls:
         kwargs = {name: xp2torch(value, device=shim.device) for name, value in call.inputs.items()}
-        output = shim.predict(ArgsKwargs(args=(), kwargs=kwargs))
+        if is_train:
+            output, torch_backprop = shim.begin_update(ArgsKwargs(args=(), kwargs=kwargs))
+        else:
+            output = shim.predict(ArgsKwargs(args=(), kwargs=kwargs))
         if first is None:
             first = output
             if not set(output.keys()) <= _PER_WORDPIECE | _PER_WORDPIECE_TUPLES | _PER_WINDOW:
                 return None
+        # Index assignments, which autograd follows back into the packed rows.
         for key, value in output.items():
             if key in _PER_WORDPIECE:
                 out = merged.setdefault(key, _flat_zeros(value, n_windows * width))
@@ -134,9 +146,22 @@ def _packed_forward(
         pooler = getattr(encoder, "pooler", None)
         if pooler is None or "last_hidden_state" not in merged:
             return None
-        with torch.no_grad(), torch.autocast(device_type="cuda", enabled=shim._mixed_precision):
+        with torch.set_grad_enabled(is_train), torch.autocast(
+            device_type="cuda", enabled=shim._mixed_precision
+        ):
             merged["pooler_output"] = pooler(merged["last_hidden_state"])
-    return type(first)(**{key: merged[key] for key in first.keys()})
+    output = type(first)(**{key: merged[key] for key in first.keys()})
+    if not is_train:
+        return output, _predict_only
+    # The wrapper's own conversions around the shim, as thinc's PyTorchWrapper forward does.
+    _, get_d_inputs = model.attrs["convert_inputs"](model, wordpieces, is_train)
+    output, get_d_torch = model.attrs["convert_outputs"](model, (wordpieces, output), is_train)
+    assert torch_backprop is not None
+
+    def backprop(d_output: Any) -> Any:
+        return get_d_inputs(torch_backprop(get_d_torch(d_output)))
+
+    return output, backprop
 
 
 def _flat_zeros(sample: torch.Tensor, n_rows: int) -> torch.Tensor:

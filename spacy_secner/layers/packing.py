@@ -135,6 +135,8 @@ def packing_holds(encoder: torch.nn.Module, inputs: Dict[str, Any], lengths: Seq
     sample = {name: to_numpy(value)[chosen, :width] for name, value in inputs.items()}
     (call,) = pack_calls(sample, sample_lengths, [list(range(len(chosen)))], 0)
     device = next(encoder.parameters()).device
+    training = encoder.training
+    encoder.eval()  # no dropout in the comparison
     try:
         with torch.no_grad():
             plain = encoder(**{k: torch.as_tensor(v, device=device) for k, v in sample.items()})
@@ -149,6 +151,8 @@ def packing_holds(encoder: torch.nn.Module, inputs: Dict[str, Any], lengths: Seq
         reason = f"its outputs differ from the unpacked ones by {diff:.3g}"
     except Exception as error:  # noqa: BLE001  (any failure means: do not pack)
         holds, reason = False, f"{type(error).__name__}: {error}"
+    finally:
+        encoder.train(training)
     if not holds:
         warnings.warn(
             f"The encoder ({type(encoder).__name__}) reads its windows padded, not packed: "

@@ -136,6 +136,8 @@ class HFEvalModeShim(_PredictInEvalMode, _AveragedParams, _FusedAdamUpdate, HFSh
 
     def begin_update(self, inputs: ArgsKwargs) -> Any:
         self._weights_generation += 1
+        if "window_ids" in inputs.kwargs:
+            inputs = ArgsKwargs(args=inputs.args, kwargs=packed_inputs(inputs.kwargs))
         return super().begin_update(inputs)
 
     def finish_update(self, optimizer: Optimizer) -> None:
