@@ -86,13 +86,14 @@ def create_transformer_model(
 ) -> Model[List[Doc], FullTransformerBatch]:
     """`spacy-transformers.TransformerModel.v3` (same settings, weights, serialization and
     outputs), whose batches are prepared with array operations (`layers/transformer_model.py`)
-    and whose encoder, when predicting, reads the windows of a batch packed several to a row
-    of `packed_row_wordpieces` (`layers/packing.py`: each window keeps its positions and
-    attends only to itself; 0 pads them instead, in length-sorted groups), in calls of at most
-    `max_batch_wordpieces` padded wordpieces (`layers/grouped_encoder.py`; 0: one call;
-    training is one call). With `frozen_inference`, the encoder predicts on the CPU through a
-    frozen TorchScript graph of itself (`layers/frozen_encoder.py`). Both give the same
-    outputs up to float32 rounding, faster; training and other devices run it eagerly.
+    and whose encoder reads the windows of a batch packed several to a row of
+    `packed_row_wordpieces` (`layers/packing.py`: each window keeps its positions and attends
+    only to itself; 0 pads them instead, in length-sorted groups when predicting), in calls of
+    at most `max_batch_wordpieces` padded wordpieces when predicting
+    (`layers/grouped_encoder.py`; 0: one call; training is one call). With
+    `frozen_inference`, the encoder predicts on the CPU through a frozen TorchScript graph of
+    itself (`layers/frozen_encoder.py`; training and other devices run it eagerly). Both give
+    the same outputs up to float32 rounding, faster.
     """
     return GroupedTransformerModel(
         name,

@@ -1,16 +1,16 @@
-"""The Hugging Face encoder layer of spacy-transformers, predicting on packed or length-sorted
-windows.
+"""The Hugging Face encoder layer of spacy-transformers, on windows packed into rows or in
+length-sorted groups.
 
 spacy-transformers pads all the windows of an encoder call to the longest one. Sentence windows
 of whole reports vary a lot in length: padding to the longest made the encoder read 1.6
-wordpieces for every real one on the benchmark's documents. When predicting, this layer packs
-the windows several to a row of about `packed_row_wordpieces` (`packing.py`: each window keeps
-its positions and attends only to itself), or, with that setting 0 or an encoder that fails the
-packing check, sorts them by wordpiece length into padded groups. Either way the calls hold at
-most `max_batch_wordpieces` padded wordpieces each, and the outputs go back in the original
-order and padded shape, so everything downstream sees what one call gives; only padded
-positions hold zeros instead of the encoder's values for padding. Training (`is_train`) is one
-call, as in spacy-transformers.
+wordpieces for every real one on the benchmark's documents. This layer packs the windows
+several to a row of about `packed_row_wordpieces` (`packing.py`: each window keeps its
+positions and attends only to itself), in training as one call (as spacy-transformers makes one
+padded call) and when predicting in calls of at most `max_batch_wordpieces` padded wordpieces.
+With that setting 0, or an encoder that fails the packing check, it predicts on length-sorted
+padded groups of windows instead, and trains on one padded call. The outputs go back in the
+original order and padded shape, so everything downstream sees what one padded call gives;
+only padded positions hold zeros instead of the encoder's values for padding.
 """
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 

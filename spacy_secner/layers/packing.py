@@ -1,13 +1,13 @@
 """Windows packed several to a row for the encoder: no padding between them, and each window
 attending only to itself.
 
-Sentence windows padded to a common length make the encoder read padding: 1.31 wordpieces per
-real one on the benchmark's documents even in length-sorted groups. Packed into short rows
-(longest first, each into the fullest row it fits), the windows keep their own positions
-(0, 1, ...) and a (row, length, length) attention mask keeps each within itself, so the encoder
-gives each window what it gives it alone, up to float32 rounding, while reading about 3%
-padding. Rows stay short because attention over a row costs its length squared: on the CPU,
-rows of 128 wordpieces beat 512 (BENCHMARKS.md).
+Sentence windows padded to a common length make the encoder read padding, even in
+length-sorted groups when a batch holds few windows (one document's sentences). Packed into
+short rows (longest first, each into the fullest row it fits), the windows keep their own
+positions (0, 1, ...) and a (row, length, length) attention mask keeps each within itself, so
+the encoder gives each window what it gives it alone, up to float32 rounding, and reads padding
+only at the end of each row. Rows stay short because attention over a row costs its length
+squared (BENCHMARKS.md, "Packed windows").
 
 The rows reach the encoder as `input_ids`, `attention_mask` (1 on a window's wordpieces, 0 on
 padding), `position_ids` and `window_ids` (a window's place in its row, -1 on padding);
@@ -24,8 +24,6 @@ import numpy
 import torch
 from thinc.api import to_numpy
 
-# What a packed call adds to the encoder's usual inputs.
-PACKED_NAMES = ("position_ids", "window_ids")
 # The largest difference allowed between packed and unpacked outputs in the check (float32
 # rounding gives about 1e-5 on hidden states of size ~1-10).
 CHECK_ATOL = 1e-3
