@@ -114,8 +114,9 @@ def _packed_forward(
     merged: Dict[str, Any] = {}
     first: Optional[ModelOutput] = None
     torch_backprop: Optional[Callable] = None
+    device = shim.device  # looked up through the module's parameters: once, not per input
     for call in calls:
-        kwargs = {name: xp2torch(value, device=shim.device) for name, value in call.inputs.items()}
+        kwargs = {name: xp2torch(value, device=device) for name, value in call.inputs.items()}
         if is_train:
             output, torch_backprop = shim.begin_update(ArgsKwargs(args=(), kwargs=kwargs))
         else:
