@@ -17,7 +17,8 @@ without torch seeing it (thinc's optimizers write through arrays that share the 
 memory; `HFEvalModeShim` counts its updates and parameter averages), with each parameter's
 storage and version (what `load_state_dict` or an in-place torch operation changes). An
 encoder whose graph cannot be built or does not match falls back to its eager forward pass,
-with a warning, once.
+with a warning, once. Packed rows of windows (`packing.py`) are traced with their window ids:
+the graph builds their attention mask itself.
 """
 import warnings
 import weakref

@@ -18,17 +18,21 @@ encoder once against its unpacked outputs before it is packed.
 import bisect
 import warnings
 import weakref
+from dataclasses import dataclass
 from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy
 import torch
 from thinc.api import to_numpy
 
+from ..batching import padded_batches
+
 # The largest difference allowed between packed and unpacked outputs in the check (float32
 # rounding gives about 1e-5 on hidden states of size ~1-10).
 CHECK_ATOL = 1e-3
 
 
+@dataclass
 class PackedCall:
     """One encoder call on packed rows: its inputs, and where each wordpiece came from.
 
@@ -36,8 +40,9 @@ class PackedCall:
     at flat position `target[k]` of the packed rows (row x width of this call).
     """
 
-    def __init__(self, inputs: Dict[str, numpy.ndarray], source: numpy.ndarray, target: numpy.ndarray) -> None:
-        self.inputs, self.source, self.target = inputs, source, target
+    inputs: Dict[str, numpy.ndarray]
+    source: numpy.ndarray
+    target: numpy.ndarray
 
 
 def plan_rows(lengths: Sequence[int], row_wordpieces: int) -> List[List[int]]:
@@ -64,8 +69,6 @@ def pack_calls(
     optionally token_type_ids: (windows, width) arrays, padded on the right), their real
     `lengths` and `rows` (`plan_rows`), the rows grouped by length into calls of at most
     `max_padded` padded wordpieces (0: one call)."""
-    from ..batching import padded_batches
-
     host = {name: to_numpy(value) for name, value in inputs.items()}
     width_in = host["input_ids"].shape[1]
     lengths_np = numpy.asarray(lengths, dtype=numpy.int64)
