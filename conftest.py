@@ -59,6 +59,16 @@ TRAIN_DATA: List[Tuple[str, Ents]] = [
     ),
 ]
 TRAIN_TEXTS = [text for text, _ in TRAIN_DATA]
+# Texts of one to many sentences of very different lengths, and an empty one: batches whose
+# windows the transformer groups, packs and pads in different ways.
+MIXED_TEXTS = [
+    "APT28 struck .",
+    TRAIN_TEXTS[0] + " " + TRAIN_TEXTS[1],
+    "Turla used Snake . It spread .",
+    " ".join(TRAIN_TEXTS),
+    "",
+    "Lazarus .",
+]
 GOLD_ENTS = [ents for _, ents in TRAIN_DATA]
 LABELS = sorted({label for _, ents in TRAIN_DATA for _, label in ents})
 

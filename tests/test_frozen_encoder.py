@@ -12,16 +12,9 @@ from transformers.modeling_outputs import BaseModelOutput
 from spacy_secner.layers import frozen_encoder
 from spacy_secner.layers.frozen_encoder import FrozenGraph, frozen_forward, parameter_key
 
-from conftest import TRAIN_TEXTS, make_examples, make_grouped_trf_nlp, offsets_of
+from conftest import MIXED_TEXTS, make_examples, make_grouped_trf_nlp, offsets_of
 
-TEXTS = [
-    "APT28 struck .",
-    TRAIN_TEXTS[0] + " " + TRAIN_TEXTS[1],
-    "Turla used Snake . It spread .",
-    " ".join(TRAIN_TEXTS),
-    "",
-    "Lazarus .",
-]
+TEXTS = MIXED_TEXTS
 
 
 def shim_of(nlp):

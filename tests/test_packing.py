@@ -11,17 +11,9 @@ from spacy_secner.layers import packing
 from spacy_secner.layers.grouped_encoder import length_sorted_forward
 from spacy_secner.layers.packing import pack_calls, packed_inputs, plan_rows, unpack
 
-from conftest import TRAIN_TEXTS, make_grouped_trf_nlp, offsets_of
+from conftest import MIXED_TEXTS, TRAIN_TEXTS, make_grouped_trf_nlp, offsets_of
 
-# Sentences of very different lengths, several per text, and an empty text.
-TEXTS = [
-    "APT28 struck .",
-    TRAIN_TEXTS[0] + " " + TRAIN_TEXTS[1],
-    "Turla used Snake . It spread .",
-    " ".join(TRAIN_TEXTS),
-    "",
-    "Lazarus .",
-]
+TEXTS = MIXED_TEXTS
 
 
 def layer_of(nlp):

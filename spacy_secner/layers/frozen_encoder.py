@@ -28,7 +28,7 @@ import torch
 from transformers.file_utils import ModelOutput
 from transformers.utils import logging as hf_logging
 
-from .packing import packed_inputs
+from .packing import encoder_kwargs
 
 # The inputs a frozen graph takes, in this order (the last two for packed rows of windows,
 # `packing.py`); a call with any other keyword is eager.
@@ -48,12 +48,7 @@ class _Tupled(torch.nn.Module):
         self.names = tuple(names)
 
     def forward(self, *inputs: torch.Tensor) -> Tuple[Any, ...]:
-        return self.encoder(**_encoder_kwargs(dict(zip(self.names, inputs))), return_dict=False)
-
-
-def _encoder_kwargs(inputs: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """The encoder's keywords for `inputs`, packed rows' window ids turned into their mask."""
-    return packed_inputs(inputs) if "window_ids" in inputs else inputs
+        return self.encoder(**encoder_kwargs(dict(zip(self.names, inputs))), return_dict=False)
 
 
 class FrozenGraph:
@@ -84,7 +79,7 @@ class FrozenGraph:
                 self.graph = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
             finally:
                 hf_logging.set_verbosity(verbosity)
-            expected = encoder(**_encoder_kwargs(check))
+            expected = encoder(**encoder_kwargs(check))
             got = self.graph(*self._args(check))
         self.output_type = type(expected)
         self.output_keys = list(expected.keys())
@@ -131,9 +126,8 @@ def frozen_forward(
         or torch.is_grad_enabled()
         or not set(inputs) <= set(INPUT_NAMES)
         or "input_ids" not in inputs
-        or not isinstance(inputs["input_ids"], torch.Tensor)
-        or inputs["input_ids"].numel() == 0  # nothing to trace on
         or any(not isinstance(v, torch.Tensor) or v.device.type != "cpu" for v in inputs.values())
+        or inputs["input_ids"].numel() == 0  # nothing to trace on
     ):
         return None
     state = _GRAPHS.get(encoder)

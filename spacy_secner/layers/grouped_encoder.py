@@ -100,8 +100,6 @@ def _packed_forward(
     if not getattr(shim, "accepts_packed_rows", False):
         return None
     encoder = shim._model
-    if not is_train and encoder.training:
-        encoder.eval()  # as the shim's predict leaves it
     inputs = {"input_ids": wordpieces.input_ids, "attention_mask": wordpieces.attention_mask}
     if wordpieces.token_type_ids is not None:
         inputs["token_type_ids"] = wordpieces.token_type_ids

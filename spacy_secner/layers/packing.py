@@ -113,6 +113,12 @@ def packed_inputs(inputs: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     return kwargs
 
 
+def encoder_kwargs(inputs: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The encoder's keyword inputs: packed rows' `window_ids` turned into their mask
+    (`packed_inputs`), any other inputs as they are."""
+    return packed_inputs(inputs) if "window_ids" in inputs else inputs
+
+
 def unpack(packed: torch.Tensor, call: PackedCall, out: torch.Tensor) -> None:
     """Write a per-wordpiece output of the packed rows (rows, width, ...) into `out`, the
     unpacked batch's (windows x width, ...) rows."""
@@ -140,9 +146,8 @@ def packing_holds(encoder: torch.nn.Module, inputs: Dict[str, Any], lengths: Seq
     encoder.eval()  # no dropout in the comparison
     try:
         with torch.no_grad():
-            plain = encoder(**{k: torch.as_tensor(v, device=device) for k, v in sample.items()})
-            rows = packed_inputs({k: torch.as_tensor(v, device=device) for k, v in call.inputs.items()})
-            hidden = encoder(**rows)[0]
+            plain = encoder(**_as_torch(sample, device))
+            hidden = encoder(**packed_inputs(_as_torch(call.inputs, device)))[0]
         expected = plain[0].reshape(-1, plain[0].shape[-1])
         got = torch.zeros_like(expected)
         unpack(hidden, call, got)
@@ -161,6 +166,10 @@ def packing_holds(encoder: torch.nn.Module, inputs: Dict[str, Any], lengths: Seq
         )
     _CHECKED[encoder] = holds
     return holds
+
+
+def _as_torch(arrays: Dict[str, Any], device: torch.device) -> Dict[str, torch.Tensor]:
+    return {name: torch.as_tensor(value, device=device) for name, value in arrays.items()}
 
 
 _CHECKED: "weakref.WeakKeyDictionary[torch.nn.Module, bool]" = weakref.WeakKeyDictionary()

@@ -31,7 +31,7 @@ from thinc.api import ArgsKwargs, Optimizer, PyTorchShim, get_torch_default_devi
 
 from .adam_step import AdamState, fused_adam_step, fused_adam_supported
 from .frozen_encoder import frozen_forward
-from .packing import packed_inputs
+from .packing import encoder_kwargs
 
 
 class _PredictInEvalMode:
@@ -130,15 +130,11 @@ class HFEvalModeShim(_PredictInEvalMode, _AveragedParams, _FusedAdamUpdate, HFSh
                 output = frozen_forward(self._model, inputs.kwargs, self._weights_generation)
             if output is not None:
                 return output
-        if "window_ids" in inputs.kwargs:
-            inputs = ArgsKwargs(args=inputs.args, kwargs=packed_inputs(inputs.kwargs))
-        return super().predict(inputs)
+        return super().predict(ArgsKwargs(inputs.args, encoder_kwargs(inputs.kwargs)))
 
     def begin_update(self, inputs: ArgsKwargs) -> Any:
         self._weights_generation += 1
-        if "window_ids" in inputs.kwargs:
-            inputs = ArgsKwargs(args=inputs.args, kwargs=packed_inputs(inputs.kwargs))
-        return super().begin_update(inputs)
+        return super().begin_update(ArgsKwargs(inputs.args, encoder_kwargs(inputs.kwargs)))
 
     def finish_update(self, optimizer: Optimizer) -> None:
         super().finish_update(optimizer)
