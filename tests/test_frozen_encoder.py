@@ -105,6 +105,21 @@ def test_loaded_weights_reach_the_graph(nlp, tiny_bert_dir, tmp_path):
         numpy.testing.assert_allclose(a, b, atol=1e-5)
 
 
+def test_graph_holds_the_encoders_weights_not_copies(nlp):
+    """The graph's weight constants are the encoder's own tensors: no second copy in memory
+    (as `torch.jit.optimize_for_inference`'s transposed weights would be)."""
+    outputs(nlp, TEXTS[:2], 2)
+    encoder = shim_of(nlp)._model
+    graph = frozen_encoder._GRAPHS[encoder].graph
+    nodes = [node for node in graph.graph.nodes() if node.kind() == "prim::Constant"]
+    constants = [c for c in (n.output().toIValue() for n in nodes) if isinstance(c, torch.Tensor)]
+    weights = {p.data_ptr() for p in encoder.parameters()}
+    matrices = [c for c in constants if c.dim() == 2]
+    assert len(matrices) >= 2 * encoder.config.num_hidden_layers, "the linear weights are constants"
+    copied = [tuple(c.shape) for c in constants if c.numel() > 1 and c.data_ptr() not in weights]
+    assert copied == []
+
+
 def test_copies_and_saved_pipelines_hold_no_graph(nlp, tmp_path):
     outputs(nlp, TEXTS[:2], 2)
     model = nlp.get_pipe("transformer").model

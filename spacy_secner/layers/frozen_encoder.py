@@ -1,18 +1,18 @@
 """The encoder as a frozen TorchScript graph, for predicting on the CPU.
 
 At batch 1 a 6-layer encoder's forward pass on a sentence is a few hundred small operations:
-Python's module calls and the eager dispatch of each operation cost a large part of its time,
-and `nn.Linear` multiplies by a weight stored (out, in), which the CPU's matrix products read
-more slowly than one stored (in, out) for so few rows. Traced, frozen and optimized for inference
-(`torch.jit.optimize_for_inference`), the same forward pass runs without the Python calls,
-with each weight transposed once (a copy of the linear weights: 41 MiB for the embedded MiniLM)
-and the bias added after the product.
+Python's module calls and the eager dispatch of each operation cost a large part of its time.
+Traced and frozen, the same forward pass runs without the Python calls. The frozen graph's
+constants are the encoder's own weight tensors, not copies: no memory beyond the graph itself.
+It is not passed through `torch.jit.optimize_for_inference`, which stores every linear weight
+again, transposed: 41 MiB more for the embedded MiniLM, for no speed measured on the CPU of
+BENCHMARKS.md.
 
-The graph gives the eager encoder's outputs up to float32 rounding (the products sum in another
-order: about 1e-6 on the entities' confidences). It is built on the first prediction, from that
-batch, checked against the eager encoder on a batch of another shape (a trace can fix a shape
-or a branch of the code it follows), and rebuilt when the weights may have changed: the frozen
-weights are constants. Its key is the caller's count of the steps that may change weights
+The graph runs the eager encoder's operations on the same weights, so it gives the eager outputs
+(bit for bit on the CPU of BENCHMARKS.md; the check below allows float32 rounding). It is built
+on the first prediction, from that batch, checked against the eager encoder on a batch of another
+shape (a trace can fix a shape or a branch of the code it follows), and rebuilt when the weights
+may have changed: freezing may fold values computed from them into the graph. Its key is the caller's count of the steps that may change weights
 without torch seeing it (thinc's optimizers write through arrays that share the weights'
 memory; `HFEvalModeShim` counts its updates and parameter averages), with each parameter's
 storage and version (what `load_state_dict` or an in-place torch operation changes). An
@@ -76,7 +76,7 @@ class FrozenGraph:
                 traced = torch.jit.trace(
                     _Tupled(encoder, self.names).eval(), self._args(inputs), check_trace=False
                 )
-                self.graph = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+                self.graph = torch.jit.freeze(traced)
             finally:
                 hf_logging.set_verbosity(verbosity)
             expected = encoder(**encoder_kwargs(check))
