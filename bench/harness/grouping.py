@@ -5,29 +5,36 @@
 0 for one call per sub-batch) trade padding against call size, and the best pair depends on
 the hardware. An optional third number sets `packed_row_wordpieces` (windows packed into rows
 of that many wordpieces; 0 pads them in length-sorted groups instead), and an optional last
-part chooses how the encoder predicts: "frozen" (its TorchScript graph, `frozen_inference`) or
-"eager". What a setting leaves out stays as the pipeline has it. Every setting runs in the same
+part chooses how the encoder predicts: "frozen" (its TorchScript graph, `frozen_inference`),
+"eager", or "transposed": the same graph passed through `torch.jit.optimize_for_inference`,
+which stores each linear weight again, transposed (how the graph was built before; kept to
+compare). What a setting leaves out stays as the pipeline has it. Every setting runs in the same
 process on the same texts, with the repeats interleaved (setting A B C, then A B C, ...) so
 that machine noise spreads evenly.
 """
 
 import statistics
 import time
+import weakref
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+import torch
+
 from spacy_secner.layers import grouping_layer
+from spacy_secner.layers.frozen_encoder import FrozenGraph
 
 from .texts import count_words
 
 # (max_batch_items, max_batch_wordpieces, packed_row_wordpieces or None, encoder mode:
-# "frozen", "eager" or None); None keeps the pipeline's own.
+# "frozen", "eager", "transposed" or None); None keeps the pipeline's own.
 Setting = Tuple[int, int, Optional[int], Optional[str]]
-ENCODER_MODES = ("frozen", "eager")
+ENCODER_MODES = ("frozen", "eager", "transposed")
 
 
 def parse_settings(value: str) -> List[Setting]:
     """"4096:512,4096:512:0:eager" -> [(4096, 512, None, None), (4096, 512, 0, "eager")]:
-    max_batch_items:max_batch_wordpieces[:packed_row_wordpieces][:frozen|eager] items."""
+    max_batch_items:max_batch_wordpieces[:packed_row_wordpieces][:frozen|eager|transposed]
+    items."""
     settings: List[Setting] = []
     for item in value.split(","):
         if not item.strip():
@@ -41,7 +48,7 @@ def parse_settings(value: str) -> List[Setting]:
         except ValueError:
             raise ValueError(
                 f"Bad setting {item!r}: want max_batch_items:max_batch_wordpieces, e.g. 4096:512, "
-                "optionally :packed_row_wordpieces, then optionally :frozen or :eager"
+                "optionally :packed_row_wordpieces, then optionally :frozen, :eager or :transposed"
             ) from None
         items, wordpieces, rows = numbers[0], numbers[1], (numbers[2:] or [None])[0]
         if items < 1 or wordpieces < 0 or (rows is not None and rows < 0):
@@ -70,7 +77,36 @@ def apply_setting(nlp: Any, setting: Setting) -> None:
     if rows is not None:
         encoder.attrs["packed_row_wordpieces"] = rows
     if mode is not None:
-        encoder.shims[0].frozen_inference = mode == "frozen"
+        encoder.shims[0].frozen_inference = mode != "eager"
+        _run_transposed(mode == "transposed")
+
+
+def _run_transposed(on: bool) -> None:
+    """Make each frozen graph the pipeline calls run as a twin of itself built through
+    `torch.jit.optimize_for_inference` (each linear weight stored again, transposed), from the
+    same weights and inputs on its first call; or, `on` False, as itself."""
+    if on and FrozenGraph.__call__ is not _transposed_call:
+        _OWN_CALL["call"] = FrozenGraph.__call__
+        FrozenGraph.__call__ = _transposed_call  # type: ignore[method-assign]
+    elif not on and FrozenGraph.__call__ is _transposed_call:
+        FrozenGraph.__call__ = _OWN_CALL["call"]  # type: ignore[method-assign]
+
+
+def _transposed_call(graph: FrozenGraph, inputs: Dict[str, torch.Tensor]) -> Any:
+    twin = _TWINS.get(graph)
+    if twin is None:
+        freeze = torch.jit.freeze
+        torch.jit.freeze = lambda module: torch.jit.optimize_for_inference(freeze(module))
+        try:
+            # modules[0] is the encoder itself (the order of its `modules()`).
+            twin = _TWINS[graph] = FrozenGraph(graph.modules[0], inputs, graph.key, graph.modules)
+        finally:
+            torch.jit.freeze = freeze
+    return _OWN_CALL["call"](twin, inputs)
+
+
+_OWN_CALL: Dict[str, Callable] = {}
+_TWINS: "weakref.WeakKeyDictionary[FrozenGraph, FrozenGraph]" = weakref.WeakKeyDictionary()
 
 
 def current_setting(nlp: Any) -> Setting:

@@ -1,5 +1,6 @@
 """`bench_speed.py grouping`: the transformer's batching settings timed side by side."""
 import pytest
+import torch
 from conftest import TRAIN_TEXTS, make_grouped_trf_nlp, make_trf_nlp
 
 from harness.grouping import (
@@ -12,9 +13,11 @@ from harness.grouping import (
 
 
 def test_parse_settings():
-    assert parse_settings("4096:512, 512:0,4096:512:eager,4096:512:0,4096:512:128:frozen") == [
+    assert parse_settings(
+        "4096:512, 512:0,4096:512:eager,4096:512:0,4096:512:128:frozen,4096:512:transposed"
+    ) == [
         (4096, 512, None, None), (512, 0, None, None), (4096, 512, None, "eager"),
-        (4096, 512, 0, None), (4096, 512, 128, "frozen"),
+        (4096, 512, 0, None), (4096, 512, 128, "frozen"), (4096, 512, None, "transposed"),
     ]
     bad_ones = ["", "4096", "4096:x", "0:512", "512:-1", "1:2:-3", "1:2:jit", "1:2:eager:3",
                 "1:2:3:4", "1:2:3:4:eager"]
@@ -57,3 +60,30 @@ def test_needs_the_grouping_transformer(tiny_bert_dir):
     nlp = make_trf_nlp(tiny_bert_dir)  # spacy-transformers' v3
     with pytest.raises(ValueError, match="TransformerModel.v1"):
         apply_setting(nlp, (4096, 512, None, None))
+
+
+def test_transposed_setting_runs_a_twin_graph_and_restores(tiny_bert_dir):
+    """"transposed" runs each frozen graph as its optimize_for_inference twin (linear weights
+    copied, transposed), with the same entities; any other setting puts the graph's own call
+    back."""
+    from spacy_secner.layers import frozen_encoder
+
+    from harness import grouping
+
+    nlp = make_grouped_trf_nlp(tiny_bert_dir, 64)
+    encoder = nlp.get_pipe("transformer").model.layers[0].shims[0]._model
+    own_call = frozen_encoder.FrozenGraph.__call__
+    frozen = [[(e.start, e.end, e.label_) for e in d.ents] for d in nlp.pipe(TRAIN_TEXTS)]
+    graph = frozen_encoder._GRAPHS[encoder]
+    apply_setting(nlp, (4096, 64, None, "transposed"))
+    assert current_setting(nlp)[3] == "frozen"
+    transposed = [[(e.start, e.end, e.label_) for e in d.ents] for d in nlp.pipe(TRAIN_TEXTS)]
+    assert transposed == frozen
+    twin = grouping._TWINS[graph]
+    weights = {p.data_ptr() for p in encoder.parameters()}
+    nodes = [n for n in twin.graph.graph.nodes() if n.kind() == "prim::Constant"]
+    constants = [c for c in (n.output().toIValue() for n in nodes) if isinstance(c, torch.Tensor)]
+    assert any(c.dim() == 2 and c.data_ptr() not in weights for c in constants)
+    apply_setting(nlp, (4096, 64, None, "frozen"))
+    assert frozen_encoder.FrozenGraph.__call__ is own_call
+    assert frozen_encoder._GRAPHS[encoder] is graph
