@@ -5,20 +5,20 @@ Python's module calls and the eager dispatch of each operation cost a large part
 Traced and frozen, the same forward pass runs without the Python calls. The frozen graph's
 constants are the encoder's own weight tensors, not copies: no memory beyond the graph itself.
 It is not passed through `torch.jit.optimize_for_inference`, which stores every linear weight
-again, transposed: 41 MiB more for the embedded MiniLM, for no speed measured on the CPU of
-BENCHMARKS.md.
+again, transposed: 41 MiB more for the embedded MiniLM, and no faster on the CPU measured in
+BENCHMARKS.md (`bench_speed.py grouping` compares the two on any machine).
 
-The graph runs the eager encoder's operations on the same weights, so it gives the eager outputs
-(bit for bit on the CPU of BENCHMARKS.md; the check below allows float32 rounding). It is built
-on the first prediction, from that batch, checked against the eager encoder on a batch of another
-shape (a trace can fix a shape or a branch of the code it follows), and rebuilt when the weights
-may have changed: freezing may fold values computed from them into the graph. Its key is the caller's count of the steps that may change weights
-without torch seeing it (thinc's optimizers write through arrays that share the weights'
-memory; `HFEvalModeShim` counts its updates and parameter averages), with each parameter's
-storage and version (what `load_state_dict` or an in-place torch operation changes). An
-encoder whose graph cannot be built or does not match falls back to its eager forward pass,
-with a warning, once. Packed rows of windows (`packing.py`) are traced with their window ids:
-the graph builds their attention mask itself.
+The graph runs the eager encoder's operations on the same weights; the check below allows
+float32 rounding between the two (confidences within about 1e-6). It is built on the first
+prediction, from that batch, checked against the eager encoder on a batch of another shape (a
+trace can fix a shape or a branch of the code it follows), and rebuilt when the weights may have
+changed: freezing may fold values computed from them into the graph. Its key is the caller's
+count of the steps that may change weights without torch seeing it (thinc's optimizers write
+through arrays that share the weights' memory; `HFEvalModeShim` counts its updates and parameter
+averages), with each parameter's storage and version (what `load_state_dict` or an in-place
+torch operation changes). An encoder whose graph cannot be built or does not match falls back to
+its eager forward pass, with a warning, once. Packed rows of windows (`packing.py`) are traced
+with their window ids: the graph builds their attention mask itself.
 """
 import warnings
 import weakref
