@@ -11,16 +11,11 @@ from spacy_secner.batching import padded_batches
 from spacy_secner.layers import grouped_encoder
 from spacy_secner.layers.grouped_encoder import length_sorted_forward
 
-from conftest import TRAIN_TEXTS, make_examples, make_grouped_trf_nlp, offsets_of
+from conftest import MIXED_TEXTS, make_examples, make_grouped_trf_nlp, offsets_of
 
-# Sentences of very different lengths, so that groups and padding differ from one call.
-TEXTS = [
-    "APT28 struck .",
-    TRAIN_TEXTS[0] + " " + TRAIN_TEXTS[1],
-    "Turla used Snake . It spread .",
-    " ".join(TRAIN_TEXTS),
-    "Lazarus .",
-]
+# Sentences of very different lengths, so that groups and padding differ from one call; the
+# empty text is added where a test wants it.
+TEXTS = [text for text in MIXED_TEXTS if text]
 
 
 def encoder_calls(monkeypatch):
