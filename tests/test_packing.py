@@ -7,7 +7,7 @@ import numpy
 import pytest
 import torch
 
-from spacy_secner.layers import packing
+from spacy_secner.layers import grouped_encoder, packing
 from spacy_secner.layers.grouped_encoder import length_sorted_forward
 from spacy_secner.layers.packing import pack_calls, packed_inputs, plan_rows, unpack
 
@@ -145,6 +145,24 @@ def test_rows_shorter_than_a_window_and_calls_of_one_row(tiny_bert_dir):
     packed = predictions(nlp, TEXTS, 4)
     layer_of(nlp).attrs["packed_row_wordpieces"] = 0
     assert_same(packed, predictions(nlp, TEXTS, 4))
+
+
+def test_outputs_are_allocated_once_per_batch_not_per_call(tiny_bert_dir, monkeypatch):
+    """Each unpacked output is as large as the whole batch: built once, whatever the number of
+    encoder calls (here one per row), for the hidden states and for each layer's."""
+    nlp = make_grouped_trf_nlp(
+        tiny_bert_dir, 1, transformer_config={"output_hidden_states": True}, packed_row_wordpieces=4
+    )
+    seen, calls = [], []
+    inner_zeros, inner_pack = grouped_encoder._flat_zeros, packing.pack_calls
+    monkeypatch.setattr(grouped_encoder, "_flat_zeros", lambda *a: seen.append(a[1]) or inner_zeros(*a))
+    monkeypatch.setattr(grouped_encoder, "pack_calls", lambda *a: calls.append(inner_pack(*a)) or calls[-1])
+    docs = list(nlp.pipe(TEXTS[:6], batch_size=6))
+    assert len(calls) == 1 and len(calls[0]) > 2, "several calls in one batch"
+    n_layers = len(docs[0]._.trf_data.model_output.hidden_states)
+    assert len(seen) == 1 + n_layers
+    shapes = [doc._.trf_data.wordpieces.input_ids.shape for doc in docs]
+    assert set(seen) == {sum(n for n, _ in shapes) * shapes[0][1]}
 
 
 def test_per_layer_hidden_states_are_unpacked_too(tiny_bert_dir):

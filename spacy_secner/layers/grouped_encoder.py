@@ -123,16 +123,17 @@ def _packed_forward(
             first = output
             if not set(output.keys()) <= _PER_WORDPIECE | _PER_WORDPIECE_TUPLES | _PER_WINDOW:
                 return None
-        # Index assignments, which autograd follows back into the packed rows.
+        # Index assignments, which autograd follows back into the packed rows. The unpacked
+        # outputs are allocated on the first call only: each is as large as the whole batch.
         for key, value in output.items():
             if key in _PER_WORDPIECE:
-                out = merged.setdefault(key, _flat_zeros(value, n_windows * width))
-                unpack(value, call, out)
+                if key not in merged:
+                    merged[key] = _flat_zeros(value, n_windows * width)
+                unpack(value, call, merged[key])
             elif key in _PER_WORDPIECE_TUPLES:
-                outs = merged.setdefault(
-                    key, tuple(_flat_zeros(layer, n_windows * width) for layer in value)
-                )
-                for layer, out in zip(value, outs):
+                if key not in merged:
+                    merged[key] = tuple(_flat_zeros(layer, n_windows * width) for layer in value)
+                for layer, out in zip(value, merged[key]):
                     unpack(layer, call, out)
     assert first is not None
     for key, value in merged.items():
