@@ -70,6 +70,22 @@ def test_plan_rows_fills_rows_best_fit_longest_first():
         assert [lengths[i] for i in row] == sorted((lengths[i] for i in row), reverse=True)
 
 
+def test_plan_rows_evens_out_the_rows_of_one_document():
+    """One document's sentences fill its rows about equally, in no more rows than packing
+    them at full length takes: calls pad every row to the fullest."""
+    random.seed(1)
+    for _ in range(200):
+        lengths = [random.randint(5, 80) for _ in range(random.randint(2, 20))]
+        rows = plan_rows(lengths, 128)
+        fills = [sum(lengths[i] for i in row) for row in rows]
+        full_length = [sum(lengths[i] for i in row) for row in packing._best_fit(lengths, 128)]
+        assert len(rows) <= len(full_length) and max(fills) <= max(full_length)
+        assert max(fills) - min(fills) <= max(lengths)
+    lengths = [60, 50, 40, 30, 20, 20, 20]  # at full length: rows of 110, 110 and 20
+    rows = plan_rows(lengths, 128)
+    assert sorted(sum(lengths[i] for i in row) for row in rows) == [80, 80, 80]
+
+
 def test_pack_calls_puts_each_window_in_place_with_its_positions():
     lengths = [4, 2, 5, 3]
     width = 6
