@@ -54,6 +54,8 @@ def plan_rows(lengths: Sequence[int], row_wordpieces: int) -> List[List[int]]:
         return []
     capacity = max([row_wordpieces, *lengths])
     rows = _best_fit(lengths, capacity)
+    if len(rows) == 1:
+        return rows  # nothing to even out
     # Calls pad every row to the fullest: one document's sentences in rows of 128 leave the
     # last row part empty (15% padding on the benchmark's documents at batch 1). The least
     # capacity that packs into as many rows spreads them evenly (4%); a binary search finds
