@@ -264,9 +264,10 @@ def grouping(
     settings: str = typer.Option(
         "4096:512,4096:512:0,512:0:0,4096:0,8192:512,4096:256,4096:1024,4096:512:64,4096:512:256",
         help="max_batch_items:max_batch_wordpieces[:packed_row_wordpieces]"
-        "[:frozen|eager|transposed] items (rows of packed windows, 0 for padded groups; the "
-        "encoder's frozen graph, its eager forward, or the graph's optimize_for_inference twin "
-        "with transposed weights; left out: the pipeline's own); ratios are to the first",
+        "[:frozen|eager|transposed][:even|fullrows] items (rows of packed windows, 0 for "
+        "padded groups; the encoder's frozen graph, its eager forward, or the graph's "
+        "optimize_for_inference twin with transposed weights; rows evened out in length or "
+        "filled to their full length; left out: the pipeline's own); ratios are to the first",
     ),
     dnrti_dir: str = typer.Option(
         "", help="DNRTI directory (empty: $DNRTI_DIR, else assets/dnrti)"

@@ -4,11 +4,13 @@
 `max_batch_wordpieces` (`spacy-secner.TransformerModel.v1`: padded wordpieces per encoder call,
 0 for one call per sub-batch) trade padding against call size, and the best pair depends on
 the hardware. An optional third number sets `packed_row_wordpieces` (windows packed into rows
-of that many wordpieces; 0 pads them in length-sorted groups instead), and an optional last
-part chooses how the encoder predicts: "frozen" (its TorchScript graph, `frozen_inference`),
+of that many wordpieces; 0 pads them in length-sorted groups instead), and optional last
+parts choose how the encoder predicts: "frozen" (its TorchScript graph, `frozen_inference`),
 "eager", or "transposed": the same graph passed through `torch.jit.optimize_for_inference`,
-which stores each linear weight again, transposed (how the graph was built before; kept to
-compare). What a setting leaves out stays as the pipeline has it. Every setting runs in the same
+which stores each linear weight again, transposed; and how windows are packed: "fullrows"
+fills each row up to its full length (best fit at `packed_row_wordpieces`) instead of evening
+out the rows' lengths. "transposed" and "fullrows" are how the pipeline worked before, kept to
+compare. What a setting leaves out stays as the pipeline has it. Every setting runs in the same
 process on the same texts, with the repeats interleaved (setting A B C, then A B C, ...) so
 that machine noise spreads evenly.
 """
@@ -20,26 +22,30 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from spacy_secner.layers import grouping_layer
+from spacy_secner.layers import grouped_encoder, grouping_layer, packing
 from spacy_secner.layers.frozen_encoder import FrozenGraph
 
 from .texts import count_words
 
 # (max_batch_items, max_batch_wordpieces, packed_row_wordpieces or None, encoder mode:
-# "frozen", "eager", "transposed" or None); None keeps the pipeline's own.
-Setting = Tuple[int, int, Optional[int], Optional[str]]
+# "frozen", "eager", "transposed" or None, row plan: "even", "fullrows" or None); None keeps
+# the pipeline's own (rows evened out).
+Setting = Tuple[int, int, Optional[int], Optional[str], Optional[str]]
 ENCODER_MODES = ("frozen", "eager", "transposed")
+ROW_PLANS = ("even", "fullrows")
 
 
 def parse_settings(value: str) -> List[Setting]:
-    """"4096:512,4096:512:0:eager" -> [(4096, 512, None, None), (4096, 512, 0, "eager")]:
+    """"4096:512,4096:512:0:eager,4096:512:fullrows" -> [(4096, 512, None, None, None),
+    (4096, 512, 0, "eager", None), (4096, 512, None, None, "fullrows")]:
     max_batch_items:max_batch_wordpieces[:packed_row_wordpieces][:frozen|eager|transposed]
-    items."""
+    [:even|fullrows] items."""
     settings: List[Setting] = []
     for item in value.split(","):
         if not item.strip():
             continue
         parts = item.strip().split(":")
+        plan = parts.pop() if len(parts) > 2 and parts[-1] in ROW_PLANS else None
         mode = parts.pop() if len(parts) > 2 and not parts[-1].lstrip("-").isdigit() else None
         try:
             numbers = [int(part) for part in parts]
@@ -48,7 +54,8 @@ def parse_settings(value: str) -> List[Setting]:
         except ValueError:
             raise ValueError(
                 f"Bad setting {item!r}: want max_batch_items:max_batch_wordpieces, e.g. 4096:512, "
-                "optionally :packed_row_wordpieces, then optionally :frozen, :eager or :transposed"
+                "optionally :packed_row_wordpieces, then optionally :frozen, :eager or "
+                ":transposed, then optionally :even or :fullrows"
             ) from None
         items, wordpieces, rows = numbers[0], numbers[1], (numbers[2:] or [None])[0]
         if items < 1 or wordpieces < 0 or (rows is not None and rows < 0):
@@ -57,7 +64,7 @@ def parse_settings(value: str) -> List[Setting]:
             )
         if mode is not None and mode not in ENCODER_MODES:
             raise ValueError(f"Bad setting {item!r}: the encoder mode is one of {ENCODER_MODES}")
-        settings.append((items, wordpieces, rows, mode))
+        settings.append((items, wordpieces, rows, mode, plan))
     if not settings:
         raise ValueError("No settings given")
     return settings
@@ -72,13 +79,20 @@ def apply_setting(nlp: Any, setting: Setting) -> None:
             "The pipeline's transformer is not spacy-secner.TransformerModel.v1: it has no "
             "max_batch_wordpieces setting"
         )
-    items, wordpieces, rows, mode = setting
+    items, wordpieces, rows, mode, plan = setting
     trf.cfg["max_batch_items"], encoder.attrs["max_batch_wordpieces"] = items, wordpieces
     if rows is not None:
         encoder.attrs["packed_row_wordpieces"] = rows
     if mode is not None:
         encoder.shims[0].frozen_inference = mode != "eager"
         _run_transposed(mode == "transposed")
+    if plan is not None:
+        grouped_encoder.plan_rows = _full_rows if plan == "fullrows" else packing.plan_rows
+
+
+def _full_rows(lengths: Sequence[int], row_wordpieces: int) -> List[List[int]]:
+    """Windows packed best fit into rows of their full length, the lengths not evened out."""
+    return packing._best_fit(lengths, max([row_wordpieces, *lengths])) if len(lengths) else []
 
 
 def _run_transposed(on: bool) -> None:
@@ -111,14 +125,15 @@ _TWINS: "weakref.WeakKeyDictionary[FrozenGraph, FrozenGraph]" = weakref.WeakKeyD
 
 def current_setting(nlp: Any) -> Setting:
     """The pipeline's (max_batch_items, max_batch_wordpieces, packed_row_wordpieces, encoder
-    mode); 0 wordpieces, 0 rows and "eager" for v3's model."""
+    mode, row plan); 0 wordpieces, 0 rows and "eager" for v3's model."""
     trf = nlp.get_pipe("transformer")
     encoder = grouping_layer(trf.model)
+    plan = "fullrows" if grouped_encoder.plan_rows is _full_rows else "even"
     if encoder is None:
-        return trf.cfg["max_batch_items"], 0, 0, "eager"
+        return trf.cfg["max_batch_items"], 0, 0, "eager", plan
     mode = "frozen" if getattr(encoder.shims[0], "frozen_inference", False) else "eager"
     rows = encoder.attrs.get("packed_row_wordpieces", 0)
-    return trf.cfg["max_batch_items"], encoder.attrs["max_batch_wordpieces"], rows, mode
+    return trf.cfg["max_batch_items"], encoder.attrs["max_batch_wordpieces"], rows, mode, plan
 
 
 def time_settings(
@@ -140,8 +155,9 @@ def time_settings(
 
     def resolved(setting: Setting) -> Setting:
         # What a setting leaves out is the pipeline's own, not the setting timed before it.
-        items, wordpieces, packed, mode = setting
-        return items, wordpieces, original[2] if packed is None else packed, mode or original[3]
+        items, wordpieces, packed, mode, plan = setting
+        packed = original[2] if packed is None else packed
+        return items, wordpieces, packed, mode or original[3], plan or original[4]
 
     rows = []
     try:
@@ -171,6 +187,7 @@ def time_settings(
                             setting[2] if setting[2] is not None else original[2]
                         ),
                         "encoder": setting[3] or original[3],
+                        "rows": setting[4] or original[4],
                         "wps_median": median,
                         "wps_best": words / min(seconds[setting]),
                         "vs_first": median / first,
@@ -184,13 +201,13 @@ def time_settings(
 def render_settings(rows: Sequence[Dict[str, Any]]) -> str:
     lines = [
         "| texts | max_batch_items | max_batch_wordpieces | packed_row_wordpieces | encoder "
-        "| words/s (median) | best | vs first |",
-        "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
+        "| rows | words/s (median) | best | vs first |",
+        "| --- | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: |",
     ]
     for r in rows:
         lines.append(
             f"| {r['texts']} | {r['max_batch_items']} | {r['max_batch_wordpieces']} | "
-            f"{r['packed_row_wordpieces']} | {r['encoder']} | "
+            f"{r['packed_row_wordpieces']} | {r['encoder']} | {r.get('rows', 'even')} | "
             f"{r['wps_median']:,.0f} | {r['wps_best']:,.0f} | {r['vs_first']:.2f} |"
         )
     return "\n".join(lines)
