@@ -3,7 +3,8 @@ attending only to itself.
 
 Sentence windows padded to a common length make the encoder read padding, even in
 length-sorted groups when a batch holds few windows (one document's sentences). Packed into
-short rows (longest first, each into the fullest row it fits), the windows keep their own
+short rows (longest first, each into the fullest row it fits; the rows' lengths then evened
+out, as a call pads every row to the fullest), the windows keep their own
 positions (0, 1, ...) and a (row, length, length) attention mask keeps each within itself, so
 the encoder gives each window what it gives it alone, up to float32 rounding, and reads padding
 only at the end of each row. Rows stay short because attention over a row costs its length
@@ -57,9 +58,9 @@ def plan_rows(lengths: Sequence[int], row_wordpieces: int) -> List[List[int]]:
     if len(rows) == 1:
         return rows  # nothing to even out
     # Calls pad every row to the fullest: one document's sentences in rows of 128 leave the
-    # last row part empty (15% padding on the benchmark's documents at batch 1). The least
-    # capacity that packs into as many rows spreads them evenly (4%); a binary search finds
-    # it, keeping the full-length plan where a shorter one would need more rows.
+    # last row part empty. The least capacity that packs into as many rows spreads them evenly
+    # (BENCHMARKS.md, "Packed windows"); a binary search finds it, keeping the full-length plan
+    # where a shorter one would need more rows.
     low, high = max(max(lengths), -(-sum(lengths) // len(rows))), capacity
     while low < high:
         middle = (low + high) // 2
