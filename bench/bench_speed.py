@@ -6,6 +6,7 @@ multi-sentence documents. See bench/harness/ for what each system does.
     python bench/bench_speed.py profile --model en_secner --texts documents --batch-size 64
     python bench/bench_speed.py grouping --model en_secner --settings 4096:512,512:0
     python bench/bench_speed.py tiny --output metrics/bench_tiny.json
+    python bench/bench_speed.py primitive-cache --output metrics/bench_primitive_cache.json
 """
 
 import json
@@ -338,6 +339,36 @@ def decoding(
         f"interleaved; command: `{shlex.join(['python', *sys.argv])}`\n"
     )
     typer.echo(harness.render_decoding(rows))
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        machine = harness.machine_info(threads)
+        output.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2), encoding="utf8")
+
+
+@app.command("primitive-cache")
+def primitive_cache(
+    shapes: int = typer.Option(300, min=1, help="Sequence lengths to read, 1 to this"),
+    capacities: str = typer.Option(
+        "package,1024",
+        help="oneDNN cache capacities, each in a fresh process: numbers, or 'package' for what "
+        "importing spacy_secner sets (1024 is oneDNN's default)",
+    ),
+    threads: int = typer.Option(os.cpu_count() or 1, min=1, help="torch threads"),
+    output: Optional[Path] = typer.Option(None, help="Also write the rows as JSON here"),
+) -> None:
+    """Memory and time of the pipeline's BiLSTM over many input lengths, by the capacity of
+    oneDNN's primitive cache."""
+    try:
+        chosen = [None if c == "package" else int(c) for c in _split(capacities)]
+    except ValueError:
+        raise typer.BadParameter(f"{capacities!r}: want numbers or 'package'") from None
+    rows = harness.measure_capacities(chosen, shapes, threads)
+    typer.echo(
+        f"BiLSTMEmitter (384 inputs, 256 units each way), one sequence per length 1-{shapes}, "
+        f"two passes, {threads} threads, each capacity in a fresh process; command: "
+        f"`{shlex.join(['python', *sys.argv])}`\n"
+    )
+    typer.echo(harness.render_capacities(rows))
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
         machine = harness.machine_info(threads)

@@ -31,6 +31,7 @@ from .side_figures import (
 )
 from .grouping import parse_settings, render_settings, time_settings
 from .decoding import render_decoding, time_decoding
+from .primitive_cache import measure_capacities, render_capacities
 from .profiling import PROFILE_PARTS, profile_pipeline
 from .report import (
     MEMORY_COLUMNS,
@@ -74,11 +75,13 @@ __all__ = [
     "count_words",
     "machine_info",
     "make_documents",
+    "measure_capacities",
     "measure_load",
     "parse_settings",
     "parse_spacy_benchmark",
     "peak_rss_mb",
     "profile_pipeline",
+    "render_capacities",
     "ratios",
     "read_test_sentences",
     "render_decoding",

@@ -284,3 +284,14 @@ def test_tiny_check_end_to_end(tmp_path):
     assert report["settings"]["interleave"] is True
     assert rows[("sentences", 4)]["words"] == rows[("documents", 4)]["words"] == 30
     assert "pipeline / plain PyTorch" in proc.stdout and "take turns at every batch" in proc.stdout
+
+
+def test_primitive_cache_runs_each_capacity_in_a_fresh_process():
+    from harness import measure_capacities, render_capacities
+    from spacy_secner.onednn import PRIMITIVE_CACHE_CAPACITY
+
+    rows = measure_capacities([None, 16], shapes=3, threads=1)
+    assert [r["capacity"] for r in rows] == [PRIMITIVE_CACHE_CAPACITY, 16]
+    assert all(r["shapes"] == 3 and r["first_ms"] > 0 and r["second_ms"] > 0 for r in rows)
+    table = render_capacities(rows)
+    assert table.count("\n") == 1 + len(rows) and f"| {PRIMITIVE_CACHE_CAPACITY} | 3 |" in table
