@@ -1,11 +1,12 @@
 """A bound on the compiled oneDNN primitives PyTorch keeps in this process.
 
 On the CPU, PyTorch runs the BiLSTM of a single sequence or a padded batch through oneDNN, which
-compiles a primitive for each input shape and by default keeps 1,024 of them, about 0.7 MiB
+compiles a primitive for each input shape and by default keeps 1,024 of them, about 0.8 MiB
 each: a process that annotates texts of every length grows by hundreds of MiB and keeps it
-(BENCHMARKS.md, "oneDNN's primitive cache"). 128 holds every sentence length of DNRTI (at most
-70 distinct ones) and bounds the cache to about 90 MiB; a shape that was dropped costs a few
-milliseconds to compile again, next to tens of milliseconds for the document it comes with.
+(BENCHMARKS.md, "oneDNN's primitive cache": 238 MiB over 300 lengths, 46 MiB with this bound).
+128 holds every sentence length of DNRTI (at most 70 distinct ones); a shape that was dropped
+costs a few milliseconds to compile again, next to tens of milliseconds for the document it
+comes with.
 """
 import os
 
