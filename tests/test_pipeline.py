@@ -438,3 +438,19 @@ def test_each_sentence_decodes_as_its_own_sequence(trained_cnn_nlp):
 def test_max_batch_tokens_must_be_positive():
     with pytest.raises(ValueError, match="max_batch_tokens"):
         make_cnn_nlp(max_batch_tokens=0)
+
+
+def test_doc_cleaner_drops_trf_data_and_keeps_entities(trained_trf_nlp, tmp_path):
+    """spaCy's `doc_cleaner` (README) frees each doc's transformer outputs; the entities and
+    their confidences, set before it, stay."""
+    trained_trf_nlp.to_disk(tmp_path / "pipeline")
+    nlp = spacy.load(tmp_path / "pipeline")
+
+    def entities(docs):
+        return [[(e.start, e.end, e.label_, e._.confidence) for e in doc.ents] for doc in docs]
+
+    expected = entities(nlp.pipe(TRAIN_TEXTS))
+    nlp.add_pipe("doc_cleaner", config={"attrs": {"_.trf_data": None}})
+    docs = list(nlp.pipe(TRAIN_TEXTS))
+    assert all(doc._.trf_data is None for doc in docs)
+    assert entities(docs) == expected and any(expected)
