@@ -25,6 +25,11 @@ from spacy_secner.encoders import embedded_encoder
 app = typer.Typer(add_completion=False, help=__doc__, pretty_exceptions_enable=False)
 
 
+def _write_json(path: Path, payload: Dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2), encoding="utf8")
+
+
 def _texts(dnrti_dir: str, limit: int, docs: int, sets: List[str]) -> Dict[str, List[str]]:
     """The chosen text sets: test sentences as raw text, and documents made of them."""
     source = data.dnrti_dir(dnrti_dir)
@@ -145,8 +150,7 @@ def run(
         report["spacy_benchmark"] = harness.run_spacy_benchmark(command, threads=threads)
     report["machine"]["load_average_end"] = list(os.getloadavg())
     report["targets"] = harness.check_targets(report)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2), encoding="utf8")
+    _write_json(output, report)
     typer.echo(harness.render_markdown(report))
     typer.echo(f"Wrote {output}", err=True)
 
@@ -218,8 +222,7 @@ def tiny(
         )
     report["machine"]["load_average_end"] = list(os.getloadavg())
     report["targets"] = harness.check_targets(report)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2), encoding="utf8")
+    _write_json(output, report)
     typer.echo(harness.render_markdown(report))
     typer.echo(f"Wrote {output}", err=True)
 
@@ -307,8 +310,7 @@ def grouping(
     )
     typer.echo(harness.render_settings(rows))
     if output:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps({"device": device, "rows": rows}, indent=2), encoding="utf8")
+        _write_json(output, {"device": device, "rows": rows})
 
 
 @app.command()
@@ -340,9 +342,7 @@ def decoding(
     )
     typer.echo(harness.render_decoding(rows))
     if output:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        machine = harness.machine_info(threads)
-        output.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2), encoding="utf8")
+        _write_json(output, {"machine": harness.machine_info(threads), "rows": rows})
 
 
 @app.command("primitive-cache")
@@ -362,7 +362,7 @@ def primitive_cache(
         chosen = [None if c == "package" else int(c) for c in _split(capacities)]
     except ValueError:
         raise typer.BadParameter(f"{capacities!r}: want numbers or 'package'") from None
-    rows = harness.measure_capacities(chosen, shapes, threads)
+    rows = [harness.measure_capacity(capacity, shapes, threads) for capacity in chosen]
     typer.echo(
         f"BiLSTMEmitter (384 inputs, 256 units each way), one sequence per length 1-{shapes}, "
         f"two passes, {threads} threads, each capacity in a fresh process; command: "
@@ -370,9 +370,7 @@ def primitive_cache(
     )
     typer.echo(harness.render_capacities(rows))
     if output:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        machine = harness.machine_info(threads)
-        output.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2), encoding="utf8")
+        _write_json(output, {"machine": harness.machine_info(threads), "rows": rows})
 
 
 if __name__ == "__main__":

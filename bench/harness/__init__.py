@@ -31,7 +31,7 @@ from .side_figures import (
 )
 from .grouping import parse_settings, render_settings, time_settings
 from .decoding import render_decoding, time_decoding
-from .primitive_cache import measure_capacities, render_capacities
+from .primitive_cache import measure_capacity, render_capacities
 from .profiling import PROFILE_PARTS, profile_pipeline
 from .report import (
     MEMORY_COLUMNS,
@@ -75,7 +75,7 @@ __all__ = [
     "count_words",
     "machine_info",
     "make_documents",
-    "measure_capacities",
+    "measure_capacity",
     "measure_load",
     "parse_settings",
     "parse_spacy_benchmark",

@@ -207,7 +207,7 @@ def render_settings(rows: Sequence[Dict[str, Any]]) -> str:
     for r in rows:
         lines.append(
             f"| {r['texts']} | {r['max_batch_items']} | {r['max_batch_wordpieces']} | "
-            f"{r['packed_row_wordpieces']} | {r['encoder']} | {r.get('rows', 'even')} | "
+            f"{r['packed_row_wordpieces']} | {r['encoder']} | {r['rows']} | "
             f"{r['wps_median']:,.0f} | {r['wps_best']:,.0f} | {r['vs_first']:.2f} |"
         )
     return "\n".join(lines)

@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 from spacy_secner.onednn import CAPACITY_VARIABLES
 
@@ -30,12 +30,6 @@ def measure_capacity(capacity: Optional[int], shapes: int, threads: int) -> Dict
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def measure_capacities(
-    capacities: Sequence[Optional[int]], shapes: int, threads: int
-) -> List[Dict[str, Any]]:
-    return [measure_capacity(capacity, shapes, threads) for capacity in capacities]
-
-
 def render_capacities(rows: Sequence[Dict[str, Any]]) -> str:
     lines = [
         "| cache capacity | lengths | RSS added, first pass (MiB) | after the second (MiB) "
@@ -51,18 +45,11 @@ def render_capacities(rows: Sequence[Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/status", encoding="utf8") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
-
-
 def _worker(shapes: int, threads: int) -> None:
     import spacy_secner  # noqa: F401  (sets the bound, unless the variable is set)
 
     import torch
+    from workers import rss_mb  # this file runs by path, beside workers.py
 
     from spacy_secner.pytorch_bilstm_crf import BiLSTMEmitter
 
@@ -73,14 +60,14 @@ def _worker(shapes: int, threads: int) -> None:
     inputs = [(torch.randn(1, n, 384), torch.tensor([n])) for n in range(1, shapes + 1)]
     with torch.no_grad():
         emitter(*inputs[0])  # libraries' own first-call allocations, before the baseline
-        before = _rss_mb()
+        before = rss_mb()
         seconds, added = [], []
         for _ in range(2):
             start = time.perf_counter()
             for X, lengths in inputs:
                 emitter(X, lengths)
             seconds.append(time.perf_counter() - start)
-            added.append(_rss_mb() - before)
+            added.append(rss_mb() - before)
     print(
         json.dumps(
             {

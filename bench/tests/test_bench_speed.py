@@ -287,10 +287,10 @@ def test_tiny_check_end_to_end(tmp_path):
 
 
 def test_primitive_cache_runs_each_capacity_in_a_fresh_process():
-    from harness import measure_capacities, render_capacities
+    from harness import measure_capacity, render_capacities
     from spacy_secner.onednn import PRIMITIVE_CACHE_CAPACITY
 
-    rows = measure_capacities([None, 16], shapes=3, threads=1)
+    rows = [measure_capacity(capacity, shapes=3, threads=1) for capacity in (None, 16)]
     assert [r["capacity"] for r in rows] == [PRIMITIVE_CACHE_CAPACITY, 16]
     assert all(r["shapes"] == 3 and r["first_ms"] > 0 and r["second_ms"] > 0 for r in rows)
     table = render_capacities(rows)
