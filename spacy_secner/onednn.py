@@ -4,9 +4,9 @@ On the CPU, PyTorch runs the BiLSTM of a single sequence or a padded batch throu
 compiles a primitive for each input shape and by default keeps 1,024 of them, about 0.8 MiB
 each: a process that annotates texts of every length grows by hundreds of MiB and keeps it
 (BENCHMARKS.md, "oneDNN's primitive cache": 238 MiB over 300 lengths, 46 MiB with this bound).
-128 holds every sentence length of DNRTI (at most 70 distinct ones); a shape that was dropped
-costs a few milliseconds to compile again, next to tens of milliseconds for the document it
-comes with.
+128 holds a shape for every length of a single sentence up to 128 tokens; a shape that was
+dropped costs a few milliseconds to compile again, next to tens of milliseconds for the
+document it comes with.
 """
 import os
 
