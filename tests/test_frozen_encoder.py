@@ -10,7 +10,12 @@ import torch
 from transformers.modeling_outputs import BaseModelOutput
 
 from spacy_secner.layers import frozen_encoder
-from spacy_secner.layers.frozen_encoder import FrozenGraph, frozen_forward, parameter_key
+from spacy_secner.layers.frozen_encoder import (
+    FrozenGraph,
+    frozen_forward,
+    parameter_key,
+    tensor_dicts,
+)
 
 from conftest import MIXED_TEXTS, make_examples, make_grouped_trf_nlp, offsets_of
 
@@ -236,11 +241,11 @@ def test_a_new_parameter_object_reaches_the_graph(nlp):
     """A parameter replaced by another tensor (`load_state_dict(assign=True)`, setattr)."""
     encoder = shim_of(nlp)._model
     outputs(nlp, TEXTS[:2], 2)
-    modules = list(encoder.modules())
-    key = parameter_key(modules)
+    dicts = tensor_dicts(list(encoder.modules()))
+    key = parameter_key(dicts)
     layer = encoder.encoder.layer[0].output.dense
     layer.weight = torch.nn.Parameter(layer.weight.detach() * 3)
-    assert parameter_key(modules) != key
+    assert parameter_key(dicts) != key
     frozen = outputs(nlp, TEXTS, 2)
     shim_of(nlp).frozen_inference = False
     eager = outputs(nlp, TEXTS, 2)

@@ -20,9 +20,10 @@ torch operation changes). An encoder whose graph cannot be built or does not mat
 its eager forward pass, with a warning, once. Packed rows of windows (`packing.py`) are traced
 with their window ids: the graph builds their attention mask itself.
 """
+import operator
 import warnings
 import weakref
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from transformers.file_utils import ModelOutput
@@ -64,6 +65,7 @@ class FrozenGraph:
         self.names = tuple(name for name in INPUT_NAMES if name in inputs)
         self.key = key
         self.modules = list(modules)
+        self.dicts = tensor_dicts(self.modules)
         check = _check_inputs(inputs)
         verbosity = hf_logging.get_verbosity()
         with torch.no_grad(), warnings.catch_warnings():
@@ -97,17 +99,20 @@ class FrozenGraph:
         return tuple(inputs[name] for name in self.names)
 
 
-def parameter_key(modules: Sequence[torch.nn.Module]) -> Tuple[Tuple[int, int], ...]:
-    """Each parameter's and buffer's storage and version in `modules` (an encoder's, listed
-    once: walking the module tree at every call cost more than the rest of the check): any
+def tensor_dicts(modules: Sequence[torch.nn.Module]) -> List[Dict[str, Optional[torch.Tensor]]]:
+    """The parameter and buffer dicts of `modules` (an encoder's), listed once: walking the
+    module tree, or even the modules, at every call cost more than reading the tensors."""
+    return [tensors for module in modules for tensors in (module._parameters, module._buffers)]
+
+
+def parameter_key(dicts: Sequence[Dict[str, Optional[torch.Tensor]]]) -> Tuple[Tuple[int, ...], ...]:
+    """The storage and version of each parameter and buffer in `dicts` (`tensor_dicts`): any
     in-place change (an optimizer step, `load_state_dict`) or new tensor changes it."""
-    return tuple(
-        (t.data_ptr(), t._version)
-        for module in modules
-        for tensors in (module._parameters, module._buffers)
-        for t in tensors.values()
-        if t is not None
-    )
+    tensors = [t for tensors in dicts for t in tensors.values() if t is not None]
+    return tuple(map(torch.Tensor.data_ptr, tensors)), tuple(map(_VERSION, tensors))
+
+
+_VERSION = operator.attrgetter("_version")
 
 
 def frozen_forward(
@@ -135,7 +140,8 @@ def frozen_forward(
         return None
     names = tuple(name for name in INPUT_NAMES if name in inputs)
     modules = state.modules if state is not None else list(encoder.modules())
-    key = (generation, parameter_key(modules))
+    dicts = state.dicts if state is not None else tensor_dicts(modules)
+    key = (generation, parameter_key(dicts))
     if state is None or state.names != names or state.key != key:
         try:
             state = FrozenGraph(encoder, inputs, key, modules)
