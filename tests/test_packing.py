@@ -163,6 +163,34 @@ def test_rows_shorter_than_a_window_and_calls_of_one_row(tiny_bert_dir):
     assert_same(packed, predictions(nlp, TEXTS, 4))
 
 
+@pytest.mark.parametrize("frozen", [True, False])
+def test_a_window_alone_in_its_row_is_called_as_it_is(tiny_bert_dir, monkeypatch, frozen):
+    """A lone sentence is its own row: called as it is (nothing packed or moved back, the
+    encoder's pooled output kept), with the outputs the packed path gives it."""
+    nlp = make_grouped_trf_nlp(tiny_bert_dir, 64)
+    layer_of(nlp).shims[0].frozen_inference = frozen
+    whole, packs = [], []
+    inner_whole, inner_pack = grouped_encoder._whole_windows_forward, packing.pack_calls
+    monkeypatch.setattr(grouped_encoder, "_whole_windows_forward", lambda *a: whole.append(1) or inner_whole(*a))
+    monkeypatch.setattr(grouped_encoder, "pack_calls", lambda *a: packs.append(1) or inner_pack(*a))
+    direct = predictions(nlp, TEXTS, 1)
+    assert whole and packs, "some docs are one window, others several"
+    n_packed = len(packs)
+    monkeypatch.setattr(grouped_encoder, "_rows_are_the_windows", lambda *a: False)
+    assert_same(direct, predictions(nlp, TEXTS, 1))
+    assert len(packs) == 2 * n_packed + len(whole), "the lone windows packed this time"
+
+
+def test_rows_are_the_windows_only_unpadded_in_order_in_one_call():
+    alone = grouped_encoder._rows_are_the_windows
+    assert alone([[0]], [5], 5, 512)
+    assert alone([[0], [1]], [5, 5], 5, 0)
+    assert not alone([[0], [1]], [5, 3], 5, 512), "a padded window"
+    assert not alone([[0, 1]], [2, 3], 3, 512), "two windows in a row"
+    assert not alone([[1], [0]], [5, 5], 5, 512), "out of order"
+    assert not alone([[0], [1]], [5, 5], 5, 8), "more than one call"
+
+
 def test_outputs_are_allocated_once_per_batch_not_per_call(tiny_bert_dir, monkeypatch):
     """Each unpacked output is as large as the whole batch: built once, whatever the number of
     encoder calls (here one per row), for the hidden states and for each layer's."""

@@ -107,8 +107,10 @@ def _packed_forward(
     if not packing_holds(encoder, inputs, lengths):
         return None
     rows = plan_rows(lengths, row_wordpieces)
-    calls = pack_calls(inputs, lengths, rows, 0 if is_train else max_padded)
     n_windows, width = wordpieces.input_ids.shape
+    if not is_train and _rows_are_the_windows(rows, lengths, width, max_padded):
+        return _whole_windows_forward(shim, inputs, width)
+    calls = pack_calls(inputs, lengths, rows, 0 if is_train else max_padded)
     merged: Dict[str, Any] = {}
     first: Optional[ModelOutput] = None
     torch_backprop: Optional[Callable] = None
@@ -162,6 +164,37 @@ def _packed_forward(
         return get_d_inputs(torch_backprop(get_d_torch(d_output)))
 
     return output, backprop
+
+
+def _rows_are_the_windows(
+    rows: Sequence[Sequence[int]], lengths: Sequence[int], width: int, max_padded: int
+) -> bool:
+    """Whether the packed rows would be the padded batch itself, in one call: each window alone
+    in its row, in order, none of them padded (a single sentence, mostly)."""
+    return (
+        min(lengths) == width
+        and (max_padded <= 0 or len(rows) * width <= max_padded)
+        and all(len(row) == 1 and row[0] == i for i, row in enumerate(rows))
+    )
+
+
+def _whole_windows_forward(
+    shim: Shim, inputs: Dict[str, Any], width: int
+) -> Optional[Tuple[ModelOutput, Callable]]:
+    """The encoder's outputs on windows that are their own rows (`_rows_are_the_windows`),
+    predicting: the same call as the packed one, with nothing to move back (each row's first
+    wordpiece is its window's, so the pooler's output is the window's too)."""
+    device = shim.device
+    n_windows = len(inputs["input_ids"])
+    kwargs = {name: xp2torch(value, device=device) for name, value in inputs.items()}
+    positions = torch.arange(width, device=device).expand(n_windows, width)
+    # The same inputs as the packed call's: the graph traced with them is reused, not rebuilt.
+    kwargs["position_ids"] = positions.contiguous()
+    kwargs["window_ids"] = torch.zeros((n_windows, width), dtype=torch.int64, device=device)
+    output = shim.predict(ArgsKwargs(args=(), kwargs=kwargs))
+    if not set(output.keys()) <= _PER_WORDPIECE | _PER_WORDPIECE_TUPLES | _PER_WINDOW:
+        return None
+    return output, _predict_only
 
 
 def _flat_zeros(sample: torch.Tensor, n_rows: int) -> torch.Tensor:
