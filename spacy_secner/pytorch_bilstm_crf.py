@@ -181,6 +181,44 @@ class BIOCRF(BIODecoder):
                 return -self.crf(emissions, tags, mask=mask, reduction=reduction)
         return self.viterbi(emissions, mask)
 
+    def annotate(
+        self, emissions: torch.Tensor, mask: torch.Tensor, confidence: bool
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if not (self.numpy_on_cpu and emissions.device.type == "cpu" and len(self.inside_tag)):
+            return super().annotate(emissions, mask, confidence)
+        # Every step on the host: for one sentence, the torch calls between the numpy passes
+        # cost as much as the passes.
+        e = emissions.detach().numpy()
+        lengths = mask.numpy().sum(1, dtype=numpy.int64)
+        trans, start, end = self._host_scores()
+        scores, sums = crf_numpy.passes(e, lengths, start, trans, end, sums=confidence)
+        last = (scores[numpy.arange(len(lengths)), lengths - 1] + end).argmax(1)
+        paths = _trace_back(scores, e, trans, last, lengths)
+        inside = self.inside_tag.numpy()
+        found = bio_entities(paths, lengths, inside)
+        paths[numpy.arange(paths.shape[1])[None, :] >= lengths[:, None]] = -1
+        if not confidence or not len(found):
+            return torch.from_numpy(paths), torch.from_numpy(found), torch.zeros(0, dtype=torch.float64)
+        spans = numpy.stack([found[:, 0], found[:, 1], found[:, 2], inside[found[:, 3]]], 1)
+        log_probs = crf_numpy.span_log_probs(_SumTables(*sums), e, lengths, paths, spans)
+        return torch.from_numpy(paths), torch.from_numpy(found), torch.from_numpy(log_probs)
+
+    def _host_scores(self) -> Tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]:
+        """The transition, start and end scores as host arrays, constraints applied: the same
+        sums as the parametrizations' (score + penalty, in float32), without their module
+        calls."""
+        arrays = []
+        for name in ("transitions", "start_transitions", "end_transitions"):
+            chain = self.crf.parametrizations[name] if parametrize.is_parametrized(self.crf, name) else None
+            if chain is None or not all(isinstance(step, AddForbiddenScore) for step in chain):
+                arrays.append(getattr(self.crf, name).detach().numpy())
+                continue
+            value = chain.original.detach().numpy()
+            for step in chain:
+                value = value + step.penalty.numpy()
+            arrays.append(value)
+        return arrays[0], arrays[1], arrays[2]
+
     def viterbi(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The best tag sequences, padded with -1: pytorch-crf's `decode`, batched."""
         paths, _ = self._best_paths(emissions, mask, keep_tables=False)
@@ -223,12 +261,8 @@ class BIOCRF(BIODecoder):
         self, emissions: torch.Tensor, lengths: numpy.ndarray, keep_tables: bool
     ) -> Tuple[numpy.ndarray, Any]:
         """`_best_paths` with the passes in numpy (emissions on the CPU)."""
-        crf = self.crf
         e = emissions.detach().numpy()
-        trans, start, end = (
-            p.detach().numpy()
-            for p in (crf.transitions, crf.start_transitions, crf.end_transitions)
-        )
+        trans, start, end = self._host_scores()
         scores, sums = crf_numpy.passes(e, lengths, start, trans, end, sums=keep_tables)
         last = (scores[numpy.arange(len(lengths)), lengths - 1] + end).argmax(1)
         paths = _trace_back(scores, e, trans, last, lengths)

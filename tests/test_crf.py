@@ -527,6 +527,23 @@ def test_fused_decoder_equals_the_reference_and_pytorch_crf(constrained, seed, n
     assert torch.equal(paths2, paths) and torch.equal(found2, found) and len(none) == 0
 
 
+@pytest.mark.parametrize("constrained", [True, False])
+def test_host_scores_are_the_parametrized_ones_to_the_bit(constrained):
+    _, crf, emissions, mask, _ = random_crf_batch(4, constrained)
+    host = crf._host_scores()
+    for array, name in zip(host, ("transitions", "start_transitions", "end_transitions")):
+        assert numpy.array_equal(array, getattr(crf.crf, name).detach().numpy())
+    # One sentence, as a pipeline at batch 1 decodes it: the host path equals the torch one.
+    one = emissions[3:4, : int(mask[3].sum())]
+    with torch.no_grad():
+        on_host = crf(one, mask[3:4, : one.shape[1]], entities=True, confidence=True)
+        crf.numpy_on_cpu = False
+        in_torch = crf(one, mask[3:4, : one.shape[1]], entities=True, confidence=True)
+    assert len(on_host[1]) > 1 and len(on_host[2]) == len(on_host[1])
+    for a, b in zip(on_host, in_torch):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("numpy_on_cpu", [True, False], ids=["numpy", "torch"])
 def test_fused_decoder_with_extreme_scores(numpy_on_cpu):
     """Large emissions (the probability-space passes rescale every step) and ties."""
