@@ -138,3 +138,19 @@ def test_encoder_state_that_does_not_match_takes_spacy_transformers_path(tiny_be
     with pytest.warns(UserWarning, match="strict=False"):
         shim.from_bytes(srsly.msgpack_dumps(msg))
     assert not any(p.is_meta for p in shim._model.parameters())
+
+
+def test_device_is_the_first_parameters_as_thinc_finds_it():
+    """The shims find their module's first parameter once and check it with one lookup: the
+    device follows a replaced parameter and a replaced module, as thinc's own lookup does."""
+    from thinc.shims.pytorch import PyTorchShim
+
+    module = torch.nn.Sequential(torch.nn.Identity(), torch.nn.Linear(3, 2))
+    shim = EvalModeShim(module)
+    assert shim.device == PyTorchShim.device.fget(shim) == torch.device("cpu")
+    module[1].weight = torch.nn.Parameter(torch.zeros(2, 3, device="meta"))
+    assert shim.device == PyTorchShim.device.fget(shim) == torch.device("meta")
+    shim._model = torch.nn.Linear(3, 2)
+    assert shim.device == torch.device("cpu")
+    shim._model = torch.nn.ReLU()  # no parameters: thinc's default device
+    assert shim.device == PyTorchShim.device.fget(shim)

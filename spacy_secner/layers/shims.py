@@ -104,12 +104,38 @@ class _FusedAdamUpdate:
         self._grad_scaler.update()
 
 
-class EvalModeShim(_PredictInEvalMode, _AveragedParams, _FusedAdamUpdate, PyTorchShim):
+class _FirstParameterDevice:
+    """`device` for a `PyTorchShim` subclass: the device of the module's first parameter, as
+    thinc's, found again by one dict lookup: thinc walks the module tree at every call, and
+    the pipes ask a few times per batch (tens of microseconds each for one sentence)."""
+
+    _model: torch.nn.Module
+
+    @property
+    def device(self) -> Any:
+        found = self.__dict__.get("_first_parameter")
+        if found is not None:
+            model, owner, name, tensor = found
+            if model is self._model and owner._parameters.get(name) is tensor:
+                return tensor.device
+        for owner in self._model.modules():
+            for name, tensor in owner._parameters.items():
+                if tensor is not None:
+                    self.__dict__["_first_parameter"] = (self._model, owner, name, tensor)
+                    return tensor.device
+        return get_torch_default_device()
+
+
+class EvalModeShim(
+    _FirstParameterDevice, _PredictInEvalMode, _AveragedParams, _FusedAdamUpdate, PyTorchShim
+):
     """thinc's `PyTorchShim`, predicting in eval mode without a switch per call, and using the
     optimizer's parameter averages."""
 
 
-class HFEvalModeShim(_PredictInEvalMode, _AveragedParams, _FusedAdamUpdate, HFShim):
+class HFEvalModeShim(
+    _FirstParameterDevice, _PredictInEvalMode, _AveragedParams, _FusedAdamUpdate, HFShim
+):
     """spacy-transformers' `HFShim`, predicting in eval mode without a switch per call, using
     the optimizer's parameter averages, and loading the saved weights as the encoder's own.
     With `frozen_inference`, it predicts on the CPU through the encoder's frozen TorchScript
