@@ -89,6 +89,9 @@ def run(
     interleave: bool = typer.Option(
         False, help="Systems take turns at every batch (a shared machine's load changes fast)"
     ),
+    turn_texts: int = typer.Option(
+        0, min=0, help="With --interleave: whole batches of about this many texts a turn (0: one batch)"
+    ),
 ) -> None:
     """Time the pipeline, HF token classification and the bare encoder; write JSON and Markdown."""
     missing = [p for p in load_python if not Path(p).is_file()]
@@ -113,6 +116,7 @@ def run(
             "batch_sizes": sizes,
             "max_length": 512,
             "interleave": interleave,
+            "turn_texts": turn_texts if interleave else None,
             "num_labels": 27,
             "gpu_id": gpu_id,
             "texts": _describe_texts(text_sets, n_sentences),
@@ -138,6 +142,7 @@ def run(
             systems=chosen,
             gpu_id=gpu_id,
             interleave=interleave,
+            turn_texts=turn_texts,
             log=lambda line: typer.echo(line, err=True),
         )
     )

@@ -53,6 +53,7 @@ from .runner import (
     run_benchmark,
     summarize,
     thread_env,
+    turns,
 )
 from .tiny import TINY_ENCODER_SHAPE
 from .texts import count_words, make_documents, read_test_sentences
@@ -95,6 +96,7 @@ __all__ = [
     "spacy_benchmark_command",
     "summarize",
     "thread_env",
+    "turns",
     "time_decoding",
     "time_settings",
     "training_speed",

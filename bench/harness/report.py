@@ -81,11 +81,7 @@ def render_markdown(report: Dict[str, Any]) -> str:
         + ". Words/s count the whitespace words of the raw text for every system. Median of "
         f"{settings['repeats']} runs after one warm-up, best run in brackets; repeats interleaved "
         "across systems, each system in its own process"
-        + (
-            "; within a run the systems take turns at every batch."
-            if settings.get("interleave")
-            else "."
-        ),
+        + _turns(settings),
         "",
     ]
     systems = list(report["systems"])
@@ -189,3 +185,13 @@ def _encoder_work(report: Dict[str, Any], texts: str, systems: Sequence[str]) ->
 
 def _md_row(cells: Sequence[str]) -> str:
     return "| " + " | ".join(cells) + " |"
+
+
+def _turns(settings: Dict[str, Any]) -> str:
+    """How the systems took turns within a run, as the report's sentence ends."""
+    if not settings.get("interleave"):
+        return "."
+    texts = settings.get("turn_texts") or 0
+    if texts:
+        return f"; within a run the systems take turns every {texts} texts or so (whole batches)."
+    return "; within a run the systems take turns at every batch."

@@ -58,6 +58,13 @@ def rotate(items: Sequence[str], by: int) -> List[str]:
     return [*items[by:], *items[:by]]
 
 
+def turns(n_texts: int, batch_size: int, turn_texts: int = 0) -> List[List[int]]:
+    """The [start, end) ranges of texts each system runs at its turn: whole batches of about
+    `turn_texts` texts (0: one batch)."""
+    step = max(batch_size, turn_texts // batch_size * batch_size)
+    return [[i, min(i + step, n_texts)] for i in range(0, n_texts, step)]
+
+
 def thread_env(threads: int) -> Dict[str, str]:
     """The environment of a worker: the same thread count for OpenMP, MKL and the tokenizers'
     Rust pool, and no network for Hugging Face."""
@@ -125,6 +132,7 @@ def run_benchmark(
     max_length: int = 512,
     gpu_id: int = -1,
     interleave: bool = False,
+    turn_texts: int = 0,
     log: Callable[[str], None] = print,
 ) -> Dict[str, Any]:
     """Time every system on every text set and batch size: one warm-up, then `repeats` runs.
@@ -133,6 +141,9 @@ def run_benchmark(
     interleave (bool): Time each run batch by batch, the systems taking turns at every batch,
         and add the batches up: on a shared machine whose load changes within seconds, every
         system then sees the same load. Each system still gets the same batches as one run.
+    turn_texts (int): With `interleave`, each turn runs whole batches of about this many texts
+        (0: one batch): at batch 1, a turn per text would leave every text to caches the other
+        system has just filled.
     RETURNS (Dict[str, Any]): "systems" (load time and memory per system) and "throughput"
         (per text set and batch size: words, timings, words/s and ratios to the pipeline).
     """
@@ -168,10 +179,9 @@ def run_benchmark(
                     seconds: Dict[str, List[float]] = {s: [] for s in systems}
                     run_peaks: Dict[str, List[float]] = {s: [] for s in systems}
                     gpu_peaks: Dict[str, List[float]] = {s: [] for s in systems}
-                    parts = [None]
+                    parts: List[Any] = [None]
                     if interleave:
-                        bounds = range(0, len(set_texts), batch_size)
-                        parts = [[i, min(i + batch_size, len(set_texts))] for i in bounds]
+                        parts = turns(len(set_texts), batch_size, turn_texts)
                     for repeat in range(repeats):
                         for system in systems:
                             seconds[system].append(0.0)

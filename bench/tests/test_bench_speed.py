@@ -60,6 +60,17 @@ def test_summarize_rotate_and_ratios():
     assert ratios["pipeline/hf"] == 0.5 and ratios["pipeline/floor"] == 2.0
 
 
+def test_turns_hold_whole_batches():
+    """Systems take turns at every batch, or every few batches of about `turn_texts` texts."""
+    assert harness.turns(5, 2) == [[0, 2], [2, 4], [4, 5]]
+    assert harness.turns(70, 1, 32) == [[0, 32], [32, 64], [64, 70]]
+    assert harness.turns(70, 8, 30) == [[0, 24], [24, 48], [48, 70]]
+    assert harness.turns(70, 64, 32) == [[0, 64], [64, 70]], "never less than a batch"
+    report = {"settings": {"interleave": True, "turn_texts": 32}}
+    assert "every 32 texts" in harness.report._turns(report["settings"])
+    assert harness.report._turns({"interleave": False}) == "."
+
+
 def test_memory_helpers():
     assert harness.peak_rss_mb() > 0
     assert isinstance(harness.reset_peak_rss(), bool)
