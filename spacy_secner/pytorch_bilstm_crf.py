@@ -188,19 +188,16 @@ class BIOCRF(BIODecoder):
             return super().annotate(emissions, mask, confidence)
         # Every step on the host: for one sentence, the torch calls between the numpy passes
         # cost as much as the passes.
-        e = emissions.detach().numpy()
         lengths = mask.numpy().sum(1, dtype=numpy.int64)
-        trans, start, end = self._host_scores()
-        scores, sums = crf_numpy.passes(e, lengths, start, trans, end, sums=confidence)
-        last = (scores[numpy.arange(len(lengths)), lengths - 1] + end).argmax(1)
-        paths = _trace_back(scores, e, trans, last, lengths)
+        paths, tables = self._best_paths_numpy(emissions, lengths, keep_tables=confidence)
         inside = self.inside_tag.numpy()
         found = bio_entities(paths, lengths, inside)
         paths[numpy.arange(paths.shape[1])[None, :] >= lengths[:, None]] = -1
-        if not confidence or not len(found):
-            return torch.from_numpy(paths), torch.from_numpy(found), torch.zeros(0, dtype=torch.float64)
-        spans = numpy.stack([found[:, 0], found[:, 1], found[:, 2], inside[found[:, 3]]], 1)
-        log_probs = crf_numpy.span_log_probs(_SumTables(*sums), e, lengths, paths, spans)
+        log_probs = numpy.zeros(0, dtype=numpy.float64)
+        if confidence and len(found):
+            spans = numpy.stack([found[:, 0], found[:, 1], found[:, 2], inside[found[:, 3]]], 1)
+            e = emissions.detach().numpy()
+            log_probs = crf_numpy.span_log_probs(tables, e, lengths, paths, spans)
         return torch.from_numpy(paths), torch.from_numpy(found), torch.from_numpy(log_probs)
 
     def _host_scores(self) -> Tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]:
@@ -209,7 +206,11 @@ class BIOCRF(BIODecoder):
         calls."""
         arrays = []
         for name in ("transitions", "start_transitions", "end_transitions"):
-            chain = self.crf.parametrizations[name] if parametrize.is_parametrized(self.crf, name) else None
+            chain = (
+                self.crf.parametrizations[name]
+                if parametrize.is_parametrized(self.crf, name)
+                else None
+            )
             if chain is None or not all(isinstance(step, AddForbiddenScore) for step in chain):
                 arrays.append(getattr(self.crf, name).detach().numpy())
                 continue

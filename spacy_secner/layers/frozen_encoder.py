@@ -105,7 +105,9 @@ def tensor_dicts(modules: Sequence[torch.nn.Module]) -> List[Dict[str, Optional[
     return [tensors for module in modules for tensors in (module._parameters, module._buffers)]
 
 
-def parameter_key(dicts: Sequence[Dict[str, Optional[torch.Tensor]]]) -> Tuple[Tuple[int, ...], ...]:
+def parameter_key(
+    dicts: Sequence[Dict[str, Optional[torch.Tensor]]]
+) -> Tuple[Tuple[int, ...], ...]:
     """The storage and version of each parameter and buffer in `dicts` (`tensor_dicts`): any
     in-place change (an optimizer step, `load_state_dict`) or new tensor changes it."""
     tensors = [t for tensors in dicts for t in tensors.values() if t is not None]
