@@ -25,8 +25,9 @@ PROFILE_PARTS = (
     ("ner_crf: BiLSTM and linear", None, "BiLSTMEmitter", None),
     ("ner_crf: CRF decoding, other", {"decode_entities"}, None, None),
     # One loop computes the Viterbi scores and, with confidences, the forward-backward tables.
-    ("ner_crf: CRF Viterbi and forward-backward", {"_best_paths"}, None, None),
-    ("ner_crf: CRF span confidence", {"_span_log_probs"}, None, None),
+    ("ner_crf: CRF Viterbi and forward-backward", {"_best_paths", "_best_paths_numpy"}, None, None),
+    # On the CPU the decoder calls crf_numpy's `span_log_probs` itself.
+    ("ner_crf: CRF span confidence", {"_span_log_probs", "span_log_probs"}, None, None),
     ("ner_crf: set_annotations", {"set_annotations"}, "CRFEntityRecognizer", None),
 )
 
