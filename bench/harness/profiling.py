@@ -17,8 +17,11 @@ _TRF_ALIGN = {
 PROFILE_PARTS = (
     ("spaCy tokenizer", {"make_doc"}, None, None),
     ("transformer: spans, batching, doc._.trf_data", None, None, r"spacy_transformers/"),
-    ("transformer: HF tokenizer and alignment", _TRF_ALIGN, None, None),
+    ("transformer: HF tokenizer and alignment", _TRF_ALIGN | {"offset_alignment"}, None, None),
+    ("transformer: HF tokenizer and alignment", None, None, r"transformers/tokenization_utils"),
     ("transformer: encoder forward", None, None, r"transformers/models/"),
+    # On the CPU the encoder runs as a frozen TorchScript graph, outside transformers' files.
+    ("transformer: encoder forward", {"frozen_forward"}, None, None),
     ("ner_crf: other (predict, padding)", None, "CRFEntityRecognizer", None),
     ("ner_crf: listener and pooling", None, None, r"layers/(listener|trfs2arrays|reduce_)"),
     ("ner_crf: listener and pooling", {"_reduce_first_forward"}, None, None),
