@@ -105,17 +105,20 @@ class BIODecoder(nn.Module):
             raise ValueError("This decoder was built without its tags: it cannot read entities")
         lengths = mask.long().sum(1)
         paths, tables = self._best_paths(emissions, mask, keep_tables=confidence)
+        # The paths are on the host: read and mask them there. For one sentence, torch calls
+        # between the decoder's numpy passes would cost as much as the passes.
         host_lengths = lengths.cpu().numpy()
-        found = bio_entities(paths, host_lengths, self.inside_tag.cpu().numpy())
-        paths_t = torch.from_numpy(paths)
-        paths_t[torch.from_numpy(numpy.arange(paths.shape[1])[None, :] >= host_lengths[:, None])] = -1
-        entities = torch.from_numpy(found)
+        inside = self.inside_tag.cpu().numpy()
+        found = bio_entities(paths, host_lengths, inside)
+        paths[numpy.arange(paths.shape[1])[None, :] >= host_lengths[:, None]] = -1
+        paths_t, entities = torch.from_numpy(paths), torch.from_numpy(found)
         if not confidence or not len(found):
             return paths_t, entities, torch.zeros(0, dtype=torch.float64)
+        spans = numpy.stack([found[:, 0], found[:, 1], found[:, 2], inside[found[:, 3]]], 1)
         device = emissions.device
-        spans = entities.to(device)
-        spans = torch.stack([spans[:, 0], spans[:, 1], spans[:, 2], self.inside_tag[spans[:, 3]]], 1)
-        log_probs = self._span_log_probs(tables, emissions, lengths, paths_t.to(device), spans)
+        log_probs = self._span_log_probs(
+            tables, emissions, lengths, paths_t.to(device), torch.from_numpy(spans).to(device)
+        )
         return paths_t, entities, log_probs.cpu()
 
     def _best_paths(
@@ -180,25 +183,6 @@ class BIOCRF(BIODecoder):
             with parametrize.cached():
                 return -self.crf(emissions, tags, mask=mask, reduction=reduction)
         return self.viterbi(emissions, mask)
-
-    def annotate(
-        self, emissions: torch.Tensor, mask: torch.Tensor, confidence: bool
-    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if not (self.numpy_on_cpu and emissions.device.type == "cpu" and len(self.inside_tag)):
-            return super().annotate(emissions, mask, confidence)
-        # Every step on the host: for one sentence, the torch calls between the numpy passes
-        # cost as much as the passes.
-        lengths = mask.numpy().sum(1, dtype=numpy.int64)
-        paths, tables = self._best_paths_numpy(emissions, lengths, keep_tables=confidence)
-        inside = self.inside_tag.numpy()
-        found = bio_entities(paths, lengths, inside)
-        paths[numpy.arange(paths.shape[1])[None, :] >= lengths[:, None]] = -1
-        log_probs = numpy.zeros(0, dtype=numpy.float64)
-        if confidence and len(found):
-            spans = numpy.stack([found[:, 0], found[:, 1], found[:, 2], inside[found[:, 3]]], 1)
-            e = emissions.detach().numpy()
-            log_probs = crf_numpy.span_log_probs(tables, e, lengths, paths, spans)
-        return torch.from_numpy(paths), torch.from_numpy(found), torch.from_numpy(log_probs)
 
     def _host_scores(self) -> Tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]:
         """The transition, start and end scores as host arrays, constraints applied: the same
