@@ -29,6 +29,7 @@ from .packing import pack_calls, packing_holds, plan_rows, unpack
 _PER_WORDPIECE = {"last_hidden_state"}
 _PER_WORDPIECE_TUPLES = {"hidden_states"}
 _PER_WINDOW = {"pooler_output"}
+_PLACEABLE = _PER_WORDPIECE | _PER_WORDPIECE_TUPLES | _PER_WINDOW
 
 
 def grouped_encoder_layer(
@@ -78,7 +79,7 @@ def length_sorted_forward(
     parts = []
     for rows in groups:
         output, _ = pytorch_forward(model, _take_rows(wordpieces, rows), False)
-        if not set(output.keys()) <= _PER_WORDPIECE | _PER_WORDPIECE_TUPLES | _PER_WINDOW:
+        if not set(output.keys()) <= _PLACEABLE:
             # e.g. attentions (batch, heads, length, length): not worth regrouping here.
             return pytorch_forward(model, wordpieces, is_train)
         parts.append((rows, output))
@@ -123,7 +124,7 @@ def _packed_forward(
             output = shim.predict(ArgsKwargs(args=(), kwargs=kwargs))
         if first is None:
             first = output
-            if not set(output.keys()) <= _PER_WORDPIECE | _PER_WORDPIECE_TUPLES | _PER_WINDOW:
+            if not set(output.keys()) <= _PLACEABLE:
                 return None
         # Index assignments, which autograd follows back into the packed rows. The unpacked
         # outputs are allocated on the first call only: each is as large as the whole batch.
@@ -192,7 +193,7 @@ def _whole_windows_forward(
     kwargs["position_ids"] = positions.contiguous()
     kwargs["window_ids"] = torch.zeros((n_windows, width), dtype=torch.int64, device=device)
     output = shim.predict(ArgsKwargs(args=(), kwargs=kwargs))
-    if not set(output.keys()) <= _PER_WORDPIECE | _PER_WORDPIECE_TUPLES | _PER_WINDOW:
+    if not set(output.keys()) <= _PLACEABLE:
         return None
     return output, _predict_only
 
