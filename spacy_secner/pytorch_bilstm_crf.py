@@ -12,7 +12,7 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from torchcrf import CRF
 
-from . import crf_numpy
+from . import crf_numpy, lstm_onednn
 
 # Added to the score of a forbidden transition. Finite, so log-sum-exp never sees -inf - -inf.
 FORBIDDEN_SCORE = -10000.0
@@ -516,7 +516,9 @@ class BiLSTMEmitter(nn.Module):
             # Training always takes the packed path, so gradients and dropout are PyTorch's own.
             inference = not torch.is_grad_enabled() or not self.training
             route = self._inference_route(X, host_lengths) if inference else "packed"
-            if route == "whole":
+            if route == "whole" and lstm_onednn.applies(self.lstm, X):
+                X = lstm_onednn.bidirectional(self.lstm, X)
+            elif route == "whole":
                 X, _ = self.lstm(X)
             elif route == "padded":
                 X = self._padded_lstm(X, host_lengths)
@@ -564,16 +566,10 @@ class BiLSTMEmitter(nn.Module):
         # Reverses each sequence within its length and leaves the padding in place; its own
         # inverse, so one index turns the reverse direction's output back too.
         order = torch.where(t[None, :] < lengths[:, None], lengths[:, None] - 1 - t, t)[:, :, None]
-        names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
         for layer in range(self.lstm.num_layers):
-            one_way = self._one_way[X.shape[2]]
-            weights = [
-                {f"{name}_l0": getattr(self.lstm, f"{name}_l{layer}{suffix}") for name in names}
-                for suffix in ("", "_reverse")
-            ]
-            forward, _ = functional_call(one_way, weights[0], (X,))
-            reverse, _ = functional_call(
-                one_way, weights[1], (X.gather(1, order.expand(-1, -1, X.shape[2])),)
+            forward = self._one_way_pass(layer, X, reverse_weights=False)
+            reverse = self._one_way_pass(
+                layer, X.gather(1, order.expand(-1, -1, X.shape[2])), reverse_weights=True
             )
             # Both halves written in place: half the memory traffic of a gather, cat and mask.
             X = forward.new_empty(n, steps, 2 * hidden)
@@ -584,6 +580,31 @@ class BiLSTMEmitter(nn.Module):
             if length < steps:
                 X[i, length:] = 0.0
         return X
+
+    def _one_way_pass(self, layer: int, X: torch.Tensor, *, reverse_weights: bool) -> torch.Tensor:
+        """One layer's forward or reverse weights run forwards over X (batch first) from zero
+        states: through `lstm_onednn` where it applies, else a one-direction `nn.LSTM`."""
+        assert self.lstm is not None
+        if lstm_onednn.applies(self.lstm, X):
+            try:
+                steps = X.transpose(0, 1).contiguous()
+                return lstm_onednn.direction(
+                    self.lstm, layer, steps, reverse_weights=reverse_weights, reverse=False
+                ).transpose(0, 1)
+            except (RuntimeError, AttributeError, NotImplementedError) as error:
+                lstm_onednn.fail(self.lstm, error)
+        suffix = "_reverse" if reverse_weights else ""
+        names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        weights = {f"{name}_l0": getattr(self.lstm, f"{name}_l{layer}{suffix}") for name in names}
+        output, _ = functional_call(self._one_way[X.shape[2]], weights, (X,))
+        return output
+
+    def train(self, mode: bool = True) -> "BiLSTMEmitter":
+        # Training steps write the weights in ways torch may not see (`lstm_onednn`), and each
+        # starts with a switch to training mode.
+        if self.lstm is not None:
+            lstm_onednn.forget(self.lstm)
+        return super().train(mode)
 
 
 def lengths_to_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
