@@ -7,9 +7,14 @@ less than half the time for one sentence and are no slower for 64. They compute 
 `BIOCRF._passes` and `BIOCRF._span_log_probs` compute, operation for operation (the Viterbi
 scores to the bit; the float64 sums up to rounding), and the GPU keeps the torch versions.
 """
-from typing import Any, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import numpy
+
+# Up to this many sequences, the Viterbi pass keeps its back-pointers (an argmax over every pair
+# of tags at each step) and the paths follow them in plain Python; for more, recomputing only
+# the back-pointers the paths need (`_trace_back` in `pytorch_bilstm_crf`) costs less.
+POINTER_MAX_ROWS = 2
 
 
 def passes(
@@ -20,12 +25,18 @@ def passes(
     end: numpy.ndarray,
     *,
     sums: bool,
-) -> Tuple[numpy.ndarray, Optional[Tuple[Any, ...]]]:
-    """The Viterbi scores (n, T, K) and, with `sums`, the fields of the forward and backward
-    tables, as `BIOCRF._passes` computes them (see there for the method)."""
-    n, steps, _ = emissions.shape
+    pointers: bool = False,
+) -> Tuple[numpy.ndarray, Optional[Tuple[Any, ...]], Optional[List[numpy.ndarray]]]:
+    """The Viterbi scores (n, T, K); with `sums`, the fields of the forward and backward
+    tables, as `BIOCRF._passes` computes them (see there for the method); with `pointers`, the
+    best previous tag of each tag at each step after the first ((n, K) per step), from
+    pytorch-crf's own sums (score + transition + emission, in float32) and tie-break (the first
+    best previous tag). The scores are the same either way: rounding is monotonic."""
+    n, steps, n_tags = emissions.shape
     score = start + emissions[:, 0]
     all_scores = [score]
+    kept: Optional[List[numpy.ndarray]] = [] if pointers else None
+    sequences, tags = numpy.arange(n)[:, None], numpy.arange(n_tags)
     if sums:
         rows = numpy.arange(n)
         e = emissions.astype(numpy.float64)
@@ -44,7 +55,14 @@ def passes(
         states, norms = [state], [norm]
         matrices = numpy.stack([p_trans, p_trans.T])
     for t in range(1, steps):
-        score = (score[:, :, None] + trans).max(1) + emissions[:, t]
+        if kept is not None:
+            candidates = score[:, :, None] + trans
+            candidates += emissions[:, t, None, :]
+            best = candidates.argmax(1)
+            kept.append(best)
+            score = candidates[sequences, best, tags]
+        else:
+            score = (score[:, :, None] + trans).max(1) + emissions[:, t]
         all_scores.append(score)
         if sums:
             state = numpy.matmul(state, matrices) * p_emit[:, :, t]
@@ -54,11 +72,28 @@ def passes(
             norms.append(norm)
     scores = numpy.stack(all_scores, 1)
     if not sums:
-        return scores, None
+        return scores, None, kept
     log_scale = (numpy.log(numpy.concatenate(norms, 2)) + e_max[..., 0] + t_max).cumsum(2)
     log_scale = log_scale - t_max + ends_max[:, :, None]
     table = numpy.stack(states, 2)  # (2, n, T, K)
-    return scores, (table, log_scale, p_trans, t_max, back, (s64, t64, end64))
+    return scores, (table, log_scale, p_trans, t_max, back, (s64, t64, end64)), kept
+
+
+def follow_pointers(
+    pointers: List[numpy.ndarray], last: numpy.ndarray, lengths: numpy.ndarray
+) -> numpy.ndarray:
+    """The Viterbi paths (n, T), from each sequence's best last tag back along the
+    back-pointers of `passes`; positions past a sequence's end hold 0."""
+    n = len(lengths)
+    paths = numpy.zeros((n, len(pointers) + 1), dtype="int64")
+    table = numpy.stack(pointers, 1).tolist() if pointers else [[] for _ in range(n)]
+    for i, (tag, length) in enumerate(zip(last.tolist(), lengths.tolist())):
+        path = [tag] * length
+        for t in range(length - 1, 0, -1):
+            tag = table[i][t - 1][tag]
+            path[t - 1] = tag
+        paths[i, :length] = path
+    return paths
 
 
 def span_log_probs(

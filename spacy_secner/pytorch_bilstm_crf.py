@@ -248,9 +248,15 @@ class BIOCRF(BIODecoder):
         """`_best_paths` with the passes in numpy (emissions on the CPU)."""
         e = emissions.detach().numpy()
         trans, start, end = self._host_scores()
-        scores, sums = crf_numpy.passes(e, lengths, start, trans, end, sums=keep_tables)
+        pointers = len(lengths) <= crf_numpy.POINTER_MAX_ROWS
+        scores, sums, kept = crf_numpy.passes(
+            e, lengths, start, trans, end, sums=keep_tables, pointers=pointers
+        )
         last = (scores[numpy.arange(len(lengths)), lengths - 1] + end).argmax(1)
-        paths = _trace_back(scores, e, trans, last, lengths)
+        if kept is not None:
+            paths = crf_numpy.follow_pointers(kept, last, lengths)
+        else:
+            paths = _trace_back(scores, e, trans, last, lengths)
         return paths, (_SumTables(*sums) if keep_tables else None)
 
     def _passes(
@@ -388,8 +394,9 @@ def _trace_back(
 
     Each step recomputes the back-pointer of the one tag on each path, with pytorch-crf's own
     sums (score + transition, then + emission, in float32) and its tie-break (the first best
-    previous tag), so the paths are pytorch-crf's. Keeping every back-pointer instead would
-    cost an argmax over all tags pairs at every step.
+    previous tag), so the paths are pytorch-crf's. Keeping every back-pointer instead costs an
+    argmax over all tag pairs at every step: less than this only for a batch of one or two
+    sequences, where the numpy pass keeps them (`crf_numpy.POINTER_MAX_ROWS`).
     """
     n, steps, _ = scores.shape
     paths = numpy.zeros((n, steps), dtype="int64")

@@ -9,6 +9,7 @@ import torch
 from seqeval.metrics.sequence_labeling import get_entities
 from spacy.training import iob_to_biluo
 
+from spacy_secner import crf_numpy
 from spacy_secner.bio import bio_tags, biluo_to_bio, entity_bounds, repair_bio
 from spacy_secner.pytorch_bilstm_crf import (
     BIOCRF,
@@ -525,6 +526,38 @@ def test_fused_decoder_equals_the_reference_and_pytorch_crf(constrained, seed, n
     with torch.no_grad():
         paths2, found2, none = crf(emissions, mask, entities=True, confidence=False)
     assert torch.equal(paths2, paths) and torch.equal(found2, found) and len(none) == 0
+
+
+@pytest.mark.parametrize("ties", [False, True], ids=["random", "ties"])
+@pytest.mark.parametrize("constrained", [True, False])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_followed_back_pointers_give_the_recomputed_paths(monkeypatch, ties, constrained, seed):
+    """The numpy Viterbi keeps its back-pointers for a batch of one or two sequences and
+    recomputes the ones on the path for more: the same paths, entities and log-probabilities
+    either way, and pytorch-crf's paths, ties included (whole-number scores)."""
+    tags, crf, emissions, mask, lengths = random_crf_batch(seed, constrained)
+    if ties:
+        emissions = emissions.round()
+        with torch.no_grad():
+            for name in ("start_transitions", "transitions", "end_transitions"):
+                original = crf.crf.parametrizations[name].original if constrained else getattr(crf.crf, name)
+                original.copy_(original.round())
+    got = {}
+    with torch.no_grad():
+        for rows in (0, len(lengths)):
+            monkeypatch.setattr(crf_numpy, "POINTER_MAX_ROWS", rows)
+            got[rows] = crf(emissions, mask, entities=True, confidence=True)
+        theirs = crf.crf.decode(emissions, mask=mask)
+        monkeypatch.undo()
+        one_by_one = [
+            crf(emissions[i : i + 1, :n], mask[i : i + 1, :n])[0].tolist()
+            for i, n in enumerate(lengths.tolist())
+        ]
+    (paths, found, log_probs), (paths2, found2, log_probs2) = got[0], got[len(lengths)]
+    assert torch.equal(paths2, paths) and torch.equal(found2, found)
+    assert torch.equal(log_probs2, log_probs)
+    assert [paths[i, : len(p)].tolist() for i, p in enumerate(theirs)] == theirs
+    assert one_by_one == theirs
 
 
 @pytest.mark.parametrize("constrained", [True, False])
