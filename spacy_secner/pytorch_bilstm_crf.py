@@ -488,8 +488,9 @@ class BiLSTMEmitter(nn.Module):
 
     Sequences are packed, so a sequence's scores never depend on the padding of its batch.
     At inference on the CPU, a batch with little padding runs padded instead (see
-    `_padded_lstm`), which gives the same scores faster. With depth 0 the BiLSTM is left out
-    and the linear layer reads the token vectors directly.
+    `_padded_lstm`), which gives the same scores faster, and a batch without padding or a
+    padded one runs each direction with its weights kept in oneDNN's layout (`lstm_onednn`).
+    With depth 0 the BiLSTM is left out and the linear layer reads the token vectors directly.
     """
 
     def __init__(
