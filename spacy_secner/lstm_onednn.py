@@ -24,6 +24,9 @@ from torch import nn
 
 # The operator's RNN kind, in cuDNN's numbering (RNN_RELU, RNN_TANH, LSTM, GRU): LSTM.
 _LSTM_MODE = 2
+# What the operators raise where a PyTorch build lacks them or rejects an input: the LSTM then
+# stays on `nn.LSTM` (`fail`).
+OPERATOR_ERRORS = (RuntimeError, AttributeError, NotImplementedError)
 
 
 def applies(lstm: nn.LSTM, X: torch.Tensor) -> bool:
@@ -45,7 +48,9 @@ def applies(lstm: nn.LSTM, X: torch.Tensor) -> bool:
     )
 
 
-def direction(lstm: nn.LSTM, layer: int, X: torch.Tensor, *, reverse_weights: bool, reverse: bool) -> torch.Tensor:
+def direction(
+    lstm: nn.LSTM, layer: int, X: torch.Tensor, *, reverse_weights: bool, reverse: bool
+) -> torch.Tensor:
     """One direction of one layer of `lstm` on time-major X (steps, n, width), from zero states:
     the weights of the forward or reverse direction (`reverse_weights`), reading the steps
     forwards or backwards (`reverse`). RETURNS (Tensor): (steps, n, hidden)."""
@@ -73,7 +78,7 @@ def bidirectional(lstm: nn.LSTM, X: torch.Tensor) -> torch.Tensor:
                 for backwards in (False, True)
             ]
             steps = torch.cat(halves, -1)
-    except (RuntimeError, AttributeError, NotImplementedError) as error:
+    except OPERATOR_ERRORS as error:
         fail(lstm, error)
         return lstm(X)[0]
     return steps.transpose(0, 1)

@@ -599,7 +599,7 @@ class BiLSTMEmitter(nn.Module):
                 return lstm_onednn.direction(
                     self.lstm, layer, steps, reverse_weights=reverse_weights, reverse=False
                 ).transpose(0, 1)
-            except (RuntimeError, AttributeError, NotImplementedError) as error:
+            except lstm_onednn.OPERATOR_ERRORS as error:
                 lstm_onednn.fail(self.lstm, error)
         suffix = "_reverse" if reverse_weights else ""
         names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")

@@ -540,7 +540,10 @@ def test_followed_back_pointers_give_the_recomputed_paths(monkeypatch, ties, con
         emissions = emissions.round()
         with torch.no_grad():
             for name in ("start_transitions", "transitions", "end_transitions"):
-                original = crf.crf.parametrizations[name].original if constrained else getattr(crf.crf, name)
+                if constrained:
+                    original = crf.crf.parametrizations[name].original
+                else:
+                    original = getattr(crf.crf, name)
                 original.copy_(original.round())
     got = {}
     with torch.no_grad():
