@@ -149,3 +149,40 @@ def test_kept_weights_never_reach_copies_or_saved_state() -> None:
     assert set(emitter.state_dict()) == set(_emitter().state_dict())
     clone = pickle.loads(pickle.dumps(copy.deepcopy(emitter)))
     assert clone.lstm not in lstm_onednn._PACKED
+
+
+@pytest.mark.parametrize("fused_adam", [True, False], ids=["fused-adam", "thinc-loop"])
+def test_training_steps_reach_the_kept_weights(monkeypatch, fused_adam) -> None:
+    """A pipe that predicted, then trained (thinc's optimizer writing the BiLSTM's weights in
+    place, fused or parameter by parameter), predicts with the new weights: its entities and
+    confidences are those of `nn.LSTM` on them."""
+    from conftest import TRAIN_DATA, make_cnn_nlp, make_examples
+
+    from spacy_secner.layers.shims import EvalModeShim
+
+    monkeypatch.setattr(EvalModeShim, "fused_adam", fused_adam)
+    nlp = make_cnn_nlp()
+    examples = make_examples(nlp)
+    nlp.initialize(lambda: examples)
+    texts = [text for text, _ in TRAIN_DATA]
+
+    def annotate():
+        # One text at a time: a sequence alone in its batch takes the kept weights.
+        docs = nlp.pipe(texts, batch_size=1)
+        return [[(e.start, e.end, e.label_, e._.confidence) for e in doc.ents] for doc in docs]
+
+    emitter = nlp.get_pipe("ner_crf").model.get_ref("emitter").shims[0]._model
+    before = annotate()
+    assert emitter.lstm in lstm_onednn._PACKED
+    optimizer = nlp.resume_training()
+    for _ in range(5):
+        nlp.update(examples, sgd=optimizer)
+    got = annotate()
+    with torch.backends.mkldnn.flags(enabled=False):
+        expected = annotate()
+    assert got != before
+    assert [[span[:3] for span in doc] for doc in got] == [
+        [span[:3] for span in doc] for doc in expected
+    ]
+    for doc_got, doc_expected in zip(got, expected):
+        assert [s[3] for s in doc_got] == pytest.approx([s[3] for s in doc_expected], abs=1e-5)
