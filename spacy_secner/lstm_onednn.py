@@ -30,11 +30,13 @@ OPERATOR_ERRORS = (RuntimeError, AttributeError, NotImplementedError)
 
 
 def applies(lstm: nn.LSTM, X: torch.Tensor) -> bool:
-    """Whether `direction` runs `lstm` on X: inference (no gradients) on float32 CPU tensors,
-    with oneDNN available and enabled (as `nn.LSTM` requires to use it), biases and no
-    projection, and no earlier failure for this LSTM."""
+    """Whether `direction` runs `lstm` on X: inference (no gradients, and no dropout between
+    layers, which `nn.LSTM` applies in training mode) on float32 CPU tensors, with oneDNN
+    available and enabled (as `nn.LSTM` requires to use it), biases and no projection, and no
+    earlier failure for this LSTM."""
     return (
         not torch.is_grad_enabled()
+        and not (lstm.training and lstm.dropout > 0 and lstm.num_layers > 1)
         and X.device.type == "cpu"
         and X.dtype == torch.float32
         and X.numel() > 0

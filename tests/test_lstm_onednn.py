@@ -42,6 +42,11 @@ def test_applies_only_where_nn_lstm_would_use_onednn_in_inference() -> None:
         assert not lstm_onednn.applies(emitter.lstm, X[:, :0])
         with torch.backends.mkldnn.flags(enabled=False):
             assert not lstm_onednn.applies(emitter.lstm, X)
+        # Dropout between layers, as nn.LSTM applies it in training mode.
+        torch.manual_seed(0)
+        deep = BiLSTMEmitter(12, 5, hidden_size=8, depth=2, dropout=0.5)
+        assert not lstm_onednn.applies(deep.lstm, X)
+        assert lstm_onednn.applies(deep.eval().lstm, X)
     assert not lstm_onednn.applies(emitter.lstm, X)  # gradients on
 
 
