@@ -36,7 +36,8 @@ def passes(
     score = start + emissions[:, 0]
     all_scores = [score]
     kept: Optional[List[numpy.ndarray]] = [] if pointers else None
-    sequences, tags = numpy.arange(n)[:, None], numpy.arange(n_tags)
+    if pointers:
+        sequences, tags = numpy.arange(n)[:, None], numpy.arange(n_tags)
     if sums:
         rows = numpy.arange(n)
         e = emissions.astype(numpy.float64)

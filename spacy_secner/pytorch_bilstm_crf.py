@@ -524,10 +524,8 @@ class BiLSTMEmitter(nn.Module):
             # Training always takes the packed path, so gradients and dropout are PyTorch's own.
             inference = not torch.is_grad_enabled() or not self.training
             route = self._inference_route(X, host_lengths) if inference else "packed"
-            if route == "whole" and lstm_onednn.applies(self.lstm, X):
+            if route == "whole":
                 X = lstm_onednn.bidirectional(self.lstm, X)
-            elif route == "whole":
-                X, _ = self.lstm(X)
             elif route == "padded":
                 X = self._padded_lstm(X, host_lengths)
             else:
