@@ -191,3 +191,27 @@ def test_output_is_replaced_only_when_the_run_completes(model_dir, inputs, tmp_p
     assert result.exit_code == 130
     assert out.read_text() == "previous run\n"
     assert [p.name for p in out.parent.iterdir()] == ["bundle.json"]
+
+
+def test_an_object_in_several_documents_is_a_new_version_in_each(model_dir, tmp_path):
+    """Per-document bundles repeat an object its documents share, each with that document's
+    properties: `modified` (STIX's version of an object) differs, `created` does not."""
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    for name in ("a.txt", "b.txt", "c.txt"):
+        (folder / name).write_text("It beaconed to 203.0.113.5 .", encoding="utf8")
+    out = tmp_path / "bundles.jsonl"
+    result = run(model_dir, str(folder), "-o", str(out), "--stix-indicators")
+    assert result.exit_code == 0, result.output
+    bundles = [valid(json.loads(line)) for line in out.read_text().splitlines()]
+    indicators = [o for b in bundles for o in b["objects"] if o["type"] == "indicator"]
+    assert len(indicators) == 3 and len({o["id"] for o in indicators}) == 1
+    assert len({o["created"] for o in indicators}) == 1
+    stamps = [o["modified"] for o in indicators]
+    assert stamps == sorted(stamps) and len(set(stamps)) == 3
+    assert all(o["created"] < o["modified"] for o in indicators)
+    # The same text is the same report: three versions of it, named after each file.
+    versions = [(r["id"], r["modified"], Path(r["name"]).name) for b in bundles for r in reports(b)]
+    assert len({v[0] for v in versions}) == 1
+    assert [v[1] for v in versions] == stamps
+    assert [v[2] for v in versions] == ["a.txt", "b.txt", "c.txt"]

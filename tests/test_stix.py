@@ -308,6 +308,88 @@ def test_iocs_become_observables_and_indicators_only_behind_the_flag():
     )
 
 
+def test_indicator_values_from_report_text_are_valid_stix_and_nothing_is_lost():
+    """Indicators as the threat-report tokenizer and `cti_iocs` find them in text an attacker
+    may have written: defanged URLs without a scheme, ports, characters a URI cannot hold, a
+    non-ASCII host, a DNS name that is no host name, folders."""
+    from spacy_secner.tokenizer import build_cti_tokenizer
+
+    nlp = spacy.blank("en")
+    nlp.tokenizer = build_cti_tokenizer(nlp)
+    nlp.add_pipe("cti_iocs")
+    text = (
+        "It fetched hxxp://evil[.]com/x|y?q=\"a\"#top#2 and evil[.]com/a.php from "
+        "198.51.100.8:443 , evil[.]org:8080 and 198.51.100[.]7/gate.php , then "
+        "hxxps://пример[.]рф/%zz and my_host[.]evil[.]com , writing to C:\\Temp\\ and "
+        "/var/tmp/ ."
+    )
+    doc = nlp(text)
+    assert len(doc.spans["iocs"]) == 9, [(s.text, s.label_) for s in doc.spans["iocs"]]
+    data = validate(doc_to_bundle(doc, timestamp=T0, indicators=True))
+    values = lambda kind: sorted(o["value"] for o in by_type(data, kind))  # noqa: E731
+    assert values("url") == [
+        "http://evil.com/x%7Cy?q=%22a%22#top%232",
+        "https://xn--e1afmkfd.xn--p1ai/%25zz",
+    ]
+    assert values("domain-name") == ["evil.com", "evil.org"]
+    assert values("ipv4-addr") == ["198.51.100.7", "198.51.100.8"]
+    assert sorted(o["path"] for o in by_type(data, "directory")) == ["/var/tmp", "C:\\Temp"]
+    assert by_type(data, "file") == []
+    # What no observable holds (a path without a scheme, a port, the DNS name) is a mention.
+    description = by_type(data, "report")[0]["description"]
+    for value in (
+        "evil.com/a.php",
+        "198.51.100.7/gate.php",
+        "198.51.100.8:443",
+        "evil.org:8080",
+        "my_host.evil.com",
+    ):
+        assert value in description, value
+    patterns = {o["pattern"] for o in by_type(data, "indicator")}
+    assert "[url:value = 'http://evil.com/x%7Cy?q=%22a%22#top%232']" in patterns
+    assert "[ipv4-addr:value = '198.51.100.8']" in patterns
+
+
+@pytest.mark.parametrize(
+    "url,expected",
+    [
+        ("http://evil.com/a", "http://evil.com/a"),
+        ("http://evil.com:8080/a/b?c=d&e=f#g", "http://evil.com:8080/a/b?c=d&e=f#g"),
+        ("http://evil.com/a%20b%zz", "http://evil.com/a%20b%25zz"),
+        ("http://evil.com/{a}\\b^`<>", "http://evil.com/%7Ba%7D%5Cb%5E%60%3C%3E"),
+        ("http://evil.com/a?b#c#d", "http://evil.com/a?b#c%23d"),
+        ("http://evil.com?x", "http://evil.com?x"),
+        ("ftp://user@evil.com/a", "ftp://user@evil.com/a"),
+        ("http://bücher.example/ä", "http://xn--bcher-kva.example/%C3%A4"),
+        ("evil.com/a.php", None),
+    ],
+)
+def test_urls_are_written_as_uris(url, expected):
+    assert mapping.uri(url) == expected
+    if expected is not None:
+        validate(stix2.Bundle(objects=[stix2.URL(value=expected)]))
+
+
+def test_same_text_under_two_names_shares_its_report_in_a_run_bundle():
+    one = make_doc("APT28 used X-Agent .", [("APT28", "HackOrg", 0.6)])
+    again = make_doc("APT28 used X-Agent .", [("APT28", "HackOrg", 0.6)])
+    data = validate(docs_to_bundle([("a/one.txt", one), ("b/one.txt", again)], timestamp=T0))
+    assert [r["name"] for r in by_type(data, "report")] == ["a/one.txt"]
+
+
+def test_modified_is_separate_from_created():
+    doc = make_doc("APT28 used X-Agent .", [("APT28", "HackOrg", 0.6)])
+    data = validate(doc_to_bundle(doc, timestamp=T0))
+    assert {o["created"] for o in data["objects"]} == {"2026-01-02T03:04:05.000Z"}
+    from spacy_secner.stix.export import document_objects
+
+    _, objects = document_objects(doc, "one.txt", timestamp=T0, modified=T1)
+    (group,) = [o for o in objects if o.type == "intrusion-set"]
+    (report,) = [o for o in objects if o.type == "report"]
+    assert (group.created, group.modified) == (T0, T1)
+    assert (report.created, report.modified, report.published) == (T0, T1, T1)
+
+
 def test_docs_without_iocs_group_or_anything_to_export():
     empty = validate(doc_to_bundle(spacy.blank("en")("Nothing to see here .")))
     assert empty.get("objects", []) == []
@@ -400,7 +482,7 @@ def test_techniques_are_resolved_only_from_the_table(phrase, expected):
         ("Gh0st RAT", "malware"),
         ("Mimikatz", "tool"),
         ("Cobalt Strike", "tool"),
-        ("Trojan", "tool"),  # a bare kind is no name: not exported at all (see is_name)
+        ("Trojan", "tool"),  # not malware by its name; a bare kind is never exported (is_name)
     ],
 )
 def test_tools_are_malware_by_list_or_by_their_last_word(name, kind):

@@ -9,6 +9,7 @@ and every entity and indicator of it gets its page; `doc.user_data["source"]` na
 import csv
 import html
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, TextIO
 
@@ -238,16 +239,25 @@ class StixWriter:
         self.export = export
         self.out = out
         self.indicators = indicators
-        # One time for the whole run: created, modified, published, valid_from.
+        # `created` (and `valid_from`) of every object: the start of the run.
         self.timestamp = export.now()
+        self.modified = self.timestamp
         self.collector = export.RunCollector(indicators=indicators) if per_run else None
 
     def write(self, doc_id: str, doc: Doc) -> None:
         """RAISES WriteError if the document's objects cannot be built (nothing is written)."""
         export = self.export
+        # Each document's bundle is a new version of the objects it shares with earlier ones
+        # (their confidence and name may differ): STIX tells versions apart by `modified`,
+        # so it grows with every document, by at least the millisecond STIX times hold.
+        self.modified = max(export.now(), self.modified + timedelta(milliseconds=1))
         try:
             found, objects = export.document_objects(
-                doc, doc_id, timestamp=self.timestamp, indicators=self.indicators
+                doc,
+                doc_id,
+                timestamp=self.timestamp,
+                modified=None if self.collector is not None else self.modified,
+                indicators=self.indicators,
             )
             line = None if self.collector is not None else export.make_bundle(objects).serialize()
         except Exception as err:

@@ -176,8 +176,9 @@ def _ioc_object(found: Extraction, label: str, value: str) -> Optional[str]:
             else (PurePosixPath(value))
         )
         parent = str(path.parent) if path.parent != path and str(path.parent) != "." else ""
-        if not path.name:
-            obj = stix2.Directory(path=value)
+        if not path.name or value.endswith(("/", "\\")):
+            # A root, or a path written as a folder (`C:\\Temp\\`, `/var/tmp/`).
+            obj = stix2.Directory(path=str(path))
         elif parent:
             directory = stix2.Directory(path=parent)
             found.add(directory.id, None, obj=directory)
@@ -187,15 +188,37 @@ def _ioc_object(found: Extraction, label: str, value: str) -> Optional[str]:
     elif label == "registry_key":
         obj = stix2.WindowsRegistryKey(key=mapping.registry_key(value))
     else:
-        cls = {
-            "ipv4-addr": stix2.IPv4Address,
-            "ipv6-addr": stix2.IPv6Address,
-            "domain-name": stix2.DomainName,
-            "url": stix2.URL,
-            "email-addr": stix2.EmailAddress,
-        }[stix_type]
-        obj = cls(value=value)
+        obj = _network_object(stix_type, value)
+        if obj is None:
+            return None
+        if obj.type != "url" and obj.value != value:
+            found.leave(label, value)  # with the port or path, which the observable lacks
     return found.add(obj.id, None, obj=obj)
+
+
+def _network_object(stix_type: str, value: str) -> Optional[Any]:
+    """The observable of an address, domain, URL or email value, holding what STIX allows:
+    a URL as a URI (percent-encoded where it must be); the host of a URL without a scheme and
+    an address or domain without its port (a `network-traffic` object would need a protocol
+    the report does not give); None for a host name STIX rejects."""
+    if stix_type == "url":
+        url = mapping.uri(value)
+        if url is not None:
+            return stix2.URL(value=url)
+        value = mapping.host(value)
+        stix_type = "ipv4-addr" if mapping.is_ipv4(value) else "domain-name"
+    elif stix_type in ("ipv4-addr", "domain-name"):
+        value = mapping.host(value)
+    if stix_type == "domain-name" and not mapping.is_hostname(value):
+        return None
+    cls = {
+        "ipv4-addr": stix2.IPv4Address,
+        "ipv6-addr": stix2.IPv6Address,
+        "domain-name": stix2.DomainName,
+        "url": stix2.URL,
+        "email-addr": stix2.EmailAddress,
+    }[stix_type]
+    return cls(value=value)
 
 
 def _add_vulnerability(found: Extraction, cve: str, confidence: Optional[float]) -> str:
@@ -273,15 +296,20 @@ def stix_confidence(confidence: Optional[float]) -> Optional[int]:
     return int(min(100, max(0, round(100 * confidence))))
 
 
-def build_objects(found: Extraction, *, timestamp: datetime) -> List[Any]:
-    """The stix2 objects of an extraction, each domain object with its confidence."""
+def build_objects(
+    found: Extraction, *, timestamp: datetime, modified: Optional[datetime] = None
+) -> List[Any]:
+    """The stix2 objects of an extraction, each domain object with its confidence, created at
+    `timestamp` and modified at `modified` (by default the same)."""
     objects = []
     for object_id, entry in found.entries.items():
         if entry.obj is not None:
             objects.append(entry.obj)
             continue
         stix_type = object_id.split("--")[0]
-        props = dict(entry.props, id=object_id, created=timestamp, modified=timestamp)
+        props = dict(
+            entry.props, id=object_id, created=timestamp, modified=modified or timestamp
+        )
         if stix_type == "indicator":
             props["valid_from"] = timestamp
         confidence = stix_confidence(entry.confidence)
@@ -298,9 +326,11 @@ def build_report(
     leftovers: Dict[str, List[str]],
     *,
     timestamp: datetime,
+    modified: Optional[datetime] = None,
 ) -> Optional[stix2.Report]:
-    """The report of one document, its id from the SHA-256 of its text; None without objects
-    (a STIX report must refer to at least one)."""
+    """The report of one document, its id from the SHA-256 of its text, created at `timestamp`
+    and modified and published at `modified` (by default the same); None without objects (a
+    STIX report must refer to at least one)."""
     if not object_refs:
         return None
     props: Dict[str, Any] = {}
@@ -310,9 +340,9 @@ def build_report(
     return stix2.Report(
         id=stix_id("report", text_sha256=digest),
         name=name,
-        published=timestamp,
+        published=modified or timestamp,
         created=timestamp,
-        modified=timestamp,
+        modified=modified or timestamp,
         report_types=["threat-report"],
         object_refs=object_refs,
         **props,
@@ -346,13 +376,24 @@ def doc_to_bundle(
 
 
 def document_objects(
-    doc: Doc, name: str, *, timestamp: datetime, indicators: bool = False
+    doc: Doc,
+    name: str,
+    *,
+    timestamp: datetime,
+    modified: Optional[datetime] = None,
+    indicators: bool = False,
 ) -> Tuple[Extraction, List[Any]]:
-    """A doc's extraction and its built objects, its report (if any) last."""
+    """A doc's extraction and its built objects, its report (if any) last; `timestamp` and
+    `modified` as for `build_objects`."""
     found = extract(doc, indicators=indicators)
-    objects = build_objects(found, timestamp=timestamp)
+    objects = build_objects(found, timestamp=timestamp, modified=modified)
     report = build_report(
-        text_digest(doc.text), name, list(found.entries), found.leftovers, timestamp=timestamp
+        text_digest(doc.text),
+        name,
+        list(found.entries),
+        found.leftovers,
+        timestamp=timestamp,
+        modified=modified,
     )
     if report is not None:
         objects.append(report)

@@ -10,6 +10,7 @@ import re
 import unicodedata
 from functools import lru_cache
 from typing import Dict, FrozenSet, List, Optional, Tuple
+from urllib.parse import quote
 
 from stix2.v21 import vocab
 
@@ -333,3 +334,78 @@ def _country_display_names() -> Dict[str, str]:
     import pycountry
 
     return {c.alpha_2: getattr(c, "common_name", None) or c.name for c in pycountry.countries}
+
+
+# A URL's scheme and separator (`http://`); the indicator spans refang theirs.
+_URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+_LONE_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+# What each part of a URI may hold as it is (RFC 3986: unreserved characters, which `quote`
+# always keeps, sub-delimiters, and the delimiters allowed in that part); `%` is kept as the
+# start of an escape (lone ones are escaped first).
+_AUTHORITY_SAFE = "!$&'()*+,;=:@[]%"
+_PATH_SAFE = "!$&'()*+,;=:@/%"
+_QUERY_SAFE = _PATH_SAFE + "?"
+_PORT = re.compile(r":\d{1,5}$")
+_HOST_LABEL = re.compile(r"[^\W_](?:(?:[^\W_]|-){0,61}[^\W_])?")
+_IPV4 = re.compile(r"(?:\d{1,3}\.){3}\d{1,3}(?:/\d{1,2})?")
+
+
+def uri(url: str) -> Optional[str]:
+    """A URL as a URI (RFC 3986), as STIX's `url` value must be: characters a URI cannot hold
+    where they stand are percent-encoded, as browsers do (`|` -> `%7C`, a lone `%` -> `%25`, a
+    second `#` -> `%23`, non-ASCII as UTF-8). None for a URL without a scheme (`evil.com/a.php`):
+    that is no URI, and no scheme is guessed for it."""
+    match = _URL_SCHEME.match(url)
+    if match is None:
+        return None
+    rest = _LONE_PERCENT.sub("%25", url[match.end() :])
+    split = re.search(r"[/?#]", rest)
+    authority, tail = (rest[: split.start()], rest[split.start() :]) if split else (rest, "")
+    tail, hash_mark, fragment = tail.partition("#")
+    path, question_mark, query = tail.partition("?")
+    if not authority.isascii():
+        authority = _idna_authority(authority)
+    return "".join(
+        (
+            match.group(0),
+            quote(authority, safe=_AUTHORITY_SAFE),
+            quote(path, safe=_PATH_SAFE),
+            question_mark,
+            quote(query, safe=_QUERY_SAFE),
+            hash_mark,
+            quote(fragment, safe=_QUERY_SAFE),
+        )
+    )
+
+
+def _idna_authority(authority: str) -> str:
+    """An authority with its host name in IDNA's ASCII form (`пример.рф` ->
+    `xn--e1afmkfd.xn--p1ai`), as DNS and platforms hold it; as it was if IDNA rejects it."""
+    userinfo, at, host_port = authority.rpartition("@")
+    name, colon, port = host_port.partition(":")
+    try:
+        name = name.encode("idna").decode("ascii")
+    except UnicodeError:
+        return authority
+    return userinfo + at + name + colon + port
+
+
+def host(value: str) -> str:
+    """The host of an indicator's `host[:port][/path?query]` (`evil.com:8080/a` -> `evil.com`);
+    an address keeps its CIDR suffix (`10.0.0.0/8`)."""
+    if not _IPV4.fullmatch(value):
+        value = re.split(r"[/?#]", value, maxsplit=1)[0]
+    return _PORT.sub("", value)
+
+
+def is_ipv4(value: str) -> bool:
+    """Whether a host is a dotted-quad address (with an optional CIDR suffix)."""
+    return bool(_IPV4.fullmatch(value))
+
+
+def is_hostname(name: str) -> bool:
+    """Whether a domain name is a host name STIX's `domain-name` accepts: labels of letters
+    (any script), digits and inner hyphens, at most 63 characters each and 253 in all (no `_`,
+    which DNS records may hold but host names may not)."""
+    labels = name.split(".")
+    return len(name) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels)
