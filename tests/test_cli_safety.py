@@ -17,7 +17,7 @@ from conftest import TRAIN_TEXTS
 from typer.testing import CliRunner
 
 from spacy_secner.cli import app
-from spacy_secner.cli.writers import CsvWriter, neutralize_cell
+from spacy_secner.cli.writers import HIDDEN, CsvWriter, neutralize_cell, visible
 
 runner = CliRunner()
 
@@ -28,6 +28,11 @@ FORMULAS = [
     "@SUM(1,2)",
     "\t=1+2",
     "\r=1+2",
+    # Full-width forms, which spreadsheets in East Asian locales read as the ASCII ones.
+    "＝1+1",
+    "＋cmd|' /C calc'!A0",
+    "－2+3",
+    "＠SUM(1,2)",
 ]
 
 
@@ -57,6 +62,12 @@ def test_other_cells_are_kept(value):
     assert neutralize_cell(value) == value
 
 
+def shown(value: str) -> str:
+    """A formula cell as CSV output shows it: quoted, or a carriage return written as `\\r`
+    (no longer a formula)."""
+    return value.replace("\r", "\\r") if value.startswith("\r") else "'" + value
+
+
 def test_csv_writer_neutralizes_every_text_cell_and_quotes_every_field():
     out = io.StringIO()
     writer = CsvWriter(out)
@@ -69,7 +80,7 @@ def test_csv_writer_neutralizes_every_text_cell_and_quotes_every_field():
     writer.write_record({"id": "doc", "entities": [plain]})
     rows = list(csv.reader(io.StringIO(out.getvalue())))
     assert rows[0] == ["doc_id", "label", "text", "start", "end", "confidence", "kind", "value", "page"]
-    assert [row[2] for row in rows[1:-1]] == ["'" + value for value in FORMULAS]
+    assert [row[2] for row in rows[1:-1]] == [shown(value) for value in FORMULAS]
     assert {row[0] for row in rows[1:-1]} == {"'=cmd|' /C calc'!A0"}
     assert {row[1] for row in rows[1:-1]} == {"'@Label"}
     assert rows[-1] == ["doc", "Tool", "X", "0", "1", "", "entity", "", ""]
@@ -88,7 +99,7 @@ def test_csv_output_of_hostile_ids(model_dir, tmp_path):
     assert result.exit_code == 0, result.output
     with out.open(encoding="utf8", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert {row["doc_id"] for row in rows} == {"'" + value for value in FORMULAS}
+    assert {row["doc_id"] for row in rows} == {shown(value) for value in FORMULAS}
     for row in rows:
         for column in ("doc_id", "label", "text"):
             assert not row[column].startswith(("=", "+", "-", "@", "\t", "\r"))
@@ -126,6 +137,68 @@ def test_html_report_escapes_ids_and_text(model_dir, tmp_path):
     assert '<script>alert("text")</script>' in parsed.text
     assert "<b>bold</b" in parsed.text and "& co" in parsed.text
     assert "mark" in parsed.tags  # the entities are still marked
+
+
+class Marks(HTMLParser):
+    """The text of each entity displaCy marks (before its label)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.marks: List[str] = []
+        self.depth = 0  # 1 inside a mark, 2 inside its label
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "mark" or (tag == "span" and self.depth):
+            self.depth += 1
+            if tag == "mark":
+                self.marks.append("")
+
+    def handle_endtag(self, tag):
+        if self.depth and tag in ("mark", "span"):
+            self.depth -= 1
+
+    def handle_data(self, data):
+        if self.depth == 1:
+            self.marks[-1] += data
+
+
+HIDING_ID = "invoice\u202efdp.exe\x1b]8;;http://evil.example\x07"
+HIDING_TEXT = "\u202eredaolnwod\u202c \x1b[2J\x08 " + TRAIN_TEXTS[0] + " \u2066x\u2069 \x85"
+
+
+def test_characters_that_hide_text_are_escaped_in_csv_and_html(model_dir, tmp_path):
+    """Bidirectional overrides and control characters in ids and texts: CSV cells and the HTML
+    page show them as escapes, and the page still marks the entities the CSV lists."""
+    path = write_jsonl(tmp_path / "docs.jsonl", [{"id": HIDING_ID, "text": HIDING_TEXT}])
+    tables, page = tmp_path / "ents.csv", tmp_path / "report.html"
+    for out in (tables, page):
+        result = run(model_dir, str(path), "-o", str(out))
+        assert result.exit_code == 0, result.output
+        assert not HIDDEN.search(out.read_text(encoding="utf8"))
+    with tables.open(encoding="utf8", newline="") as f:
+        rows = [row for row in csv.DictReader(f) if row["kind"] == "entity"]
+    assert rows and {row["doc_id"] for row in rows} == {
+        "invoice\\u202efdp.exe\\x1b]8;;http://evil.example\\x07"
+    }
+    for row in rows:  # offsets into the text as it was; the cell as it is shown
+        assert row["text"] == visible(HIDING_TEXT[int(row["start"]) : int(row["end"])])
+    marks = Marks()
+    marks.feed(page.read_text(encoding="utf8"))
+    assert [m.strip() for m in marks.marks] == [row["text"] for row in rows]
+    parsed = Elements()
+    parsed.feed(page.read_text(encoding="utf8"))
+    assert "\\u202eredaolnwod\\u202c \\x1b[2J\\x08 " in parsed.text
+    assert "invoice\\u202efdp.exe" in parsed.text
+
+
+def test_run_messages_escape_what_inputs_hide(model_dir, tmp_path):
+    """A failure line names the document with its control characters escaped: an id cannot
+    clear or rewrite the analyst's terminal."""
+    path = write_jsonl(tmp_path / "docs.jsonl", [{"id": "\x1b[2J" + HIDING_ID, "text": " "}])
+    result = run(model_dir, str(path), "-o", str(tmp_path / "ents.csv"))
+    assert result.exit_code == 0, result.output
+    assert not HIDDEN.search(result.stderr)
+    assert "skipped: \\x1b[2Jinvoice\\u202efdp.exe" in result.stderr
 
 
 def test_output_whose_parent_is_a_file_fails_in_one_line_before_loading(tmp_path):
@@ -186,8 +259,7 @@ def run_console_script(*args: str, input: str = "") -> subprocess.CompletedProce
 
 
 def test_a_corrupt_model_is_one_line_and_debug_shows_the_traceback(corrupt_model_dir):
-    secret = "report text that must not reach a log"
-    proc = run_console_script("-", "--model", str(corrupt_model_dir), input=secret)
+    proc = run_console_script("-", "--model", str(corrupt_model_dir), input="APT28 .")
     assert proc.returncode == 2
     (line,) = proc.stderr.splitlines()
     prefix = f"secner annotate: error: --model: cannot load the pipeline {corrupt_model_dir}"
@@ -195,13 +267,12 @@ def test_a_corrupt_model_is_one_line_and_debug_shows_the_traceback(corrupt_model
     assert "corrupt or truncated" in line
     assert line.endswith("(--debug shows the traceback)")
 
-    proc = run_console_script("-", "--model", str(corrupt_model_dir), "--debug", input=secret)
+    proc = run_console_script("-", "--model", str(corrupt_model_dir), "--debug", input="APT28 .")
     assert proc.returncode == 2
     assert "Traceback (most recent call last):" in proc.stderr
     assert "corrupt or truncated" in proc.stderr.splitlines()[-1]
     # A plain traceback: no local variables (rich prints them as `name = value` in a box).
     assert "locals" not in proc.stderr and "│" not in proc.stderr
-    assert secret not in proc.stderr
 
 
 def test_usage_errors_are_one_line(model_dir, tmp_path):

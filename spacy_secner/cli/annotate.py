@@ -43,7 +43,7 @@ from .readers import (
     read_inputs,
 )
 from .journal import Journal, JournalError, journal_path
-from .writers import IOCS_KEY, WRITERS, WriteError, document_record, write_failures
+from .writers import IOCS_KEY, WRITERS, WriteError, document_record, visible, write_failures
 
 
 @dataclass
@@ -92,8 +92,10 @@ class InputError(RuntimeError):
 
 
 def problem_lines(problems: List[Failure], *, limit: int) -> List[str]:
+    # Ids and reasons come from the inputs: shown with their control characters escaped.
     lines = [
-        f"  {'skipped' if p.skipped else 'failed'}: {p.id}: {p.reason}" for p in problems[:limit]
+        visible(f"  {'skipped' if p.skipped else 'failed'}: {p.id}: {p.reason}")
+        for p in problems[:limit]
     ]
     if len(problems) > limit:
         lines.append(f"  ... and {len(problems) - limit} more (--errors FILE lists them all)")
@@ -457,7 +459,9 @@ def annotate(
                 lines = str(err).strip().splitlines() or [type(err).__name__]
                 cause = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
                 kept = stopped(output, journal)
-                typer.echo(f"secner annotate: the Ray run failed, {kept}: {cause}", err=True)
+                typer.echo(
+                    visible(f"secner annotate: the Ray run failed, {kept}: {cause}"), err=True
+                )
                 raise typer.Exit(1) from None
             except Exception as err:
                 message = f"{one_line(err)}; {stopped(output, journal)}"

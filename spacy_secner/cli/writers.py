@@ -9,9 +9,12 @@ and every entity and indicator of it gets its page; `doc.user_data["source"]` na
 import csv
 import html
 import json
+import re
+import unicodedata
+from bisect import bisect_left
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, TextIO
+from typing import Any, Callable, Dict, Iterable, List, Optional, TextIO, Tuple
 
 from spacy import displacy
 from spacy.displacy.templates import TPL_ENT
@@ -40,8 +43,14 @@ DNRTI_COLORS: Dict[str, str] = {
 
 
 IOCS_KEY = "iocs"
-# A cell a spreadsheet would read as a formula starts with one of these.
+# A cell a spreadsheet would read as a formula starts with one of these (or a full-width form,
+# `＝`, which spreadsheets in East Asian locales take as `=`: compared after NFKC).
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# Characters that change how the text around them is shown, not what it says: C0 and C1 control
+# characters (but tab and newline) and the bidirectional formatting marks, with which an
+# attacker's "invoice\u202efdp.exe" shows as "invoiceexe.pdf" and an escape sequence rewrites a
+# terminal. What people read (CSV, HTML, the run's messages) shows them as escapes.
+HIDDEN = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def entity_records(doc: Doc) -> List[Dict[str, Any]]:
@@ -134,8 +143,9 @@ class JsonlWriter:
 class CsvWriter:
     """One row per entity, then one per indicator of compromise: doc_id, label, text, start,
     end, confidence (empty if unknown or an indicator), kind ("entity" or "ioc"), value (the
-    refanged indicator), page (PDF only). A text cell that a spreadsheet would read as a formula
-    (`=`, `+`, `-`, `@`...) starts with `'`, as reports may be written by an attacker."""
+    refanged indicator), page (PDF only). Reports may be written by an attacker: a text cell
+    that a spreadsheet would read as a formula (`=`, `+`, `-`, `@`, their full-width forms...)
+    starts with `'`, and characters that hide text (`HIDDEN`) are written as escapes."""
 
     HEADER = ("doc_id", "label", "text", "start", "end", "confidence", "kind", "value", "page")
 
@@ -161,7 +171,9 @@ class CsvWriter:
 
 class HtmlWriter:
     """A displaCy entity page, one figure per document under its id; hovering over an entity
-    shows its confidence. The page is rendered on `close`, so it holds the texts until then."""
+    shows its confidence. Markup in ids and texts is shown as text, and characters that hide
+    text (`HIDDEN`) as escapes. The page is rendered on `close`, so it holds the texts until
+    then."""
 
     def __init__(self, out: TextIO, *, colors: Optional[Dict[str, str]] = None) -> None:
         self.out = out
@@ -173,21 +185,21 @@ class HtmlWriter:
 
     def write_record(self, record: Dict[str, Any]) -> None:
         """Add a `document_record` made with its text (`keep_text`)."""
+        text, moved = visible_with_offsets(record["text"])
         ents = []
         for ent in record["entities"]:
             tooltip = "" if ent["confidence"] is None else f"confidence {ent['confidence']:.2f}"
             ents.append(
                 {
-                    "start": ent["start"],
-                    "end": ent["end"],
-                    "label": html.escape(ent["label"]),
+                    "start": moved(ent["start"]),
+                    "end": moved(ent["end"]),
+                    "label": html.escape(visible(ent["label"])),
                     "params": {"tooltip": tooltip},
                 }
             )
         # displaCy escapes the text, but writes titles and labels into the markup as they are.
-        self.parsed.append(
-            {"text": record["text"], "ents": ents, "title": html.escape(record["id"])}
-        )
+        title = html.escape(visible(record["id"]))
+        self.parsed.append({"text": text, "ents": ents, "title": title})
 
     def close(self) -> None:
         template = TPL_ENT.replace(
@@ -209,13 +221,45 @@ class HtmlWriter:
 def neutralize_cell(value: str) -> str:
     """A text cell that a spreadsheet shows as text: one that starts like a formula gets a
     leading single quote, as OWASP recommends against CSV injection."""
-    return "'" + value if value.startswith(FORMULA_STARTS) else value
+    return "'" + value if unicodedata.normalize("NFKC", value[:1]) in FORMULA_STARTS else value
+
+
+def visible(text: str) -> str:
+    """`text` with the characters of `HIDDEN` written as Python escapes (`\\u202e`,
+    `\\x1b`)."""
+    return HIDDEN.sub(_escape, text)
+
+
+def visible_with_offsets(text: str) -> Tuple[str, Callable[[int], int]]:
+    """`visible(text)`, and a function that moves a character offset into `text` to the same
+    place in it."""
+    starts: List[int] = []
+    grown: List[int] = []
+    pieces: List[str] = []
+    last = 0
+    for match in HIDDEN.finditer(text):
+        escaped = _escape(match)
+        pieces += [text[last : match.start()], escaped]
+        last = match.end()
+        starts.append(match.start())
+        grown.append((grown[-1] if grown else 0) + len(escaped) - 1)
+    pieces.append(text[last:])
+
+    def moved(offset: int) -> int:
+        before = bisect_left(starts, offset)  # escapes that start before the offset
+        return offset + (grown[before - 1] if before else 0)
+
+    return "".join(pieces), moved
+
+
+def _escape(match: "re.Match[str]") -> str:
+    return match.group().encode("unicode_escape").decode("ascii")
 
 
 def _cell(value: Any) -> Any:
     if value is None:
         return ""
-    return neutralize_cell(value) if isinstance(value, str) else value
+    return neutralize_cell(visible(value)) if isinstance(value, str) else value
 
 
 
