@@ -332,14 +332,22 @@ def test_a_pipeline_trains_on_packed_rows(tiny_bert_dir, monkeypatch):
     assert losses[-1] < losses[0]
 
 
-def test_packed_forward_refuses_backprop(tiny_bert_dir):
+def test_packed_forward_refuses_backprop(tiny_bert_dir, monkeypatch):
     from spacy_transformers.data_classes import WordpieceBatch
     from spacy_transformers.layers.transformer_model import huggingface_tokenize
 
     nlp = make_grouped_trf_nlp(tiny_bert_dir, 64)
     model = nlp.get_pipe("transformer").model
     wordpieces = WordpieceBatch.from_batch_encoding(huggingface_tokenize(model.tokenizer, TEXTS[:4]))
+    packed = []
+    original = grouped_encoder._packed_forward
+    monkeypatch.setattr(
+        grouped_encoder,
+        "_packed_forward",
+        lambda *args: packed.append(original(*args)) or packed[-1],
+    )
     output, backprop = length_sorted_forward(model.layers[0], wordpieces, False)
+    assert packed and packed[-1] is not None, "the packed rows answered, not the fallback"
     assert output.last_hidden_state.shape[:2] == wordpieces.input_ids.shape
     with pytest.raises(ValueError, match="only to predict"):
         backprop(output)
