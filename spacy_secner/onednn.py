@@ -1,9 +1,9 @@
 """A bound on the compiled oneDNN primitives PyTorch keeps in this process.
 
 On the CPU, PyTorch runs the BiLSTM of a single sequence or a padded batch through oneDNN, which
-compiles a primitive for each input shape and by default keeps 1,024 of them, about 0.8 MiB
+compiles a primitive for each input shape and by default keeps 1,024 of them, about 0.4 MiB
 each: a process that annotates texts of every length grows by hundreds of MiB and keeps it
-(BENCHMARKS.md, "oneDNN's primitive cache": 238 MiB over 300 lengths, 46 MiB with this bound).
+(BENCHMARKS.md, "oneDNN's primitive cache": 127 MiB over 300 lengths, 55 MiB with this bound).
 128 holds a shape for every length of a single sentence up to 128 tokens; a shape that was
 dropped costs a few milliseconds to compile again, next to tens of milliseconds for the
 document it comes with.
