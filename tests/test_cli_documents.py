@@ -3,6 +3,8 @@ extracted text, indicators beside the entities, and the inputs that fail."""
 
 import csv
 import json
+import os
+import threading
 from pathlib import Path
 from typing import Dict, List
 
@@ -145,6 +147,53 @@ def test_formats_forced_and_sniffed(iocs_model_dir, inputs, tmp_path):
     assert record["id"] == record["source"] == "<stdin>" and record["iocs"][-1]["page"] == 2
     result = run(iocs_model_dir, str(inputs / "iocs.txt"), "--input-format", "pdf")
     assert result.exit_code == 1 and "PDF: not a PDF (no %PDF- header)" in result.stderr
+
+
+def test_a_pdf_through_a_pipe_is_sniffed_and_read_whole(iocs_model_dir, inputs):
+    """`secner annotate <(curl ...)`: the path of a pipe, whose bytes can be read only once."""
+    if not Path("/dev/fd").is_dir():
+        pytest.skip("no /dev/fd")
+    data = (inputs / "report.pdf").read_bytes()
+    read_end, write_end = os.pipe()
+
+    def write() -> None:
+        with open(write_end, "wb") as pipe:
+            pipe.write(data)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        result = run(iocs_model_dir, f"/dev/fd/{read_end}")
+    finally:
+        writer.join(timeout=60)
+        os.close(read_end)
+    assert result.exit_code == 0, result.output
+    assert [i["page"] for i in json.loads(result.stdout)["iocs"]] == [1, 1, 2, 2, 2]
+
+
+def test_a_text_report_quoting_a_pdf_header_stays_text(iocs_model_dir, tmp_path):
+    report = tmp_path / "dropper.md"
+    report.write_text(
+        "The dropper writes a decoy that starts with %PDF-1.7 and calls " + IOC_LIST,
+        encoding="utf-8",
+    )
+    result = run(iocs_model_dir, str(report), "--keep-text")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["text"] == report.read_text(encoding="utf-8") and record["iocs"]
+
+
+@pytest.mark.parametrize("charset", ["rot13", "hex", "base64", "uu", "zlib", "undefined"])
+def test_a_page_declaring_a_charset_that_is_no_text_encoding(iocs_model_dir, tmp_path, charset):
+    """The declaration is ignored, as an unknown one is: the page is read as --encoding."""
+    page = tmp_path / "page.html"
+    page.write_text(
+        NAV_PAGE.replace("<head>", f'<head><meta charset="{charset}">', 1), encoding="utf-8"
+    )
+    assert f'charset="{charset}"' in page.read_text(encoding="utf-8")
+    result = run(iocs_model_dir, str(page))
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["id"] == str(page)
 
 
 def test_csv_has_indicator_rows_and_no_formulas(iocs_model_dir, inputs, tmp_path):

@@ -174,6 +174,32 @@ def test_a_journal_from_other_settings_is_not_resumed(model_dir, tmp_path, monke
     assert f"{journal_path(out)}:1 is not a journal record" in result.stderr
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".html"])
+def test_ids_that_are_not_valid_unicode_resume(model_dir, tmp_path, monkeypatch, suffix):
+    """A file name that is not UTF-8 and a JSONL id with a lone surrogate: written escaped, the
+    same in both runs, so the resumed run skips exactly the documents in the journal."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    try:
+        (folder / os.fsdecode(b"caf\xe9.txt")).write_text(TRAIN_TEXTS[0], encoding="utf8")
+    except (OSError, UnicodeEncodeError):
+        pytest.skip("the file system refuses names that are not UTF-8")
+    (folder / "plain.txt").write_text(TRAIN_TEXTS[1], encoding="utf8")
+    docs = write_docs(tmp_path / "docs.jsonl", ["bad\ud800", "ok", "bad\ud800", "last"])
+    inputs = [str(folder), str(docs)]
+    reference = tmp_path / f"reference{suffix}"
+    assert run(model_dir, *inputs, "-o", str(reference)).exit_code == 0
+    out = tmp_path / f"out{suffix}"
+    crash_after(monkeypatch, 3)
+    assert run(model_dir, *inputs, "-o", str(out), "--batch-size", "1").exit_code != 0
+    assert journal_records(journal_path(out)) == 3
+    monkeypatch.undo()
+    result = run(model_dir, *inputs, "-o", str(out), "--resume")
+    assert result.exit_code == 0, result.output
+    assert "6 documents read, 6 annotated (3 from the journal)" in result.stderr
+    assert out.read_text(encoding="utf8") == reference.read_text(encoding="utf8")
+
+
 def test_resume_without_a_journal_starts_from_the_first_document(model_dir, tmp_path):
     docs = write_docs(tmp_path / "docs.jsonl", [f"d{i}" for i in range(3)])
     out = tmp_path / "out.jsonl"

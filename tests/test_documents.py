@@ -1,6 +1,7 @@
 """PDF and HTML to text: pages, blocks, hyphenation, headers and footers, and the inputs that
 give no text. Every file is built here (fpdf2 writes the PDFs)."""
 
+import os
 from pathlib import Path
 from typing import List
 
@@ -14,6 +15,7 @@ fpdf = pytest.importorskip("fpdf")
 from spacy_secner.documents import (
     DocumentError,
     ExtractedText,
+    check_text_encoding,
     extract,
     mark_blocks,
     sniff,
@@ -200,8 +202,54 @@ def test_html_encodings():
         extract(b"<html><body><nav></nav></body></html>", "html")
 
 
+@pytest.mark.parametrize(
+    "charset", ["rot13", "hex", "base64", "uu", "zlib", "undefined", "utf-16", "utf-32"]
+)
+def test_html_charset_that_cannot_decode_the_page_is_ignored(charset):
+    """Not a text encoding, no encoding at all, or one in which the ASCII `<meta>` would not be
+    ASCII: the page is decoded with the given encoding, as for an unknown charset."""
+    page = '<html><head><meta charset="{}"></head><body><p>{}</p></body></html>'
+    text = "Le groupe APT28 a visé des ministères en 2016 avec X-Agent."
+    assert text in extract(page.format(charset, text).encode("utf-8"), "html").text
+    latin = page.format(charset, text).encode("cp1252")
+    assert text in extract(latin, "html", encoding="cp1252").text
+
+
+def test_html_from_a_pipe_is_read_up_to_the_limit():
+    """A pipe has no size to check before reading: no more than the limit is read."""
+    if not Path("/dev/fd").is_dir():
+        pytest.skip("no /dev/fd")
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"<html><body><p>APT28 used X-Agent.</p></body></html>" * 4)
+    os.close(write_end)
+    try:
+        with pytest.raises(DocumentError, match="too large: over the limit of 160 bytes"):
+            extract(Path(f"/dev/fd/{read_end}"), "html", max_chars=10)
+    finally:
+        os.close(read_end)
+
+
+def test_check_text_encoding():
+    assert check_text_encoding("UTF8") == "utf-8"
+    assert check_text_encoding("latin-1") == "iso8859-1"
+    assert check_text_encoding("shift_jis") == "shift_jis"
+    with pytest.raises(LookupError, match="unknown encoding 'nope'"):
+        check_text_encoding("nope")
+    for name in ("hex", "rot13", "base64"):
+        with pytest.raises(LookupError, match=f"'{name}' is not a text encoding"):
+            check_text_encoding(name)
+    for name in ("utf-16", "utf-32-le", "cp037", "undefined"):
+        with pytest.raises(LookupError, match="does not read ASCII bytes as ASCII"):
+            check_text_encoding(name)
+
+
 def test_sniff():
     assert sniff(b"%PDF-1.7\n...", ".txt") == "pdf"
+    # A text report may quote a signature: only one at the very start makes it a PDF.
+    quoted = b"The decoy starts with %PDF-1.7 and drops X-Agent."
+    assert sniff(quoted, ".txt") is None and sniff(quoted, ".MD") is None
+    assert sniff(quoted, "") == "pdf" and sniff(quoted, ".bin") == "pdf"
+    assert sniff(b"\xef\xbb\xbf \n%PDF-1.4", ".md") == "pdf"
     assert sniff(b"junk\n%PDF-1.4", "") == "pdf"
     assert sniff(b"\xef\xbb\xbf  <!DOCTYPE html><html>", ".txt") == "html"
     assert sniff(b"<!-- saved --><html lang=en>", "") == "html"

@@ -7,8 +7,11 @@ an HTML page with no main text), so one bad input never stops a run.
 """
 
 import json
+import os
+import re
 import sys
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -17,6 +20,9 @@ from ..documents import SNIFF_BYTES, DocumentError, extract, sniff
 STDIN = Path("-")
 STDIN_ID = "<stdin>"
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
+# The most bytes an input may take per character of --max-chars (see `byte_limit`).
+BYTES_PER_CHAR = {"text": 4, "html": 16, "pdf": 64}
+_SURROGATE = re.compile("[\ud800-\udfff]")
 # Files `secner annotate` reads under a directory, by --input-format, unless --glob says.
 DEFAULT_GLOBS: Dict[str, Tuple[str, ...]] = {
     "auto": ("*.txt", "*.pdf", "*.html", "*.htm"),
@@ -105,40 +111,35 @@ def read_inputs(
         bytes become U+FFFD and the text is annotated).
     max_chars (int): Longer texts fail as too large.
     """
+    options = dict(encoding=encoding, encoding_errors=encoding_errors, max_chars=max_chars)
     for path in paths:
         kind = input_kind(path, input_format)
         if kind == "jsonl":
-            yield from read_jsonl(
-                path, encoding=encoding, encoding_errors=encoding_errors, max_chars=max_chars
-            )
+            yield from read_jsonl(path, **options)
+        elif path == STDIN or not path.is_file():
+            # stdin, a pipe or a device can be read only once: its kind is sniffed from the
+            # bytes read.
+            yield read_stream(path, kind, **options)
         elif kind in ("pdf", "html"):
-            yield read_document(
-                path,
-                kind,
-                encoding=encoding,
-                encoding_errors=encoding_errors,
-                max_chars=max_chars,
-            )
+            yield read_document(path, kind, **options)
         else:
-            yield read_text(
-                path,
-                encoding=encoding,
-                encoding_errors=encoding_errors,
-                max_chars=max_chars,
-                sniff_stdin=input_format == "auto",
-            )
+            yield read_text(path, **options)
 
 
-def input_kind(path: Path, input_format: str) -> str:
-    """How `read_inputs` reads `path` under `input_format`: "jsonl", "pdf", "html" or "text".
-    "auto" goes by the suffix (.jsonl/.ndjson, .pdf, .html/.htm) and then by the first bytes
-    (`%PDF-`, `<!DOCTYPE html`, `<html`); stdin is sniffed once read (see `read_text`)."""
+def input_kind(path: Path, input_format: str) -> Optional[str]:
+    """How `read_inputs` reads `path` under `input_format`: "jsonl", "pdf", "html", "text", or
+    None where the first bytes decide once read. "auto" goes by the suffix (.jsonl/.ndjson, .pdf,
+    .html/.htm) and then by the first bytes (see `sniff`); stdin, pipes and devices are not
+    opened here, as their bytes can be read only once (see `read_stream`)."""
     if input_format != "auto":
         return input_format
     if path == STDIN:
-        return "text"
+        return None
     if path.suffix.lower() in JSONL_SUFFIXES:
         return "jsonl"
+    by_suffix = sniff(b"", path.suffix)
+    if by_suffix is not None or not path.is_file():
+        return by_suffix
     try:
         with path.open("rb") as f:
             head = f.read(SNIFF_BYTES)
@@ -154,32 +155,52 @@ def is_jsonl(path: Path, input_format: str) -> bool:
     return input_format == "jsonl"
 
 
-def read_text(
+def path_id(path: Path) -> str:
+    """The id of a file: its path as given, `<stdin>` for stdin. Bytes of a file name that are
+    not UTF-8 become backslash escapes (`caf\\xe9.txt`), so every id can be written as UTF-8
+    and is the same in every run (`--resume` matches by id)."""
+    if path == STDIN:
+        return STDIN_ID
+    try:
+        return os.fsencode(path).decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that is no escaped byte (not from the OS)
+        return escape_surrogates(str(path))
+
+
+def escape_surrogates(text: str) -> str:
+    """`text` with each lone surrogate (which UTF-8 cannot encode) as a `\\udxxx` escape."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def byte_limit(kind: str, max_chars: int) -> int:
+    """The most bytes an input of `kind` may take for a text of `max_chars` characters: no
+    encoding takes more than 4 bytes per character; markup and PDF layout take more."""
+    return BYTES_PER_CHAR.get(kind, BYTES_PER_CHAR["text"]) * max_chars
+
+
+def read_stream(
     path: Path,
+    kind: Optional[str],
     *,
     encoding: str = "utf-8",
     encoding_errors: str = "strict",
     max_chars: int,
-    sniff_stdin: bool = False,
 ) -> Item:
-    """One file (or stdin) as one document, its id the path as given. With `sniff_stdin`, stdin
-    that starts like a PDF or an HTML page is read as one."""
-    doc_id = STDIN_ID if path == STDIN else str(path)
+    """Stdin, a pipe or a device as one document, read once: of `kind`, or (None) a PDF or an
+    HTML page if its first bytes say so (see `sniff`), else text. At most the byte limit of
+    its kind (see `byte_limit`) is read, so an endless stream fails as too large."""
+    doc_id = path_id(path)
     try:
-        if path == STDIN:
-            data = sys.stdin.buffer.read()
-        else:
-            # No encoding takes more than 4 bytes per character: skip reading a huge file.
-            size = path.stat().st_size
-            if size > 4 * max_chars:
-                return Failure(
-                    doc_id, f"too large: {size} bytes, over the limit of {max_chars} chars"
-                )
-            data = path.read_bytes()
+        with nullcontext(sys.stdin.buffer) if path == STDIN else path.open("rb") as f:
+            head = f.read(SNIFF_BYTES)
+            kind = kind or sniff(head, path.suffix) or "text"
+            limit = byte_limit(kind, max_chars)
+            data = head + f.read(max(0, limit + 1 - len(head)))
     except OSError as err:
         return Failure(doc_id, f"cannot read: {err.strerror or err}")
-    kind = sniff(data[:SNIFF_BYTES]) if path == STDIN and sniff_stdin else None
-    if kind is not None:
+    if len(data) > limit:
+        return Failure(doc_id, f"too large: over {limit} bytes, the limit for {max_chars} chars")
+    if kind in ("pdf", "html"):
         return read_document(
             data,
             kind,
@@ -188,6 +209,43 @@ def read_text(
             encoding_errors=encoding_errors,
             max_chars=max_chars,
         )
+    return text_document(
+        doc_id, data, encoding=encoding, encoding_errors=encoding_errors, max_chars=max_chars
+    )
+
+
+def read_text(
+    path: Path,
+    *,
+    encoding: str = "utf-8",
+    encoding_errors: str = "strict",
+    max_chars: int,
+) -> Item:
+    """One file as one document, its id the path as given (see `path_id`)."""
+    doc_id = path_id(path)
+    limit = byte_limit("text", max_chars)
+    try:
+        # Skip reading a huge file; read no more than the limit in case it grows.
+        size = path.stat().st_size
+        if size > limit:
+            return Failure(
+                doc_id, f"too large: {size} bytes, over the limit of {max_chars} chars"
+            )
+        with path.open("rb") as f:
+            data = f.read(limit + 1)
+    except OSError as err:
+        return Failure(doc_id, f"cannot read: {err.strerror or err}")
+    if len(data) > limit:
+        return Failure(doc_id, f"too large: over {limit} bytes, the limit for {max_chars} chars")
+    return text_document(
+        doc_id, data, encoding=encoding, encoding_errors=encoding_errors, max_chars=max_chars
+    )
+
+
+def text_document(
+    doc_id: str, data: bytes, *, encoding: str, encoding_errors: str, max_chars: int
+) -> Item:
+    """The bytes of a text file as a document, or why they cannot be one."""
     if b"\x00" in data:
         return Failure(doc_id, "binary file (contains NUL bytes)")
     try:
@@ -196,7 +254,7 @@ def read_text(
         return Failure(doc_id, str(err))
     if len(text) > max_chars:
         return Failure(doc_id, f"too large: {len(text)} chars > limit of {max_chars}")
-    return Document(doc_id, text, source=doc_id)
+    return checked_document(Document(doc_id, text, source=doc_id), encoding_errors)
 
 
 def read_document(
@@ -208,12 +266,10 @@ def read_document(
     encoding_errors: str = "strict",
     max_chars: int,
 ) -> Item:
-    """A PDF or HTML file (or its bytes, from stdin) as one document: its text as
-    `spacy_secner.documents` extracts it, with page and block offsets. Its id is the path."""
+    """A PDF or HTML file (or its bytes) as one document: its text as `spacy_secner.documents`
+    extracts it, with page and block offsets. Its id is the path (see `path_id`)."""
     if doc_id is None:
-        doc_id = STDIN_ID if source == STDIN else str(source)
-    if source == STDIN:
-        source = sys.stdin.buffer.read()
+        doc_id = path_id(source) if isinstance(source, Path) else STDIN_ID
     try:
         extracted = extract(
             source,
@@ -226,12 +282,29 @@ def read_document(
         return Failure(doc_id, f"{kind.upper()}: {err}")
     except ImportError as err:
         return Failure(doc_id, f"{kind.upper()} input needs spacy-secner[documents] ({err})")
-    return Document(
+    document = Document(
         doc_id,
         extracted.text,
         source=doc_id,
         page_starts=extracted.page_starts,
         block_starts=extracted.block_starts,
+    )
+    return checked_document(document, encoding_errors, prefix=f"{kind.upper()}: ")
+
+
+def checked_document(document: Document, encoding_errors: str, *, prefix: str = "") -> Item:
+    """The document if its text is valid Unicode. A lone surrogate (a JSON `\\ud800`, or from
+    an escape codec) cannot be written as UTF-8: it fails the document, or with "replace"
+    becomes U+FFFD (one character for one, so the offsets stay)."""
+    match = _SURROGATE.search(document.text)
+    if match is None:
+        return document
+    if encoding_errors == "replace":
+        return replace(document, text=_SURROGATE.sub("\ufffd", document.text))
+    return Failure(
+        document.id,
+        f"{prefix}not valid Unicode: lone surrogate U+{ord(match.group()):04X} at offset "
+        f"{match.start()} (--encoding-errors replace annotates it anyway)",
     )
 
 
@@ -241,8 +314,9 @@ def read_jsonl(
     """One document per line, {"id": ..., "text": ...}; blank lines are ignored. A bad line
     fails, and the other lines are still read. A line without an id gets `file:line` as id, as
     does the failure of a line that is not an object; the reason for the failure of a line with
-    an id starts with `file:line`. Ids are written as strings."""
-    name = STDIN_ID if path == STDIN else str(path)
+    an id starts with `file:line`. Ids are written as strings, a lone surrogate in them
+    (`"\\ud800"`, which UTF-8 cannot encode) as its escape."""
+    name = path_id(path)
     try:
         lines = sys.stdin.buffer if path == STDIN else path.open("rb")
     except OSError as err:
@@ -266,7 +340,7 @@ def read_jsonl(
             if not isinstance(record, dict):
                 yield Failure(where, f"not a JSON object but {type(record).__name__}")
                 continue
-            doc_id = str(record["id"]) if record.get("id") is not None else where
+            doc_id = escape_surrogates(str(record["id"])) if record.get("id") is not None else where
             prefix = "" if doc_id == where else f"{where}: "
             text = record.get("text")
             if not isinstance(text, str):
@@ -275,7 +349,8 @@ def read_jsonl(
                 reason = f"too large: {len(text)} chars > limit of {max_chars}"
                 yield Failure(doc_id, prefix + reason)
             else:
-                yield Document(doc_id, text, source=where)
+                document = Document(doc_id, text, source=where)
+                yield checked_document(document, encoding_errors, prefix=prefix)
     finally:
         if lines is not sys.stdin.buffer:
             lines.close()
@@ -294,3 +369,6 @@ def decode(data: bytes, encoding: str, errors: str) -> str:
             f"cannot decode as {err.encoding}: byte 0x{data[err.start]:02x} at offset "
             f"{err.start}{hint}"
         ) from None
+    except (LookupError, ValueError) as err:
+        # A codec that fails without a position (`idna` on a long line, `undefined`).
+        raise ValueError(f"cannot decode as {encoding}: {err}") from None

@@ -10,6 +10,7 @@ PDF needs pypdfium2 and HTML trafilatura: `pip install spacy-secner[documents]`.
 imported only when a document of that kind is read.
 """
 
+import codecs
 from bisect import bisect_right
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +22,12 @@ Source = Union[Path, bytes]
 
 PDF_SUFFIXES = (".pdf",)
 HTML_SUFFIXES = (".html", ".htm", ".xhtml")
+# Suffixes of plain text: a signature in such a file counts only at its very start.
+TEXT_SUFFIXES = (".txt", ".text", ".md", ".markdown", ".rst", ".log")
 # How far into a file its signature is looked for: PDF readers accept junk before `%PDF-`.
 SNIFF_BYTES = 1024
+# What an encoding must decode to the same ASCII text: the bytes the readers look for.
+_ASCII_PROBE = b'\x00\t\n\r {}[]":,<>/=09AZaz'
 
 
 class DocumentError(ValueError):
@@ -56,20 +61,47 @@ def page_at(page_starts: Sequence[int], offset: int) -> int:
 
 def sniff(head: bytes, suffix: str = "") -> Optional[str]:
     """The kind of a document from its first bytes and its file suffix: "pdf", "html" or None
-    (plain text). The suffix decides where it names a kind, so a broken `.pdf` fails as a PDF."""
+    (plain text). The suffix decides where it names a kind, so a broken `.pdf` fails as a PDF.
+    A text suffix (`.txt`, `.md`...) is a PDF or HTML page only if the file starts like one, so a
+    report that quotes `%PDF-` stays text; any other file is a PDF if `%PDF-` is in its head."""
     suffix = suffix.lower()
     if suffix in PDF_SUFFIXES:
         return "pdf"
     if suffix in HTML_SUFFIXES:
         return "html"
-    if b"%PDF-" in head[:SNIFF_BYTES]:
-        return "pdf"
     start = head[:SNIFF_BYTES].lstrip(b"\xef\xbb\xbf\xff\xfe \t\r\n").lower()
+    if start.startswith(b"%pdf-") or (
+        suffix not in TEXT_SUFFIXES and b"%PDF-" in head[:SNIFF_BYTES]
+    ):
+        return "pdf"
     if start.startswith((b"<!doctype html", b"<html")) or (
         start.startswith((b"<?xml", b"<!--")) and b"<html" in start
     ):
         return "html"
     return None
+
+
+def check_text_encoding(name: str) -> str:
+    """The codec name of `name` if it can decode the inputs: a text encoding (not `hex`,
+    `rot13`...) that reads ASCII bytes as ASCII, since NUL bytes, newlines and markup are
+    looked for in the bytes before decoding (so not UTF-16, UTF-32 or EBCDIC).
+    RAISES LookupError: Why it cannot, for a person."""
+    try:
+        codec = codecs.lookup(name).name
+    except LookupError:
+        raise LookupError(f"unknown encoding {name!r}") from None
+    try:
+        ascii_compatible = _ASCII_PROBE.decode(name) == _ASCII_PROBE.decode("ascii")
+    except LookupError:  # bytes.decode refuses bytes-to-bytes and str-to-str codecs
+        raise LookupError(f"{name!r} is not a text encoding") from None
+    except ValueError:  # `undefined`, or UTF-32 and the like on the probe
+        ascii_compatible = False
+    if not ascii_compatible:
+        raise LookupError(
+            f"{name!r} does not read ASCII bytes as ASCII (UTF-16, UTF-32 and EBCDIC are not "
+            "supported: convert the files to UTF-8)"
+        )
+    return codec
 
 
 def extract(
@@ -105,13 +137,16 @@ def extract(
 
 
 def _read_bytes(path: Path, limit: int) -> bytes:
+    """The bytes of a file; RAISES DocumentError if there are more than `limit` or it cannot be
+    read. At most `limit + 1` bytes are read: a pipe or a device has no size to check first."""
     try:
-        size = path.stat().st_size
-        if size > limit:
-            raise DocumentError(f"too large: {size} bytes, over the limit of {limit}")
-        return path.read_bytes()
+        with path.open("rb") as f:
+            data = f.read(limit + 1)
     except OSError as err:
         raise DocumentError(f"cannot read: {err.strerror or err}") from None
+    if len(data) > limit:
+        raise DocumentError(f"too large: over the limit of {limit} bytes")
+    return data
 
 
 def mark_blocks(doc: Doc, block_starts: Tuple[int, ...]) -> Doc:

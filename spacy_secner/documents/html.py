@@ -11,7 +11,7 @@ import logging
 import re
 from typing import Optional, Tuple
 
-from . import DocumentError, ExtractedText
+from . import DocumentError, ExtractedText, check_text_encoding
 
 # <meta charset="..."> or <meta http-equiv="Content-Type" content="text/html; charset=...">.
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9._:-]+)""", re.I)
@@ -61,10 +61,16 @@ def decode_html(data: bytes, *, encoding: str = "utf-8", errors: str = "strict")
         raise DocumentError(
             f"cannot decode as {charset}: byte 0x{bad:02x} at offset {skip + err.start}{hint}"
         ) from None
+    except (LookupError, ValueError) as err:
+        # A codec that fails without a position (`undefined`, `idna` on long labels).
+        raise DocumentError(f"cannot decode as {charset}: {err}") from None
 
 
 def _charset(data: bytes, default: str) -> Tuple[str, int]:
-    """The charset to decode with, and how many bytes of byte-order mark to skip."""
+    """The charset to decode with, and how many bytes of byte-order mark to skip. A declared
+    charset that cannot decode the page (unknown, not a text encoding such as `rot13` or
+    `base64`, or one in which the ASCII `<meta>` itself would not be ASCII, such as UTF-16) is
+    ignored, as browsers do."""
     for bom, name in _BOMS:
         if data.startswith(bom):
             return name, len(bom)
@@ -72,9 +78,9 @@ def _charset(data: bytes, default: str) -> Tuple[str, int]:
     declared: Optional[str] = match.group(1).decode("ascii").lower() if match else None
     if declared:
         try:
-            return codecs.lookup(declared).name, 0
+            return check_text_encoding(declared), 0
         except LookupError:
-            pass  # an unknown name: decode as the caller said
+            pass  # decode as the caller said
     return default, 0
 
 
