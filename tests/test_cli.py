@@ -213,32 +213,44 @@ def parse_html(markup: str) -> MarkCollector:
     return parser
 
 
-def test_html_report(model_dir, tmp_path):
-    texts = {f"<doc {i}>": text for i, text in enumerate(TRAIN_TEXTS[:3])}
-    texts["Kaspersky’s report"] = TRAIN_TEXTS[3]
+HTML_TEXTS = {f"<doc {i}>": text for i, text in enumerate(TRAIN_TEXTS[:3])}
+HTML_TEXTS["Kaspersky’s report"] = TRAIN_TEXTS[3]
+HTML_ENTS = [ent for ents in GOLD_ENTS[:4] for ent in ents]
+
+
+def write_html_report(model_dir: Path, tmp_path: Path) -> Path:
     path = tmp_path / "docs.jsonl"
-    path.write_text("".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in texts.items()))
+    records = [{"id": k, "text": v} for k, v in HTML_TEXTS.items()]
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
     report = tmp_path / "report.html"
     result = run(model_dir, str(path), "-o", str(report))
     assert result.exit_code == 0, result.output
-    markup = report.read_text(encoding="utf8")
+    return report
+
+
+def test_html_report(model_dir, tmp_path):
+    markup = write_html_report(model_dir, tmp_path).read_text(encoding="utf8")
     parsed = parse_html(markup)
     assert {"charset": "utf-8"} in parsed.metas
     # Doc ids are escaped: "<doc 0>" is a title, not a tag.
-    assert parsed.titles == list(texts)
-    expected = [ent for ents in GOLD_ENTS[:4] for ent in ents]
+    assert parsed.titles == list(HTML_TEXTS)
+    expected = HTML_ENTS
     assert [tuple(mark.split()[:-1]) for mark in parsed.marks] == [
         tuple(text.split()) for text, _ in expected
     ]
     assert [mark.split()[-1] for mark in parsed.marks] == [label for _, label in expected]
     assert f"background: {writers.DNRTI_COLORS['HackOrg']}" in markup
-    check_in_browser(report, [text for text, _ in expected], tmp_path)
 
 
-def check_in_browser(report: Path, entity_texts: List[str], tmp_path: Path) -> None:
+@pytest.mark.skipif(
+    not (shutil.which("chromium") or shutil.which("chromium-browser")),
+    reason="chromium is not installed (test_html_report checks the markup without it)",
+)
+def test_html_report_renders_in_a_browser(model_dir, tmp_path):
+    """The page as headless Chromium renders it: every entity marked, the UTF-8 title read
+    as UTF-8, not a guessed encoding."""
+    report = write_html_report(model_dir, tmp_path)
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("chromium is not installed: the HTML was parsed but not rendered")
     proc = subprocess.run(
         [
             chromium,
@@ -260,7 +272,7 @@ def check_in_browser(report: Path, entity_texts: List[str], tmp_path: Path) -> N
     assert proc.returncode == 0, proc.stderr[-2000:]
     dom = parse_html(proc.stdout)
     rendered = " ".join(" ".join(mark.split()) for mark in dom.marks)
-    for text in entity_texts:
+    for text, _ in HTML_ENTS:
         assert text in rendered
     assert dom.titles[-1] == "Kaspersky’s report"  # read as UTF-8, not a guessed encoding
 
@@ -353,6 +365,114 @@ def test_usage_errors_exit_2(model_dir, tmp_path):
     assert run(model_dir, "-", "--encoding", "no-such-codec").exit_code == 2
     assert run(tmp_path / "no-model", "-", input="x").exit_code == 2
     assert run(model_dir, "-", "--format", "xml").exit_code == 2
+
+
+@pytest.mark.parametrize(
+    "encoding, reason",
+    [
+        ("no-such-codec", "unknown encoding 'no-such-codec'"),
+        ("hex", "'hex' is not a text encoding"),
+        ("rot13", "'rot13' is not a text encoding"),
+        ("utf-16", "'utf-16' does not read ASCII bytes as ASCII"),
+        ("utf-32", "'utf-32' does not read ASCII bytes as ASCII"),
+    ],
+)
+def test_encodings_that_cannot_read_the_inputs_exit_2_before_loading(tmp_path, encoding, reason):
+    """The pipeline named does not exist: the error must come before it is loaded."""
+    path = tmp_path / "a.txt"
+    path.write_text(TRAIN_TEXTS[0], encoding="utf8")
+    result = run(tmp_path / "no-model", str(path), "--encoding", encoding)
+    assert result.exit_code == 2
+    assert f"error: --encoding: {reason}" in result.stderr
+
+
+def test_an_input_is_never_the_output(tmp_path):
+    feed = tmp_path / "feed.jsonl"
+    feed.write_text(json.dumps({"id": "a", "text": TRAIN_TEXTS[0]}) + "\n", encoding="utf8")
+    (tmp_path / "link.jsonl").symlink_to(feed)
+    before = feed.read_bytes()
+    for option, target in [("-o", feed), ("--errors", feed), ("-o", tmp_path / "link.jsonl")]:
+        result = run(tmp_path / "no-model", str(feed), option, str(target))
+        assert result.exit_code == 2
+        shown = "--output" if option == "-o" else "--errors"
+        assert f"error: {shown}: {target} is an input file" in result.stderr
+    assert feed.read_bytes() == before
+
+
+def non_utf8_name(directory: Path) -> Path:
+    """A file whose name is not valid UTF-8 (`café.txt` in Latin-1), where the OS allows one."""
+    path = directory / os.fsdecode(b"caf\xe9.txt")
+    try:
+        path.write_text(TRAIN_TEXTS[1], encoding="utf8")
+    except (OSError, UnicodeEncodeError):
+        pytest.skip("the file system refuses names that are not UTF-8")
+    return path
+
+
+def test_ids_that_are_not_valid_unicode(model_dir, tmp_path):
+    """UTF-8 cannot encode a lone surrogate: ids are escaped, texts fail by their line."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    non_utf8_name(folder)
+    feed = tmp_path / "feed.jsonl"
+    lines = [
+        {"id": "bad\ud800", "text": TRAIN_TEXTS[2]},
+        {"id": "broken-text", "text": "APT28 \udc00 ."},
+        {"id": "ok", "text": TRAIN_TEXTS[3]},
+    ]
+    feed.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="ascii")
+    out, errors = tmp_path / "out.jsonl", tmp_path / "errors.jsonl"
+    result = run(model_dir, str(folder), str(feed), "-o", str(out), "--errors", str(errors))
+    assert result.exit_code == 1, result.output
+    records = read_jsonl(out.read_text(encoding="utf8"))
+    assert [r["id"] for r in records] == [f"{folder}{os.sep}caf\\xe9.txt", "bad\\ud800", "ok"]
+    assert [pairs(r) for r in records] == [GOLD_ENTS[1], GOLD_ENTS[2], GOLD_ENTS[3]]
+    (problem,) = read_jsonl(errors.read_text(encoding="utf8"))
+    assert problem == {
+        "id": "broken-text",
+        "status": "failed",
+        "reason": f"{feed}:2: not valid Unicode: lone surrogate U+DC00 at offset 6 "
+        "(--encoding-errors replace annotates it anyway)",
+    }
+    result = run(model_dir, str(feed), "--encoding-errors", "replace", "--keep-text")
+    assert result.exit_code == 0, result.output
+    assert read_jsonl(result.stdout)[1]["text"] == "APT28 \ufffd ."
+
+
+def pipe_holding(data: bytes) -> Path:
+    """A pipe with `data` in it and its write end closed, as `<(...)` gives: its path can be
+    opened more than once, and the bytes are there once only."""
+    if not Path("/dev/fd").is_dir():
+        pytest.skip("no /dev/fd")
+    read_end, write_end = os.pipe()
+    assert len(data) <= 60_000  # fits in the pipe's buffer: no writer thread needed
+    os.write(write_end, data)
+    os.close(write_end)
+    return Path(f"/dev/fd/{read_end}")
+
+
+def test_a_pipe_is_read_once_and_whole(model_dir):
+    text = " ".join(TRAIN_TEXTS) * 60  # more than a read buffer or two
+    pipe = pipe_holding(text.encode("utf8"))
+    try:
+        result = run(model_dir, str(pipe), "--keep-text")
+    finally:
+        os.close(int(pipe.name))
+    assert result.exit_code == 0, result.output
+    (record,) = read_jsonl(result.stdout)
+    assert record["id"] == str(pipe) and record["text"] == text
+
+
+def test_a_pipe_past_the_byte_limit_is_not_read_to_its_end(model_dir):
+    pipe = pipe_holding(b"APT28 " * 5000)
+    try:
+        result = run(model_dir, str(pipe), "--max-chars", "1000")
+    finally:
+        os.close(int(pipe.name))
+    assert result.exit_code == 1
+    assert f"failed: {pipe}: too large: over 4000 bytes, the limit for 1000 chars" in (
+        result.stderr
+    )
 
 
 def test_output_is_replaced_only_when_the_run_completes(model_dir, tmp_path, monkeypatch):

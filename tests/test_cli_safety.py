@@ -17,7 +17,8 @@ from conftest import TRAIN_TEXTS
 from typer.testing import CliRunner
 
 from spacy_secner.cli import app
-from spacy_secner.cli.writers import HIDDEN, CsvWriter, neutralize_cell, visible
+from spacy_secner.cli.escapes import HIDDEN, visible
+from spacy_secner.cli.writers import CsvWriter, neutralize_cell
 
 runner = CliRunner()
 

@@ -43,7 +43,8 @@ from .readers import (
     read_inputs,
 )
 from .journal import Journal, JournalError, journal_path
-from .writers import IOCS_KEY, WRITERS, WriteError, document_record, visible, write_failures
+from .escapes import visible
+from .writers import IOCS_KEY, WRITERS, WriteError, document_record, write_failures
 
 
 @dataclass

@@ -1,6 +1,5 @@
 """The options of `secner annotate`: their types, the checks made before the pipeline loads, and
 errors reported in one line."""
-import codecs
 import importlib.util
 import os
 import sys
@@ -15,6 +14,8 @@ import spacy
 import typer
 from spacy.language import Language
 
+from ..documents import check_text_encoding
+from .escapes import visible
 from .readers import STDIN
 
 
@@ -70,7 +71,8 @@ def errors_in_one_line(*, debug: bool) -> Iterator[None]:
             traceback.print_exc(file=sys.stderr)
         elif hint:
             message += " (--debug shows the traceback)"
-        typer.echo(f"secner annotate: error: {message}", err=True)
+        # Paths and reasons may come from the inputs: their control characters escaped.
+        typer.echo(visible(f"secner annotate: error: {message}"), err=True)
         raise typer.Exit(code) from None
 
 
@@ -100,16 +102,27 @@ def check_arguments(
     if inputs.count(STDIN) > 1:
         raise CliError("stdin (-) can be read only once")
     try:
-        codecs.lookup(encoding)
-    except LookupError:
-        raise CliError(f"--encoding: unknown encoding {encoding!r}") from None
+        check_text_encoding(encoding)
+    except LookupError as err:
+        raise CliError(f"--encoding: {err}") from None
     if n_process > 1 and gpu_id >= 0:
         raise CliError("--n-process > 1 runs on CPU only: drop it or --gpu-id")
     if output is not None and errors is not None and output.resolve() == errors.resolve():
         raise CliError("--errors must not be the --output file")
     for option, path in (("--output", output), ("--errors", errors)):
         if path is not None:
+            check_not_an_input(path, inputs, option)
             check_writable(path, option)
+
+
+def check_not_an_input(path: Path, inputs: List[Path], option: str) -> None:
+    """RAISES CliError if `path` is one of the input files (a link or another name for it
+    included): the run would replace the documents it reads."""
+    if not path.exists():
+        return
+    for given in inputs:
+        if given != STDIN and not given.is_dir() and os.path.samefile(given, path):
+            raise CliError(f"{option}: {path} is an input file: it would be overwritten")
 
 
 def check_writable(path: Path, option: str) -> None:

@@ -9,12 +9,10 @@ and every entity and indicator of it gets its page; `doc.user_data["source"]` na
 import csv
 import html
 import json
-import re
 import unicodedata
-from bisect import bisect_left
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, TextIO, Tuple
+from typing import Any, Dict, Iterable, List, Optional, TextIO
 
 from spacy import displacy
 from spacy.displacy.templates import TPL_ENT
@@ -22,6 +20,7 @@ from spacy.tokens import Doc, Span
 
 from ..atomic import atomic_output
 from ..documents import page_at
+from .escapes import visible, visible_with_offsets
 from .readers import Failure
 
 # A colour per DNRTI label for the HTML report; other labels get displaCy's grey.
@@ -46,11 +45,6 @@ IOCS_KEY = "iocs"
 # A cell a spreadsheet would read as a formula starts with one of these (or a full-width form,
 # `＝`, which spreadsheets in East Asian locales take as `=`: compared after NFKC).
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-# Characters that change how the text around them is shown, not what it says: C0 and C1 control
-# characters (but tab and newline) and the bidirectional formatting marks, with which an
-# attacker's "invoice\u202efdp.exe" shows as "invoiceexe.pdf" and an escape sequence rewrites a
-# terminal. What people read (CSV, HTML, the run's messages) shows them as escapes.
-HIDDEN = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def entity_records(doc: Doc) -> List[Dict[str, Any]]:
@@ -145,7 +139,7 @@ class CsvWriter:
     end, confidence (empty if unknown or an indicator), kind ("entity" or "ioc"), value (the
     refanged indicator), page (PDF only). Reports may be written by an attacker: a text cell
     that a spreadsheet would read as a formula (`=`, `+`, `-`, `@`, their full-width forms...)
-    starts with `'`, and characters that hide text (`HIDDEN`) are written as escapes."""
+    starts with `'`, and characters that hide text (`escapes.HIDDEN`) are written as escapes."""
 
     HEADER = ("doc_id", "label", "text", "start", "end", "confidence", "kind", "value", "page")
 
@@ -172,7 +166,7 @@ class CsvWriter:
 class HtmlWriter:
     """A displaCy entity page, one figure per document under its id; hovering over an entity
     shows its confidence. Markup in ids and texts is shown as text, and characters that hide
-    text (`HIDDEN`) as escapes. The page is rendered on `close`, so it holds the texts until
+    text (`escapes.HIDDEN`) as escapes. The page is rendered on `close`, so it holds the texts until
     then."""
 
     def __init__(self, out: TextIO, *, colors: Optional[Dict[str, str]] = None) -> None:
@@ -222,38 +216,6 @@ def neutralize_cell(value: str) -> str:
     """A text cell that a spreadsheet shows as text: one that starts like a formula gets a
     leading single quote, as OWASP recommends against CSV injection."""
     return "'" + value if unicodedata.normalize("NFKC", value[:1]) in FORMULA_STARTS else value
-
-
-def visible(text: str) -> str:
-    """`text` with the characters of `HIDDEN` written as Python escapes (`\\u202e`,
-    `\\x1b`)."""
-    return HIDDEN.sub(_escape, text)
-
-
-def visible_with_offsets(text: str) -> Tuple[str, Callable[[int], int]]:
-    """`visible(text)`, and a function that moves a character offset into `text` to the same
-    place in it."""
-    starts: List[int] = []
-    grown: List[int] = []
-    pieces: List[str] = []
-    last = 0
-    for match in HIDDEN.finditer(text):
-        escaped = _escape(match)
-        pieces += [text[last : match.start()], escaped]
-        last = match.end()
-        starts.append(match.start())
-        grown.append((grown[-1] if grown else 0) + len(escaped) - 1)
-    pieces.append(text[last:])
-
-    def moved(offset: int) -> int:
-        before = bisect_left(starts, offset)  # escapes that start before the offset
-        return offset + (grown[before - 1] if before else 0)
-
-    return "".join(pieces), moved
-
-
-def _escape(match: "re.Match[str]") -> str:
-    return match.group().encode("unicode_escape").decode("ascii")
 
 
 def _cell(value: Any) -> Any:
