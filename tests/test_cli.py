@@ -346,6 +346,41 @@ def test_huge_file_is_not_read(model_dir, tmp_path):
     assert "too large: 50 bytes, over the limit of 10 chars" in result.stderr
 
 
+def test_a_jsonl_line_past_the_byte_limit_fails_alone(model_dir, tmp_path, monkeypatch):
+    """A JSONL line longer than any document it may hold fails as too large without being held
+    whole; the lines after it are read and keep their numbers."""
+    from spacy_secner.cli import readers
+
+    monkeypatch.setattr(readers, "jsonl_line_limit", lambda max_chars: 4 * max_chars)
+    path = tmp_path / "feed.jsonl"
+    lines = [
+        {"id": "a", "text": TRAIN_TEXTS[0]},
+        {"id": "long", "text": "x" * 5000},
+        {"id": "b", "text": TRAIN_TEXTS[1]},
+    ]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    errors = tmp_path / "errors.jsonl"
+    result = run(model_dir, str(path), "--max-chars", "1000", "--errors", str(errors))
+    assert result.exit_code == 1
+    assert [r["id"] for r in read_jsonl(result.stdout)] == ["a", "b"]
+    (failure,) = read_jsonl(errors.read_text())
+    assert failure["id"] == f"{path}:2"
+    assert failure["reason"] == "too large: a line over 4000 bytes, the limit for 1000 chars"
+
+
+def test_bounded_lines_never_hold_a_long_line():
+    import io
+
+    from spacy_secner.cli.readers import bounded_lines
+
+    data = b"ab\n" + b"x" * 100 + b"\n\ncd\n" + b"y" * 11
+    assert list(bounded_lines(io.BytesIO(data), 10)) == [b"ab\n", None, b"\n", b"cd\n", None]
+    assert list(bounded_lines(io.BytesIO(b"0123456789\n" + b"z" * 10), 10)) == [
+        b"0123456789\n",
+        b"z" * 10,
+    ]
+
+
 def test_a_doc_the_pipeline_fails_on_fails_alone(fragile_model_dir, tmp_path):
     lines = [{"id": str(i), "text": text} for i, text in enumerate(TRAIN_TEXTS)]
     lines.insert(2, {"id": "boom", "text": "APT28 goes BOOM ."})

@@ -13,7 +13,7 @@ import sys
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import BinaryIO, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from ..documents import SNIFF_BYTES, DocumentError, extract, sniff
 
@@ -322,9 +322,14 @@ def read_jsonl(
     except OSError as err:
         yield Failure(name, f"cannot read: {err.strerror or err}")
         return
+    limit = jsonl_line_limit(max_chars)
     try:
-        for lineno, raw in enumerate(lines, 1):
+        for lineno, raw in enumerate(bounded_lines(lines, limit), 1):
             where = f"{name}:{lineno}"
+            if raw is None:
+                reason = f"too large: a line over {limit} bytes, the limit for {max_chars} chars"
+                yield Failure(where, reason)
+                continue
             if not raw.strip():
                 continue
             try:
@@ -354,6 +359,28 @@ def read_jsonl(
     finally:
         if lines is not sys.stdin.buffer:
             lines.close()
+
+
+def jsonl_line_limit(max_chars: int) -> int:
+    """The most bytes a JSONL line may take for a text of `max_chars` characters: JSON writes a
+    character in up to 12 bytes (a surrogate pair of escapes), and the id and other fields
+    take some more."""
+    return 12 * max_chars + 65_536
+
+
+def bounded_lines(stream: BinaryIO, limit: int) -> Iterator[Optional[bytes]]:
+    """The lines of a byte stream, each of at most `limit` bytes; None for a longer line, whose
+    rest is read past in chunks, never held whole (a line can be as long as the input)."""
+    while True:
+        line = stream.readline(limit + 1)
+        if not line:
+            return
+        if len(line) <= limit or line.endswith(b"\n"):
+            yield line
+            continue
+        while line and not line.endswith(b"\n"):
+            line = stream.readline(1 << 20)
+        yield None
 
 
 def decode(data: bytes, encoding: str, errors: str) -> str:
