@@ -32,7 +32,7 @@ from spacy.language import Language
 
 from .cli.annotate import annotate_documents
 from .long_docs import DEFAULT_MAX_PIECE_TOKENS
-from .cli.readers import Document, Failure, Item, decode
+from .cli.readers import Document, Failure, Item, checked_document, decode, escape_surrogates
 from .cli.writers import document_record
 
 try:
@@ -111,7 +111,8 @@ def to_item(
     **fields: Any,
 ) -> Item:
     """One row as the CLI's readers would make it: a `Document`, or a `Failure` when the row
-    has no id, no text, bytes that do not decode, or a text longer than `max_chars`.
+    has no id, no text, bytes that do not decode, a text longer than `max_chars` or one with a
+    lone surrogate (see `checked_document`); an id's lone surrogates become escapes.
 
     value (Any): A str, or bytes (e.g. from `ray.data.read_binary_files`) decoded with
         `encoding` and `encoding_errors` as the CLI decodes files.
@@ -119,7 +120,7 @@ def to_item(
     """
     if doc_id is None:
         return Failure("", "no id")
-    doc_id = str(doc_id)
+    doc_id = escape_surrogates(str(doc_id))
     if isinstance(value, (bytes, bytearray)):
         if b"\x00" in value:
             return Failure(doc_id, "binary file (contains NUL bytes)")
@@ -131,13 +132,14 @@ def to_item(
         return Failure(doc_id, 'no "text" string')
     if len(value) > max_chars:
         return Failure(doc_id, f"too large: {len(value)} chars > limit of {max_chars}")
-    return Document(
+    document = Document(
         doc_id,
         value,
         source=fields.get("source"),
         page_starts=tuple(fields.get("page_starts") or ()),
         block_starts=tuple(fields.get("block_starts") or ()),
     )
+    return checked_document(document, encoding_errors)
 
 
 def annotate_rows(

@@ -131,6 +131,10 @@ def test_annotate_rows_keeps_order_and_isolates_failures(model_dir):
     assert rows[5]["error"] == 'no "text" string'
     too_long = annotate_rows(nlp, ["x"], [TRAIN_TEXTS[0]], max_chars=10)
     assert too_long[0]["error"] == f"too large: {len(TRAIN_TEXTS[0])} chars > limit of 10"
+    # Lone surrogates, which Arrow and UTF-8 cannot hold: an id's escaped, a text's a failure.
+    odd = annotate_rows(nlp, ["bad\ud800", "f"], [TRAIN_TEXTS[0], "x\udc00y"])
+    assert [(r["id"], r["status"]) for r in odd] == [("bad\\ud800", "annotated"), ("f", "failed")]
+    assert odd[1]["error"].startswith("not valid Unicode: lone surrogate U+DC00 at offset 1")
 
 
 def test_dataset_on_two_actors_equals_in_process(ray_cluster, model_dir, load_log):
