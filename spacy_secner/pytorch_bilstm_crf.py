@@ -162,6 +162,40 @@ class BIOCRF(BIODecoder):
             ):
                 parametrize.register_parametrization(self.crf, name, AddForbiddenScore(allowed))
 
+    def __getstate__(self) -> Dict[str, Any]:
+        # torch pickles a parametrized module only through its state dict, and spaCy pickles
+        # pipelines (`n_process` outside fork, copies): the CRF travels as its size, its raw
+        # score parameters and its constraints, and `__setstate__` rebuilds it. The tensors are
+        # the module's own, not copies: multiprocessing shares a tensor through a file
+        # descriptor that lives only as long as the tensor.
+        state = self.__dict__.copy()
+        crf = state["_modules"]["crf"]
+        if parametrize.is_parametrized(crf):
+            modules = dict(state["_modules"])
+            del modules["crf"]
+            state["_modules"] = modules
+            state["_crf"] = {
+                "num_tags": crf.num_tags,
+                "batch_first": crf.batch_first,
+                "parameters": {name: chain.original for name, chain in crf.parametrizations.items()},
+                "steps": {name: list(chain) for name, chain in crf.parametrizations.items()},
+                "plain": {name: p for name, p in crf.named_parameters(recurse=False)},
+            }
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        pickled = state.pop("_crf", None)
+        super().__setstate__(state)
+        if pickled is None:
+            return
+        crf = CRF(pickled["num_tags"], batch_first=pickled["batch_first"])
+        for name, parameter in {**pickled["plain"], **pickled["parameters"]}.items():
+            setattr(crf, name, parameter)
+        for name, steps in pickled["steps"].items():
+            for step in steps:
+                parametrize.register_parametrization(crf, name, step)
+        self.crf = crf
+
     def forward(
         self,
         emissions: torch.Tensor,

@@ -1,6 +1,8 @@
 """Saving and loading: bytes, disk, a fresh process without the package imported, and damaged
 files."""
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy
@@ -60,6 +62,46 @@ def test_pipe_to_bytes_from_bytes_alone(trained_cnn_nlp):
     nlp = make_cnn_nlp(seed=123)
     nlp.get_pipe("ner_crf").from_bytes(data)
     assert_same_output(trained_cnn_nlp, nlp)
+
+
+def test_pickled_pipeline_gives_the_same_output(trained_nlp):
+    """spaCy pickles pipelines (copies, `n_process` where processes are spawned): the CRF's
+    constraints come back with its scores."""
+    import pickle
+
+    from torch.nn.utils import parametrize
+
+    loaded = pickle.loads(pickle.dumps(trained_nlp))
+    crf = loaded.get_pipe("ner_crf").model.get_ref("decoder").shims[0]._model.crf
+    assert all(
+        parametrize.is_parametrized(crf, name)
+        for name in ("start_transitions", "transitions", "end_transitions")
+    )
+    assert_same_output(trained_nlp, loaded)
+    docs_a, docs_b = list(trained_nlp.pipe(TEXTS[:5])), list(loaded.pipe(TEXTS[:5]))
+    assert [[e._.confidence for e in d.ents] for d in docs_a] == [
+        [e._.confidence for e in d.ents] for d in docs_b
+    ]
+
+
+def test_spawned_processes_give_the_same_output(saved_cnn_dir):
+    """`nlp.pipe(n_process=2)` where processes are spawned (macOS, Windows; Linux from Python
+    3.14): the pipeline is pickled into each of them."""
+    script = f"""
+import multiprocessing, spacy
+if __name__ == "__main__":
+    multiprocessing.set_start_method("spawn")
+    nlp = spacy.load({str(saved_cnn_dir)!r})
+    texts = {TEXTS!r}
+    one = [[(e.start, e.end, e.label_) for e in d.ents] for d in nlp.pipe(texts)]
+    two = [[(e.start, e.end, e.label_) for e in d.ents] for d in nlp.pipe(texts, n_process=2)]
+    assert one == two and any(one), (one, two)
+    print("same")
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "same", proc.stderr[-3000:]
 
 
 def test_to_disk_spacy_load_same_process(trained_nlp, tmp_path):
