@@ -177,7 +177,9 @@ class BIOCRF(BIODecoder):
             state["_crf"] = {
                 "num_tags": crf.num_tags,
                 "batch_first": crf.batch_first,
-                "parameters": {name: chain.original for name, chain in crf.parametrizations.items()},
+                "parameters": {
+                    name: chain.original for name, chain in crf.parametrizations.items()
+                },
                 "steps": {name: list(chain) for name, chain in crf.parametrizations.items()},
                 "plain": {name: p for name, p in crf.named_parameters(recurse=False)},
             }
