@@ -4,7 +4,8 @@ from typing import Callable, List, Optional
 from spacy.tokens import Doc
 from spacy.util import registry
 from spacy_transformers.data_classes import FullTransformerBatch
-from thinc.api import Model
+from spacy_transformers.layers import split_trf_batch, trfs2arrays
+from thinc.api import Model, chain
 from thinc.types import Floats2d, Ragged
 
 from .layers import GroupedTransformerModel, bilstm_crf_model, first_or_zeros
@@ -106,6 +107,38 @@ def create_transformer_model(
         frozen_inference,
         packed_row_wordpieces,
     )
+
+
+@registry.architectures("spacy-secner.Tok2VecTransformer.v1")
+def create_tok2vec_transformer(
+    name: str,
+    get_spans: Callable,
+    tokenizer_config: Optional[dict],
+    pooling: Model[Ragged, Floats2d],
+    grad_factor: float = 1.0,
+    transformer_config: Optional[dict] = None,
+    mixed_precision: bool = False,
+    grad_scaler_config: Optional[dict] = None,
+    max_batch_wordpieces: int = 1024,
+    frozen_inference: bool = True,
+    packed_row_wordpieces: int = 128,
+) -> Model[List[Doc], List[Floats2d]]:
+    """`spacy-transformers.Tok2VecTransformer.v3` on `spacy-secner.TransformerModel.v1`: a
+    component's own copy of the transformer, as `nlp.replace_listeners` makes it from a
+    listener of this package's transformer (the same layers as the listener's model with the
+    transformer in its place, so the saved weights load into it)."""
+    transformer = create_transformer_model(
+        name,
+        get_spans,
+        tokenizer_config,
+        transformer_config,
+        mixed_precision,
+        grad_scaler_config,
+        max_batch_wordpieces,
+        frozen_inference,
+        packed_row_wordpieces,
+    )
+    return chain(chain(transformer, split_trf_batch()), trfs2arrays(pooling, grad_factor))
 
 
 @registry.layers("spacy-secner.reduce_first.v1")

@@ -205,3 +205,28 @@ def test_encoder_stays_in_eval_mode_between_predictions(tiny_bert_dir):
     assert calls == [] and not any(switches)
     nlp.update(make_examples(nlp), sgd=nlp.create_optimizer())
     assert calls == [True]
+
+
+def test_replaced_listeners_save_and_load(tiny_bert_dir, tmp_path):
+    """`nlp.replace_listeners` gives `ner_crf` its own copy of the transformer; the pipeline
+    saved without the shared transformer loads (also in a process that never imported the
+    package) and predicts what the shared one did."""
+    from conftest import TRAIN_TEXTS, load_in_fresh_process
+
+    texts = TRAIN_TEXTS + ["Turla used Snake against the Foreign Office in 2019 ."]
+    shared = make_grouped_trf_nlp(tiny_bert_dir, 64)
+    docs = list(shared.pipe(texts))
+    expected = [[[e.start, e.end, e.label_] for e in doc.ents] for doc in docs]
+    scores = shared.get_pipe("ner_crf").model.predict(docs)
+    nlp = make_grouped_trf_nlp(tiny_bert_dir, 64)
+    nlp.replace_listeners("transformer", "ner_crf", ["model.tok2vec"])
+    nlp.remove_pipe("transformer")
+    tok2vec = nlp.config["components"]["ner_crf"]["model"]["tok2vec"]
+    assert tok2vec["@architectures"] == "spacy-secner.Tok2VecTransformer.v1"
+    nlp.to_disk(tmp_path / "own")
+    loaded = spacy.load(tmp_path / "own")
+    docs = list(loaded.pipe(texts))
+    assert [[[e.start, e.end, e.label_] for e in doc.ents] for doc in docs] == expected
+    for a, b in zip(scores, loaded.get_pipe("ner_crf").model.predict(docs)):
+        numpy.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert load_in_fresh_process(tmp_path / "own", texts, tmp_path)["ents"] == expected

@@ -18,7 +18,8 @@ from typing import Callable, Dict, List, Tuple
 from spacy.tokens import Doc
 from spacy_transformers.data_classes import FullTransformerBatch, HFObjects, WordpieceBatch
 from spacy_transformers.layers import TransformerModel
-from spacy_transformers.layers._util import replace_listener, replace_listener_cfg
+from spacy_transformers.layers._util import replace_listener
+from spacy_transformers.layers._util import replace_listener_cfg as spacy_transformers_listener_cfg
 from spacy_transformers.layers.transformer_model import forward as spacy_transformers_forward
 from spacy_transformers.layers.transformer_model import init, set_pytorch_transformer
 from spacy_transformers.truncate import truncate_oversize_splits
@@ -97,6 +98,19 @@ class GroupedTransformerModel(TransformerModel):
         copied.dims = copy.deepcopy(self._dims)
         copied.layers[0] = copy.deepcopy(self.layers[0])
         return copied
+
+
+def replace_listener_cfg(tok2vec_cfg: Dict, listener_cfg: Dict) -> Dict:
+    """The config of what `nlp.replace_listeners` puts in a listener's place: as
+    spacy-transformers writes it, on `spacy-secner.Tok2VecTransformer.v1`, which takes this
+    model's settings (`Tok2VecTransformer.v3` rejects them, so the saved pipeline would not
+    load)."""
+    result = spacy_transformers_listener_cfg(tok2vec_cfg, listener_cfg)
+    if result["@architectures"] == "spacy-transformers.Tok2VecTransformer.v3" and tok2vec_cfg[
+        "@architectures"
+    ].startswith("spacy-secner."):
+        result["@architectures"] = "spacy-secner.Tok2VecTransformer.v1"
+    return result
 
 
 def forward(
