@@ -8,7 +8,11 @@ def bio_tags(labels: Iterable[str]) -> List[str]:
 
 
 def biluo_to_bio(tags: Sequence[Optional[str]]) -> List[str]:
-    """Turn spaCy's aligned BILUO tags into BIO; missing or misaligned tags ("-", None) become O."""
+    """Turn spaCy's aligned BILUO tags into BIO; missing or misaligned tags ("-", None) become O.
+
+    So in a doc with entity annotation, a token whose tag is missing trains as outside an
+    entity. A doc with no entity annotation at all is left out of the loss by the pipe instead.
+    """
     out = []
     for tag in tags:
         if not tag or tag == "-" or tag == "O":

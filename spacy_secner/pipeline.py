@@ -13,6 +13,7 @@ from spacy.tokens import Doc, Span
 from spacy.training import Example, validate_examples
 from spacy.training import validate_get_examples
 from spacy.vocab import Vocab
+from spacy_transformers.layers import TransformerListener
 from thinc.api import Config, Model, Optimizer, set_dropout_rate
 from thinc.types import Floats2d, Ints1d, Ints2d
 
@@ -43,6 +44,10 @@ DEFAULT_MODEL = Config().from_str(DEFAULT_NER_CRF_MODEL)["model"]
 # The CRF's marginal probability of a predicted entity; None for entities from other pipes.
 if not Span.has_extension("confidence"):
     Span.set_extension("confidence", default=None)
+
+# The pipe's settings in its cfg: when a saved pipe is loaded, the constructor's (the config's)
+# values stay, and only the learned state (labels, width, calibration) comes from the saved cfg.
+_SETTINGS = ("overwrite", "confidence", "max_batch_tokens")
 
 
 @Language.factory(
@@ -167,6 +172,7 @@ class CRFEntityRecognizer(TrainablePipe):
         """
         docs = list(docs)
         self._require_initialized()
+        self._require_transformer_output(docs)
         # The head pads, pools and runs the BiLSTM per chunk of similar lengths (spaCy's own
         # length batcher), so a batch of long documents is never held padded all at once. Empty
         # docs keep their empty tags: a listener cannot pool them. The decoder then reads the
@@ -206,13 +212,21 @@ class CRFEntityRecognizer(TrainablePipe):
         for doc, found, confidences in zip(docs, predictions.entities, predictions.confidences):
             # The decoder read the entities off the tags as spaCy does (an orphan `I-X`,
             # possible without the BIO constraint, starts an entity).
-            spans = [Span(doc, start, end, label=labels[label]) for start, end, label in found.tolist()]
-            for span, confidence in zip(spans, confidences):
-                span._.confidence = confidence
+            predicted = [
+                Span(doc, start, end, label=labels[label]) for start, end, label in found.tolist()
+            ]
+            kept, ents = predicted, predicted
             if not self.cfg["overwrite"] and doc.has_annotation("ENT_IOB"):
-                spans = _merge_keeping_existing(doc.ents, spans)
-            # What `doc.ents = spans` does, without making each span a second time.
-            doc.set_ents(spans, default="outside")
+                kept, ents = _merge_keeping_existing(doc.ents, predicted)
+            # What `doc.ents = ents` does, without making each span a second time.
+            doc.set_ents(ents, default="outside")
+            # A span's extension values are stored on the doc by its character offsets: only
+            # the predictions kept get a confidence, so an existing entity at the offsets of a
+            # dropped prediction does not take the dropped one's.
+            kept_ids = {id(span) for span in kept}
+            for span, confidence in zip(predicted, confidences):
+                if id(span) in kept_ids:
+                    span._.confidence = confidence
 
     def update(
         self,
@@ -222,14 +236,16 @@ class CRFEntityRecognizer(TrainablePipe):
         sgd: Optional[Optimizer] = None,
         losses: Optional[Dict[str, float]] = None,
     ) -> Dict[str, float]:
-        """Learn from a batch of examples; the loss is the CRF's mean negative log-likelihood."""
+        """Learn from a batch of examples; the loss is the CRF's mean negative log-likelihood.
+        Examples whose reference has no entity annotation at all teach nothing (see `get_loss`).
+        """
         if losses is None:
             losses = {}
         losses.setdefault(self.name, 0.0)
         examples = list(examples)
         validate_examples(examples, "CRFEntityRecognizer.update")
         self._require_initialized()
-        if not any(len(eg.predicted) for eg in examples):
+        if not any(len(eg.predicted) and _has_gold_ents(eg) for eg in examples):
             return losses
         set_dropout_rate(self.model, drop)
         scores, backprop = self.model.begin_update([eg.predicted for eg in examples])
@@ -256,15 +272,27 @@ class CRFEntityRecognizer(TrainablePipe):
 
         The CRF's transitions are weights of the loss itself, so their gradients are
         accumulated here too, and applied by the next `finish_update`. For a loss without
-        gradients, use `nll`.
+        gradients, use `nll`. As spaCy's pipes treat missing annotation, an example whose
+        reference has no entity annotation at all (`has_annotation("ENT_IOB")` false) adds
+        nothing to the loss and gets zero gradients; a gold label the pipe does not know raises.
         """
         examples = list(examples)
         validate_examples(examples, "CRFEntityRecognizer.get_loss")
-        return crf_loss(self.model, scores, self._gold_ids(examples))
+        annotated = [i for i, eg in enumerate(examples) if _has_gold_ents(eg)]
+        gold = self._gold_ids([examples[i] for i in annotated])
+        loss, d_annotated = crf_loss(self.model, [scores[i] for i in annotated], gold)
+        d_scores = [self.model.ops.alloc2f(*s.shape) for s in scores]
+        for i, d in zip(annotated, d_annotated):
+            d_scores[i] = d
+        return loss, d_scores
 
     def nll(self, examples: Iterable[Example], docs: Optional[List[Doc]] = None) -> float:
         """Mean CRF negative log-likelihood of the gold tags per non-empty doc, without
         gradients, computed in chunks of at most `max_batch_tokens` padded tokens.
+
+        As a dev loss, it scores a gold entity of a label the pipe does not know as missed (its
+        tokens count as O), and leaves out the examples whose reference has no entity
+        annotation at all.
 
         docs (Optional[List[Doc]]): The examples' predicted docs after the pipes before this
             one (a transformer, say). Defaults to the examples' predicted docs as they are.
@@ -272,16 +300,15 @@ class CRFEntityRecognizer(TrainablePipe):
         examples = list(examples)
         self._require_initialized()
         docs = docs if docs is not None else [eg.predicted for eg in examples]
-        nonempty = [i for i, doc in enumerate(docs) if len(doc)]
-        if not nonempty:
+        kept = [i for i, doc in enumerate(docs) if len(doc) and _has_gold_ents(examples[i])]
+        if not kept:
             return 0.0
-        gold = self._gold_ids(examples)
+        gold = self._gold_ids([examples[i] for i in kept], unknown_as_o=True)
         total = 0.0
-        for group in padded_batches([len(docs[i]) for i in nonempty], self.cfg["max_batch_tokens"]):
-            chunk = [nonempty[j] for j in group]
-            scores = self.model.predict([docs[i] for i in chunk])
-            total += crf_nll(self.model, scores, [gold[i] for i in chunk]) * len(chunk)
-        return total / len(nonempty)
+        for group in padded_batches([len(docs[i]) for i in kept], self.cfg["max_batch_tokens"]):
+            scores = self.model.predict([docs[kept[j]] for j in group])
+            total += crf_nll(self.model, scores, [gold[j] for j in group]) * len(group)
+        return total / len(kept)
 
     def score(self, examples: Iterable[Example], **kwargs) -> Dict[str, Any]:
         """The scorer's scores (`spacy.ner_scorer.v1` by default), and `{name}_loss`: the mean
@@ -305,8 +332,14 @@ class CRFEntityRecognizer(TrainablePipe):
         nlp: Optional[Language] = None,
         labels: Optional[Sequence[str]] = None,
     ) -> None:
-        """Take the labels (from `labels` or the data) and build the model."""
+        """Take the labels (from `labels` or the data) and build the model. Initializing an
+        initialized pipe starts it over, as spaCy's pipes do: new weights, no calibration map.
+        """
         validate_get_examples(get_examples, "CRFEntityRecognizer.initialize")
+        listener = self._listener()
+        if listener is not None and not listener.has_dim("nO"):
+            # Only a transformer component set up before this pipe gives its listener a width.
+            raise self._no_transformer_error(listener, "there is none")
         if labels is None:
             labels = {
                 ent.label_ for eg in get_examples() for ent in eg.reference.ents
@@ -318,6 +351,9 @@ class CRFEntityRecognizer(TrainablePipe):
             )
         for label in labels:
             self.vocab.strings.add(label)
+        if has_heads(self.model):
+            _drop_heads(self.model)
+            self.cfg.pop("calibration", None)  # fitted to the weights being replaced
         self.cfg["labels"] = sorted(labels)
         set_tags(self.model, self.tags)
         sample = [eg.predicted for eg in islice(get_examples(), 10)]
@@ -328,7 +364,7 @@ class CRFEntityRecognizer(TrainablePipe):
         """Load the pipe from bytes: labels first, so the CRF is sized before its weights."""
         msg = srsly.msgpack_loads(bytes_data)
         if "cfg" not in exclude and "cfg" in msg:
-            self.cfg.update(srsly.json_loads(msg["cfg"]))
+            self._load_cfg(srsly.json_loads(msg["cfg"]))
         if "vocab" not in exclude and "vocab" in msg:
             self.vocab.from_bytes(msg["vocab"], exclude=exclude)
         if "model" not in exclude and "model" in msg:
@@ -340,7 +376,7 @@ class CRFEntityRecognizer(TrainablePipe):
         """Load the pipe from a directory: labels first, so the CRF is sized before its weights."""
         path = util.ensure_path(path)
         if "cfg" not in exclude and (path / "cfg").exists():
-            self.cfg.update(srsly.read_json(path / "cfg"))
+            self._load_cfg(srsly.read_json(path / "cfg"))
         if "vocab" not in exclude and (path / "vocab").exists():
             self.vocab.from_disk(path / "vocab", exclude=exclude)
         if "model" not in exclude:
@@ -349,6 +385,12 @@ class CRFEntityRecognizer(TrainablePipe):
             self._build_for_loading()
             self._load_model((path / "model").read_bytes(), str(path / "model"))
         return self
+
+    def _load_cfg(self, saved: Dict[str, Any]) -> None:
+        """Take the learned state from a saved cfg, keeping this pipe's `_SETTINGS`."""
+        settings = {key: self.cfg[key] for key in _SETTINGS}
+        self.cfg.update(saved)
+        self.cfg.update(settings)
 
     def _load_model(self, data: bytes, source: str) -> None:
         try:
@@ -379,13 +421,45 @@ class CRFEntityRecognizer(TrainablePipe):
                 "it) before using it."
             )
 
-    def _gold_ids(self, examples: List[Example]) -> List[Ints1d]:
+    def _listener(self) -> Optional[TransformerListener]:
+        """The transformer listener the model reads its token vectors from, if any."""
+        return next((n for n in self.model.walk() if isinstance(n, TransformerListener)), None)
+
+    def _require_transformer_output(self, docs: List[Doc]) -> None:
+        """Raise if the model listens to a transformer that has not run on the docs: the
+        listener would give zeros, hence no entities."""
+        listener = self._listener()
+        if listener is None:
+            return
+        has_data = Doc.has_extension("trf_data")
+        if any(not has_data or doc._.trf_data is None for doc in docs if len(doc)):
+            raise self._no_transformer_error(
+                listener, "the docs have no transformer output (doc._.trf_data)"
+            )
+
+    def _no_transformer_error(self, listener: TransformerListener, problem: str) -> ValueError:
+        upstream = listener.upstream_name
+        source = "a transformer component" if upstream == "*" else f"the component '{upstream}'"
+        return ValueError(
+            f"The '{self.name}' pipe reads its token vectors from {source} placed before it in "
+            f"the pipeline, but {problem}. Add one before it (nlp.add_pipe(\"transformer\", "
+            f"before=\"{self.name}\"), or source both from a trained pipeline) and do not "
+            f"exclude or disable it, or give '{self.name}' a token-vector layer of its own "
+            "(its model.tok2vec)."
+        )
+
+    def _gold_ids(self, examples: List[Example], *, unknown_as_o: bool = False) -> List[Ints1d]:
+        """Gold tag indices per example; a label the pipe does not know raises, or with
+        `unknown_as_o` becomes O (the entity is missed)."""
         index = {tag: i for i, tag in enumerate(self.tags)}
         gold = []
         for eg in examples:
+            tags = biluo_to_bio(eg.get_aligned_ner())
+            if unknown_as_o:
+                tags = [tag if tag in index else "O" for tag in tags]
             # Misaligned tokens ("-") become O; an I- they orphan starts its entity, so the gold
             # path is always one the constrained CRF allows.
-            tags = repair_bio(biluo_to_bio(eg.get_aligned_ner()))
+            tags = repair_bio(tags)
             try:
                 # Host arrays: the CRF's input conversion copies the batch to the device at once.
                 gold.append(numpy.asarray([index[t] for t in tags], dtype="int64"))
@@ -397,10 +471,26 @@ class CRFEntityRecognizer(TrainablePipe):
         return gold
 
 
-def _merge_keeping_existing(existing: Sequence[Span], predicted: Sequence[Span]) -> List[Span]:
-    """Existing entities plus the predicted ones that overlap none of them."""
+def _merge_keeping_existing(
+    existing: Sequence[Span], predicted: Sequence[Span]
+) -> Tuple[List[Span], List[Span]]:
+    """The predicted entities that overlap no existing one, and the existing entities plus
+    those, in order."""
     taken = set()
     for ent in existing:
         taken.update(range(ent.start, ent.end))
     kept = [s for s in predicted if not taken.intersection(range(s.start, s.end))]
-    return sorted([*existing, *kept], key=lambda s: s.start)
+    return kept, sorted([*existing, *kept], key=lambda s: s.start)
+
+
+def _has_gold_ents(example: Example) -> bool:
+    """Whether the reference has entity annotation (spaCy's test for missing annotation)."""
+    return example.reference.has_annotation("ENT_IOB")
+
+
+def _drop_heads(model: Model) -> None:
+    """Remove the emitter and decoder, so that `initialize` builds them again."""
+    heads = head_layers(model)
+    model.layers[:] = [layer for layer in model.layers if all(layer is not h for h in heads)]
+    for name in ("emitter", "decoder"):
+        model.set_ref(name, None)

@@ -223,9 +223,10 @@ def test_empty_and_one_token_docs(trained_nlp):
     one = trained_nlp("APT28")
     assert len(one) == 1
     assert all(label in ner.labels for _, label in ents_of(one))
-    tag_ids, entities, confidences = ner.predict(
-        [trained_nlp.make_doc("APT28"), trained_nlp.make_doc("")]
-    )
+    # Docs as the pipes before ner_crf leave them (a transformer's output on them).
+    with trained_nlp.select_pipes(disable=["ner_crf"]):
+        docs = list(trained_nlp.pipe(["APT28", ""]))
+    tag_ids, entities, confidences = ner.predict(docs)
     assert [len(ids) for ids in tag_ids] == [1, 0]
     n_entities = sum(ner.tags[i].startswith("B-") for i in tag_ids[0].tolist())
     assert len(entities[0]) == len(confidences[0]) == n_entities
@@ -454,3 +455,144 @@ def test_doc_cleaner_drops_trf_data_and_keeps_entities(trained_trf_nlp, tmp_path
     docs = list(nlp.pipe(TRAIN_TEXTS))
     assert all(doc._.trf_data is None for doc in docs)
     assert entities(docs) == expected and any(expected)
+
+
+# --- settings, missing and unknown annotation, misuse --------------------------------------
+
+
+def reloaded(nlp: Language, path, **load_kwargs) -> Language:
+    """A copy of `nlp` through disk, loaded with `load_kwargs` (shared pipelines stay as
+    they are)."""
+    nlp.to_disk(path)
+    return spacy.load(path, **load_kwargs)
+
+
+def test_evaluate_scores_an_unknown_gold_label_as_missed(trained_cnn_nlp):
+    """A gold label the pipe never learned (a dev set with a label that training lacked) is a
+    missed entity for the scorer and the dev loss; in training it stays an error."""
+    nlp = trained_cnn_nlp
+    unknown = [("APT28", "ThreatActor")] + TRAIN_DATA[0][1][1:]
+    examples = make_examples(nlp, [(TRAIN_TEXTS[0], unknown)] + TRAIN_DATA[1:])
+    scores = nlp.evaluate(examples)
+    assert scores["ents_per_type"]["ThreatActor"]["r"] == 0.0
+    assert scores["ents_p"] < 1.0 and scores["ents_f"] < 1.0
+    # The loss reads the unknown entity's tokens as O.
+    as_o = make_examples(nlp, [(TRAIN_TEXTS[0], unknown[1:])] + TRAIN_DATA[1:])
+    assert math.isfinite(scores["ner_crf_loss"])
+    assert scores["ner_crf_loss"] == pytest.approx(nlp.get_pipe("ner_crf").nll(as_o))
+    ner = nlp.get_pipe("ner_crf")
+    with pytest.raises(ValueError, match="'B-ThreatActor'.* not among the labels"):
+        ner.get_loss(examples, ner.model.predict([eg.predicted for eg in examples]))
+
+
+def test_settings_given_when_loading_win_over_the_saved_ones(trained_cnn_nlp, tmp_path):
+    nlp = trained_cnn_nlp
+    saved_cfg = dict(nlp.get_pipe("ner_crf").cfg)
+    settings = {"confidence": False, "overwrite": True, "max_batch_tokens": 16}
+    loaded = reloaded(nlp, tmp_path / "pipeline", config={"components": {"ner_crf": settings}})
+    ner = loaded.get_pipe("ner_crf")
+    assert {key: ner.cfg[key] for key in settings} == settings
+    # The learned state still comes from the saved cfg.
+    assert ner.labels == tuple(LABELS) and ner.cfg["width"] == saved_cfg["width"]
+    docs = list(loaded.pipe(TRAIN_TEXTS))
+    assert [ents_of(doc) for doc in docs] == GOLD_ENTS
+    assert all(ent._.confidence is None for doc in docs for ent in doc.ents)
+    # Loading from bytes, into a pipe built with other settings, too.
+    config = nlp.config.copy()
+    config["components"]["ner_crf"]["confidence"] = False
+    from_bytes = spacy.util.load_model_from_config(config).from_bytes(nlp.to_bytes())
+    assert from_bytes.get_pipe("ner_crf").cfg["confidence"] is False
+    assert all(ent._.confidence is None for ent in from_bytes(TRAIN_TEXTS[0]).ents)
+
+
+def test_calibration_map_comes_from_the_saved_cfg(trained_cnn_nlp, tmp_path):
+    nlp = reloaded(trained_cnn_nlp, tmp_path / "copy")
+    nlp.get_pipe("ner_crf").cfg["calibration"] = {"method": "temperature", "t": 2.0}
+    config = {"components": {"ner_crf": {"confidence": True}}}
+    loaded = reloaded(nlp, tmp_path / "calibrated", config=config)
+    assert loaded.get_pipe("ner_crf").cfg["calibration"] == {"method": "temperature", "t": 2.0}
+
+
+def test_encoder_settings_given_when_loading_win(tiny_bert_dir, tmp_path):
+    """The transformer's grouping settings given when loading reach its encoder layer, not
+    those its weights were saved with."""
+    from conftest import make_grouped_trf_nlp
+    from spacy_secner.layers import grouping_layer
+
+    nlp = make_grouped_trf_nlp(tiny_bert_dir, 16, packed_row_wordpieces=0)
+    expected = [offsets_of(doc) for doc in nlp.pipe(TRAIN_TEXTS)]
+    overrides = {"max_batch_wordpieces": 0, "packed_row_wordpieces": 32}
+    config = {"components": {"transformer": {"model": overrides}}}
+    loaded = reloaded(nlp, tmp_path / "pipeline", config=config)
+    layer = grouping_layer(loaded.get_pipe("transformer").model)
+    assert {key: layer.attrs[key] for key in overrides} == overrides
+    assert [offsets_of(doc) for doc in loaded.pipe(TRAIN_TEXTS)] == expected
+    # Without overrides, the saved config's settings.
+    layer = grouping_layer(spacy.load(tmp_path / "pipeline").get_pipe("transformer").model)
+    assert (layer.attrs["max_batch_wordpieces"], layer.attrs["packed_row_wordpieces"]) == (16, 0)
+
+
+def test_entities_of_other_pipes_get_no_confidence(trained_cnn_nlp, tmp_path):
+    nlp = reloaded(trained_cnn_nlp, tmp_path / "pipeline")
+    ruler = nlp.add_pipe("entity_ruler", before="ner_crf")
+    # The same tokens as a prediction (which is dropped), and a span where none is predicted.
+    ruler.add_patterns(
+        [{"label": "Actor", "pattern": "APT28"}, {"label": "Custom", "pattern": "against"}]
+    )
+    doc = nlp(TRAIN_TEXTS[0])
+    confidences = {(ent.text, ent.label_): ent._.confidence for ent in doc.ents}
+    assert confidences[("APT28", "Actor")] is None and confidences[("against", "Custom")] is None
+    assert all(0 < confidences[ent] <= 1 for ent in GOLD_ENTS[0][1:])
+
+
+def test_examples_without_entity_annotation_teach_nothing(trained_cnn_nlp):
+    """As spaCy's pipes read missing annotation: a reference with no entity annotation at all
+    adds no loss and no gradient (one annotated with no entities is all O, and does)."""
+    nlp = trained_cnn_nlp
+    ner = nlp.get_pipe("ner_crf")
+    text = TRAIN_TEXTS[0]
+    unannotated = Example(nlp.make_doc(text), nlp.make_doc(text))
+    assert not unannotated.reference.has_annotation("ENT_IOB")
+    annotated = make_examples(nlp)
+    scores = ner.model.predict([eg.predicted for eg in annotated + [unannotated]])
+    loss, d_scores = ner.get_loss(annotated + [unannotated], scores)
+    expected_loss, expected_d = ner.get_loss(annotated, scores[:-1])
+    assert loss == pytest.approx(expected_loss)
+    for d, expected in zip(d_scores, expected_d):
+        numpy.testing.assert_allclose(d, expected, rtol=1e-6)
+    assert not d_scores[-1].any() and d_scores[-1].shape == scores[-1].shape
+    assert ner.nll(annotated + [unannotated]) == pytest.approx(ner.nll(annotated))
+    assert ner.nll([unannotated]) == 0.0
+    assert ner.update([unannotated], sgd=None) == {"ner_crf": 0.0}
+    no_entities = make_example(nlp, text, [])
+    assert no_entities.reference.has_annotation("ENT_IOB") and ner.nll([no_entities]) > 1.0
+
+
+def test_missing_transformer_is_a_clear_error(trained_trf_nlp):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ner_crf")
+    with pytest.raises(ValueError, match=r"transformer component .* but there is none.*add_pipe"):
+        nlp.initialize(lambda: make_examples(nlp))
+    with trained_trf_nlp.select_pipes(disable=["transformer"]):
+        with pytest.raises(ValueError, match=r"docs have no transformer output"):
+            trained_trf_nlp(TRAIN_TEXTS[0])
+        # Empty docs need no transformer output.
+        assert not trained_trf_nlp("").ents
+    assert ents_of(trained_trf_nlp(TRAIN_TEXTS[0])) == GOLD_ENTS[0]
+
+
+def test_initialize_again_starts_over():
+    """As spaCy's trainable pipes do, initializing again builds the model anew, for the labels
+    of the new data, and drops a calibration map fitted to the old weights."""
+    nlp = make_cnn_nlp()
+    nlp.config["initialize"]["components"]["ner_crf"] = {"labels": ["HackOrg"]}
+    nlp.initialize(lambda: make_examples(nlp))
+    ner = nlp.get_pipe("ner_crf")
+    ner.cfg["calibration"] = {"method": "temperature", "t": 2.0}
+    del nlp.config["initialize"]["components"]["ner_crf"]
+    nlp.initialize(lambda: make_examples(nlp))
+    assert ner.labels == tuple(LABELS) and "calibration" not in ner.cfg
+    assert ner.model.predict([nlp.make_doc(TRAIN_TEXTS[0])])[0].shape == (10, 9)
+    assert len(ner.model.layers) == 3  # tok2vec, and one emitter and one decoder
+    result = train_until_gold(nlp, make_examples(nlp))
+    assert result["predicted"] == GOLD_ENTS

@@ -179,3 +179,15 @@ def test_dev_loss_comes_from_the_evaluation_pass(trained_trf_nlp, monkeypatch):
     annotated = [Example(doc, eg.reference) for doc, eg in zip(nlp.pipe(texts), examples)]
     assert scores["ner_crf_loss"] == pytest.approx(nlp.get_pipe("ner_crf").nll(annotated), rel=1e-4)
     assert 0 < scores["ner_crf_loss"] < 10 and scores["ents_f"] == 1.0
+
+
+def test_dev_set_with_a_label_training_lacked_is_scored(trained, tmp_path):
+    """spaCy's training loop evaluates on dev as `nlp.evaluate` does: a dev label the model
+    never learned counts as missed entities, in the scores and the dev loss."""
+    nlp = spacy.load(trained / "out" / "model-best")
+    words, tags = SENTENCES[0]
+    docs = [Doc(nlp.vocab, words=words, ents=["B-Malware" if t == "B-Tool" else t for t in tags])]
+    DocBin(docs=docs).to_disk(tmp_path / "dev.spacy")
+    scores = nlp.evaluate(list(Corpus(str(tmp_path / "dev.spacy"), gold_preproc=True)(nlp)))
+    assert scores["ents_per_type"]["Malware"]["r"] == 0.0
+    assert scores["ner_crf_loss"] > 0

@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from spacy_transformers.data_classes import WordpieceBatch
-from thinc.api import ArgsKwargs, Model, xp2torch
+from thinc.api import ArgsKwargs, Model, deserialize_attr, xp2torch
 from thinc.shims import Shim
 from thinc.layers.pytorchwrapper import forward as pytorch_forward
 from transformers.file_utils import ModelOutput
@@ -32,6 +32,22 @@ _PER_WINDOW = {"pooler_output"}
 _PLACEABLE = _PER_WORDPIECE | _PER_WORDPIECE_TUPLES | _PER_WINDOW
 
 
+class ConfiguredSetting(int):
+    """A grouping setting as the layer was built with it (from the config).
+
+    thinc restores the attrs a layer was saved with when it loads its weights; a setting of this
+    type keeps the value it was built with instead, so a setting given when loading a pipeline
+    (`spacy.load(path, config=...)`) is the one used.
+    """
+
+
+@deserialize_attr.register(ConfiguredSetting)
+def _keep_configured(
+    default: ConfiguredSetting, value: bytes, name: str, model: Model
+) -> ConfiguredSetting:
+    return default
+
+
 def grouped_encoder_layer(
     shim: Shim,
     convert_inputs: Callable,
@@ -43,7 +59,7 @@ def grouped_encoder_layer(
     and dims) around `shim`, with a forward that packs windows into rows of
     `packed_row_wordpieces` (0: no packing) or groups them by length when predicting, in calls
     of at most `max_batch_wordpieces` padded wordpieces (0: one call). The settings are read at
-    each call, from `attrs`.
+    each call, from `attrs`; loading saved weights keeps the values given here.
     """
     return Model(
         "hf-pytorch",
@@ -51,8 +67,8 @@ def grouped_encoder_layer(
         attrs={
             "convert_inputs": convert_inputs,
             "convert_outputs": convert_outputs,
-            "max_batch_wordpieces": max_batch_wordpieces,
-            "packed_row_wordpieces": packed_row_wordpieces,
+            "max_batch_wordpieces": ConfiguredSetting(max_batch_wordpieces),
+            "packed_row_wordpieces": ConfiguredSetting(packed_row_wordpieces),
         },
         shims=[shim],
         dims={"nI": None, "nO": None},
