@@ -7,35 +7,43 @@ component says what each one is. It matches each token against the tokenizer's o
 the refanged, normalised value in `span._.ioc_value` (`hxxp://evil[.]com` -> `http://evil.com`).
 
 Refanging undoes exactly the defanged forms the patterns accept (`DOT_FORMS`, `AT_FORMS`,
-`SCHEME_SEPARATORS`, hxxp and fxp), so what is recognised and what is refanged cannot drift
-apart. ioc-fanger knows more forms, but a form the patterns do not accept never becomes a span,
-and the component must not add a requirement to the pipeline; the IOC benchmark compares the
-two on the labelled sentences.
+`SCHEME_SEPARATORS`, `PORT_SEPARATORS`, hxxp and fxp, in any letter case), so what is recognised
+and what is refanged cannot drift apart. ioc-fanger knows more forms, but a form the patterns do
+not accept never becomes a span, and the component must not add a requirement to the pipeline; the
+IOC benchmark compares the two on the labelled sentences.
 
-A token that matches a pattern is not always an indicator. Three rules keep prose out:
+A token that matches a pattern is not always an indicator. These rules keep prose out:
 - a bare host (not defanged, no scheme) is a domain only when it is all lower case, ends in a
   delegated top-level domain (`resources/tlds.txt`) and that TLD is not also a common file extension
-  (`.zip`, `.py`, `.sh`...): `svchost.exe`, `Backdoor.APT.Pgift`, `setup.py` are no domains,
-  `evil.com` and `Evil[.]zip` are;
-- a plain dotted quad after a word such as "version" or "build" is a version number;
-- a Unix path needs two parts (`/etc/passwd`), so `and /or` or `/24` are none.
+  (`FILE_EXTENSION_TLDS`: `.zip`, `.py`, `.one`, `.pub`...): `svchost.exe`, `Backdoor.APT.Pgift`,
+  `setup.py`, `invoice.one` are no domains, `evil.com` and `Evil[.]zip` are;
+- a plain dotted quad after a word such as "version" or "build" is a version number, and one with
+  a prefix length over /32 (`1.2.3.4/33`) is nothing;
+- a Unix path needs two parts (`/etc/passwd`), so `and /or` or `/24` are none; a registry hive
+  in other than capitals needs a key (`hklm\\software`, not `hku`).
+
+The tokenizer splits curly quotes, square brackets and `’s` from an indicator
+(`“evil[.]com”` -> `“ evil[.]com ”`) by `tokenizer.ioc_pattern`, which mirrors these rules.
 """
 
 import re
 from functools import lru_cache
-from importlib.resources import files
-from typing import Callable, FrozenSet, Iterable, List, Optional, Tuple
+from typing import Callable, Iterable, List, Optional, Tuple
 
 from spacy.language import Language
 from spacy.tokens import Doc, Span, Token
 
 from .tokenizer import (
     AT_FORMS,
+    CVE_DASHES,
     DOT_FORMS,
+    FILE_EXTENSION_TLDS,
+    PORT_SEPARATORS,
     SCHEME_SEPARATORS,
     URL_SCHEMES,
     alternatives,
     indicator_regex,
+    top_level_domains,
 )
 
 SPANS_KEY = "iocs"
@@ -53,11 +61,8 @@ IOC_LABELS = (
     "registry_key",
 )
 HASH_LABELS = {32: "md5", 40: "sha1", 64: "sha256"}
-# Top-level domains that are also file extensions seen in reports: a bare `name.zip` is a file
-# unless the report defanged it.
-FILE_EXTENSION_TLDS = frozenset(
-    {"zip", "mov", "py", "sh", "pl", "rs", "md", "so", "ps", "ai", "cc", "cs", "app", "bat", "exe"}
-)
+# `FILE_EXTENSION_TLDS` (top-level domains that are also file extensions: a bare `name.zip` is a
+# file unless the report defanged it) lives in `tokenizer`, whose quote splitting uses it too.
 # A dotted quad right after one of these words is a version or section number, not an address.
 VERSION_WORDS = frozenset(
     {"version", "versions", "ver", "v", "build", "release", "firmware", "update", "patch"}
@@ -71,28 +76,26 @@ HIVES = {
     "HKU": "HKEY_USERS",
 }
 
+# `alternatives` ignores letter case, as the patterns do: `[DOT]` and `(At)` are refanged too.
 _DEFANGED_DOT = re.compile(alternatives([form for form in DOT_FORMS if form != "."]))
 _DEFANGED_AT = re.compile(alternatives([form for form in AT_FORMS if form != "@"]))
+_DEFANGED_PORT = re.compile(alternatives([form for form in PORT_SEPARATORS if form != ":"]))
 _SCHEME = re.compile(rf"(?i:({URL_SCHEMES}){alternatives(SCHEME_SEPARATORS)})")
 _PATH_START = re.compile(r"[/?#]")
-_CVE = re.compile(r"(?i:cve)[-_]?(\d{4})[-_–](\d+)")
+_CVE = re.compile(rf"(?i:cve)[{CVE_DASHES}]?(\d{{4}})[{CVE_DASHES}](\d+)")
+_CIDR = re.compile(r"/(?:3[0-2]|[12]?\d)")  # an IPv4 prefix length: /0 to /32
 
 if not Span.has_extension("ioc_value"):
     Span.set_extension("ioc_value", default=None)
 
 
-@lru_cache(maxsize=1)
-def top_level_domains() -> FrozenSet[str]:
-    """The delegated ASCII top-level domains (`resources/tlds.txt`, from the Public Suffix List)."""
-    text = files("spacy_secner").joinpath("resources", "tlds.txt").read_text(encoding="utf-8")
-    return frozenset(line for line in text.splitlines() if line and not line.startswith("#"))
-
-
 def refang(text: str) -> str:
-    """Undo the defanged forms the indicator patterns accept: `[.]`/`(dot)`... -> `.`,
-    `[at]`... -> `@`, `hxxp[:]//` -> `http://`, `fxp://` -> `ftp://`. Other text is unchanged."""
+    """Undo the defanged forms the indicator patterns accept, in any letter case: `[.]`/`(dot)`...
+    -> `.`, `[at]`... -> `@`, `hxxp[:]//` -> `http://`, `fxp://` -> `ftp://`, then a port's `[:]`
+    -> `:`. Other text is unchanged."""
     text = _SCHEME.sub(_refang_scheme, text, count=1)
-    return _DEFANGED_AT.sub("@", _DEFANGED_DOT.sub(".", text))
+    text = _DEFANGED_AT.sub("@", _DEFANGED_DOT.sub(".", text))
+    return _DEFANGED_PORT.sub(":", text)
 
 
 def _refang_scheme(match: "re.Match[str]") -> str:
@@ -120,9 +123,12 @@ def classify(text: str, kind: str, previous: str = "") -> Optional[Tuple[str, st
         if previous.lower().rstrip(".") in VERSION_WORDS and text == refang(text):
             return None
         address, path = _split_path(refang(text), cidr=True)
+        if path[1:].isdigit():
+            return None  # `1.2.3.4/33`: no prefix length, and no path either
         return ("url" if path else "ipv4"), address + path
     if kind == "ipv6":
-        return "ipv6", text.lower()
+        prefix = text.partition("/")[2]
+        return None if prefix and int(prefix) > 128 else ("ipv6", text.lower())
     if kind == "hash":
         label = HASH_LABELS.get(len(text))
         return None if label is None else (label, text.lower())
@@ -131,7 +137,10 @@ def classify(text: str, kind: str, previous: str = "") -> Optional[Tuple[str, st
         return None if match is None else ("cve", "CVE-{}-{}".format(*match.groups()))
     if kind == "registry_key":
         hive, sep, rest = text.rstrip("\\").partition("\\")
-        return "registry_key", HIVES.get(hive.upper(), hive.upper()) + sep + rest
+        if not sep and hive != hive.upper():
+            return None  # a bare `hku` or `Hkcu` is a word
+        hive = hive.rstrip(":").upper()  # PowerShell's `HKLM:` drive
+        return "registry_key", HIVES.get(hive, hive) + sep + rest
     if kind == "windows_path":
         return ("file_path", text) if "\\" in text else None
     if kind == "unix_path":
@@ -159,7 +168,7 @@ def _split_path(value: str, *, cidr: bool = False) -> Tuple[str, str]:
     if match is None:
         return value, ""
     host, path = value[: match.start()], value[match.start() :]
-    if cidr and re.fullmatch(r"/\d{1,2}", path):
+    if cidr and _CIDR.fullmatch(path):
         return value, ""
     return host, path
 

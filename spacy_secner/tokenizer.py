@@ -1,19 +1,23 @@
 """A tokenizer for threat reports: indicators stay whole, words split the way DNRTI's did.
 
 It starts from the language's own settings (`nlp.Defaults` prefixes, suffixes, infixes, special
-cases and `url_match`) and changes them in four ways, each checked against DNRTI's tokens:
+cases and `url_match`) and changes them in five ways, each checked against DNRTI's tokens:
 
 - `token_match` keeps every indicator in `INDICATOR_PATTERNS` whole. spaCy tries it on a
   whitespace-separated chunk before and after each round of prefix/suffix stripping, so
   `(1.2.3.4),` loses its bracket and comma but never its dots. No indicator may end in sentence
-  punctuation, or `Visit 1.2.3.4.` would keep its full stop.
+  punctuation or a possessive, or `Visit 1.2.3.4.` would keep its full stop.
 - Infixes: hyphens and dashes no longer split (`spear-phishing`, `CVE-2012-0158`,
   `tools—EternalRomance` are single DNRTI tokens), nor do `.`, `/` and `:` between letters
   (`Backdoor.APT.Pgift`, `CMD/PowerShell`) or a trade mark sign (`Google®`).
 - Prefixes and suffixes: whatever DNRTI never splits off stays attached: curly quotes and `’s`
   (it does split the straight `"` and `'s`), `$`, `%` and units, `#`, `_`, square brackets.
-  A full stop after a lone capital (`...D1032B.`, `Backdoor.Remexi.B.`) and a curly quote after
-  a comma (`malware,”`) come off.
+  A full stop after a lone capital (`...D1032B.`, `Backdoor.Remexi.B.`) or after a path's final
+  `/` or `\\`, and a curly quote after a comma (`malware,”`) come off.
+- Around an indicator of compromise (`ioc_pattern`: what the `cti_iocs` component labels), curly
+  quotes, square brackets and `’s` do come off: `“evil[.]com”`, `[1.2.3.4]`, `evil[.]com’s`,
+  `[evil.com](https://evil.com/a)`. `“EternalBlue”`, `[1]`, `APT28’s` and `victim’s` stay whole,
+  as in DNRTI. See `_ioc_prefixes` and `_ioc_infixes`.
 - Special cases: only the one-token, word-like ones (abbreviations such as `U.S.`, `Jan.`) are
   kept. English's contraction rules (`isn't` -> `is n't`, `Shed` -> `She d`) go, as DNRTI keeps
   contractions whole, and so do emoticons, which misfire on text like `Figure 8)`.
@@ -24,7 +28,20 @@ Flags are written inline (`(?i:...)`) because only the pattern text is serialize
 
 import re
 from collections import Counter
-from typing import Any, Callable, Dict, Iterable, List, Optional, Pattern, Sequence, Tuple
+from functools import lru_cache
+from importlib.resources import files
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    FrozenSet,
+    Iterable,
+    List,
+    Optional,
+    Pattern,
+    Sequence,
+    Tuple,
+)
 
 from spacy.lang.char_classes import ALPHA
 from spacy.language import Language
@@ -34,18 +51,24 @@ from spacy.util import compile_infix_regex, compile_prefix_regex, compile_suffix
 
 from .detokenize import join_tokens, token_offsets
 
-# A dot, an at sign and a scheme separator as reports write them: plain or defanged. The
-# patterns below accept exactly these forms, and `iocs.refang` undoes exactly these.
+# A dot, an at sign, a scheme separator and a port separator as reports write them: plain or
+# defanged, in any letter case (`[DOT]`, `(At)`). The patterns below accept exactly these forms,
+# and `iocs.refang` undoes exactly these.
 DOT_FORMS = (".", "[.]", "(.)", "{.}", "[dot]", "(dot)")
 AT_FORMS = ("@", "[@]", "[at]", "(at)")
 SCHEME_SEPARATORS = ("://", "[://]", "[:]//", ":[//]")
+PORT_SEPARATORS = (":", "[:]")
 # Schemes, defanged (hxxp, fxp) or not, before a separator.
 URL_SCHEMES = r"h(?:tt|xx)ps?|s?ftps?|fxp|file|wss?|tcp|udp|ldaps?|smb"
+# The dashes of a CVE id: hyphen-minus, underscore, and the Unicode hyphens and dashes that PDF
+# text and word processors put there (U+2010 hyphen, U+2011 non-breaking hyphen, U+2012 figure
+# dash, en dash, em dash). `iocs.classify` writes every one of them as `-`.
+CVE_DASHES = "-_\u2010\u2011\u2012\u2013\u2014"
 
 
 def alternatives(forms: Sequence[str]) -> str:
-    """A non-capturing group matching any of `forms` literally."""
-    return "(?:" + "|".join(re.escape(form) for form in forms) + ")"
+    """A non-capturing, case-insensitive group matching any of `forms` literally."""
+    return "(?i:" + "|".join(re.escape(form) for form in forms) + ")"
 
 
 _DOT = alternatives(DOT_FORMS)
@@ -53,25 +76,28 @@ _AT = alternatives(AT_FORMS)
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _H16 = r"[0-9A-Fa-f]{1,4}"
 _HOST = rf"(?:[A-Za-z0-9](?:[\w-]*[A-Za-z0-9])?{_DOT})+[A-Za-z]{{2,63}}"
-_PORT_PATH = r"(?::\d{1,5})?(?:[/?#]\S*)?"
+_PORT_PATH = rf"(?:{alternatives(PORT_SEPARATORS)}\d{{1,5}})?(?:[/?#]\S*)?"
+_CVE_DASH = f"[{CVE_DASHES}]"
 
 INDICATOR_PATTERNS: Dict[str, str] = {
-    # Scheme first, so hxxp://, fxp:// and http[:]// make a URL whatever follows them.
-    "url": rf"(?i:{URL_SCHEMES}){alternatives(SCHEME_SEPARATORS)}\S*",
+    # Scheme first, so hxxp://, fxp:// and http[:]// make a URL whatever follows them (but
+    # something must: `http://` alone is none).
+    "url": rf"(?i:{URL_SCHEMES}){alternatives(SCHEME_SEPARATORS)}\S+",
     "email": rf"[\w.+-]+{_AT}{_HOST}",
-    # Dotted quad, defanged or not, with an optional CIDR suffix, port and path.
-    "ipv4": rf"{_OCTET}(?:{_DOT}{_OCTET}){{3}}(?:/\d{{1,2}})?{_PORT_PATH}",
+    # Dotted quad, defanged or not, with an optional CIDR suffix (/0 to /32), port and path.
+    "ipv4": rf"{_OCTET}(?:{_DOT}{_OCTET}){{3}}(?:/(?:3[0-2]|[12]?\d))?{_PORT_PATH}",
     # All eight groups, or one `::` with groups either side; optional prefix length. A colon is
     # no infix here, but the pattern also keeps `::1` and `fe80::1` from losing a prefix.
     "ipv6": rf"(?:(?:{_H16}:){{7}}{_H16}|(?=[0-9A-Fa-f:]*[0-9A-Fa-f])"
     rf"(?:{_H16}(?::{_H16}){{0,6}})?::(?:{_H16}(?::{_H16}){{0,6}})?)(?:/\d{{1,3}})?",
     # MD5, SHA-1, SHA-256 (and SHA-512): exactly that many hex digits.
     "hash": r"(?:[0-9A-Fa-f]{32}|[0-9A-Fa-f]{40}|[0-9A-Fa-f]{64}|[0-9A-Fa-f]{128})",
-    # Reports write CVE-2017-11882, CVE2017-11882, CVE-2017_1882 and CVE-2018–8440.
-    "cve": r"(?i:cve)[-_]?\d{4}[-_–]\d{3,7}",
+    # Reports write CVE-2017-11882, CVE2017-11882, CVE-2017_1882, CVE–2018–8440, CVE‑2021‑44228.
+    "cve": rf"(?i:cve){_CVE_DASH}?\d{{4}}{_CVE_DASH}\d{{3,7}}",
     "ms_bulletin": r"MS\d{2}-\d{3}",
-    # Hive name first, so a key is recognised without a drive letter or slash before it.
-    "registry_key": r"(?:HKEY_[A-Z_]+|HK(?:LM|CU|CR|CC|U))(?:\\[^\\\s]+)*\\?",
+    # Hive name first, so a key is recognised without a drive letter or slash before it; any
+    # letter case, and PowerShell's drive form `HKLM:\...` for the short names.
+    "registry_key": r"(?i:HKEY_[A-Z_]+|HK(?:LM|CU|CR|CC|U):?)(?:\\[^\\\s]+)*\\?",
     # Drive letter, UNC share or %ENVVAR%, then backslash-separated parts; or a bare %ENVVAR%.
     "windows_path": r"(?:[A-Za-z]:|\\\\[\w.$-]+|%\w+%)(?:\\[^\\\s]*)+|%\w+%",
     # From the root or home: /etc/passwd, ~/.ssh/id_rsa, /tmp/.x/run.sh.
@@ -81,9 +107,10 @@ INDICATOR_PATTERNS: Dict[str, str] = {
     # Group handles with digits in them: admin@338, APT28, TG-3390, APT-C-06, UNC2452.
     "actor_handle": r"[A-Za-z][\w.]*@\d+|[A-Z][A-Za-z]*(?:-[A-Z]+)*-?\d+[A-Za-z]?",
 }
-# No indicator ends in the punctuation a sentence puts after a word: `evil.com/a.php).` fails
-# as a whole, sheds `.` and `)` as suffixes, and then matches.
-_NOT_AFTER_INDICATOR = r"""(?<![.,;:!?'"()\[\]{}<>“”‘’])"""
+# No indicator ends in the punctuation a sentence puts after a word, nor in a possessive:
+# `evil.com/a.php).` fails as a whole, sheds `.` and `)` as suffixes, and then matches;
+# `hxxp://evil[.]com/a’s` fails, and `_ioc_prefixes` splits it.
+_NOT_AFTER_INDICATOR = r"""(?<![.,;:!?'"()\[\]{}<>“”‘’])(?<!['’]s)"""
 # Word forms that DNRTI keeps whole although they end in punctuation, so they are exempt from
 # the rule above.
 WORD_FORM_PATTERNS: Dict[str, str] = {
@@ -112,6 +139,129 @@ def indicator_regex(
     guarded = "|".join(f"(?P<{name}>{pattern})" for name, pattern in patterns.items())
     exempt = "".join(f"|(?P<{name}>{pattern})" for name, pattern in word_forms.items())
     return re.compile(rf"(?:(?:{guarded}){_NOT_AFTER_INDICATOR}{exempt})\Z")
+
+
+def indicator_regex(
+    patterns: Optional[Dict[str, str]] = None, word_forms: Optional[Dict[str, str]] = None
+) -> Pattern:
+    """Compile indicator patterns into one anchored regex with a named group per class.
+
+    patterns (Optional[Dict[str, str]]): Class name to pattern, none of which may match a
+        string ending in sentence punctuation; `INDICATOR_PATTERNS` by default.
+    word_forms (Optional[Dict[str, str]]): Class name to pattern, exempt from that rule;
+        `WORD_FORM_PATTERNS` by default.
+    RETURNS (Pattern): Matches a whole string that is one indicator or word form;
+        `match.lastgroup` names the class.
+    """
+    patterns = INDICATOR_PATTERNS if patterns is None else patterns
+    word_forms = WORD_FORM_PATTERNS if word_forms is None else word_forms
+    guarded = "|".join(f"(?P<{name}>{pattern})" for name, pattern in patterns.items())
+    exempt = "".join(f"|(?P<{name}>{pattern})" for name, pattern in word_forms.items())
+    return re.compile(rf"(?:(?:{guarded}){_NOT_AFTER_INDICATOR}{exempt})\Z")
+
+# Top-level domains that are also common file extensions: a plain `name.one` is a file (OneNote
+# lure), not a host, unless the report defanged it (`name[.]one`). Chosen as the delegated TLDs
+# (`resources/tlds.txt`) among the file extensions that reports mention; `.ml`, `.in`, `.download`
+# and the like are TLDs too, but far more often hosts than files.
+FILE_EXTENSION_TLDS: FrozenSet[str] = frozenset(
+    {"zip", "mov", "py", "sh", "pl", "rs", "md", "so", "ps", "ai", "cc", "app"}
+    | {"one", "pub", "dot", "run", "cab", "java", "map", "cat", "properties"}
+)
+
+
+@lru_cache(maxsize=1)
+def top_level_domains() -> FrozenSet[str]:
+    """The delegated ASCII top-level domains (`resources/tlds.txt`, from the Public Suffix List)."""
+    text = files("spacy_secner").joinpath("resources", "tlds.txt").read_text(encoding="utf-8")
+    return frozenset(line for line in text.splitlines() if line and not line.startswith("#"))
+
+
+# The defang forms written in square brackets (`[.]`, `[dot]`, `[@]`, `[at]`, `[:]`, `[://]`, `[//]`):
+# a `[` that opens one of these is part of an indicator, any other `[` is not.
+_BRACKETED_FORMS = sorted(
+    {
+        bracketed
+        for form in DOT_FORMS + AT_FORMS + SCHEME_SEPARATORS + PORT_SEPARATORS
+        for bracketed in re.findall(r"\[[^\]]*\]", form)
+    },
+    key=len,
+    reverse=True,
+)
+_STRAY_BRACKET = rf"\[(?!{alternatives([form[1:] for form in _BRACKETED_FORMS])})"
+
+
+def ioc_pattern() -> str:
+    """A pattern for an indicator of compromise proper: what `cti_iocs` labels, as near as a regex
+    gets. It is `INDICATOR_PATTERNS` without group handles (`APT28`) and bulletins, a bare
+    `%ENVVAR%`, one-part Unix paths, SHA-512, a lower-case hive without a key, and domains that
+    `iocs.classify` rejects: a plain host must be lower case and end in a delegated TLD that is
+    no file extension; a defanged one may be in any case and end in any delegated TLD.
+    Unanchored; it ends in the guard against trailing punctuation that `indicator_regex` uses.
+    """
+    tlds = sorted(
+        (tld for tld in top_level_domains() if re.fullmatch(r"[a-z]{2,63}", tld)),
+        key=len,
+        reverse=True,
+    )
+    hosts_tlds = "|".join(tld for tld in tlds if tld not in FILE_EXTENSION_TLDS)
+    defanged_dot = alternatives([form for form in DOT_FORMS if form != "."])
+    label = r"[A-Za-z0-9](?:[\w-]*[A-Za-z0-9])?"
+    lower_label = r"[a-z0-9](?:[a-z0-9_-]*[a-z0-9])?"
+    # Defanged: a defanged dot before the end of the host. Plain: lower case throughout.
+    defanged_host = rf"(?=[\w.-]*{defanged_dot})(?:{label}{_DOT})+(?i:{'|'.join(tlds)})(?![\w-])"
+    plain_host = rf"(?:{lower_label}\.)+(?:{hosts_tlds})(?![\w-])"
+    patterns = {
+        name: INDICATOR_PATTERNS[name] for name in ("url", "email", "ipv4", "ipv6", "cve")
+    }
+    patterns.update(
+        {
+            "hash": r"(?:[0-9A-Fa-f]{32}|[0-9A-Fa-f]{40}|[0-9A-Fa-f]{64})",
+            # A key in any case, or a hive alone in capitals (`HKLM`, not the word `hku`).
+            "registry_key": r"(?i:HKEY_[A-Z_]+|HK(?:LM|CU|CR|CC|U):?)(?:\\[^\\\s]+)+\\?"
+            r"|(?:HKEY_[A-Z_]+|HK(?:LM|CU|CR|CC|U))\\?",
+            "windows_path": r"(?:[A-Za-z]:|\\\\[\w.$-]+|%\w+%)(?:\\[^\\\s]*)+",
+            "unix_path": r"~?/[\w.+@-]+(?:/[\w.+@-]+)+/?",
+            "domain": rf"(?:{defanged_host}|{plain_host}){_PORT_PATH}",
+        }
+    )
+    return "(?:" + "|".join(patterns.values()) + ")" + _NOT_AFTER_INDICATOR
+
+
+# DNRTI keeps curly quotes, square brackets and `’s` on words (`“EternalBlue”`, `[1]`,
+# `victim’s`), so they are no prefixes or suffixes of ours. Around an indicator they must come off,
+# or `cti_iocs` never sees it. spaCy's prefix and suffix rules are plain regexes that see only
+# the chunk left so far, and Python's `re` cannot look back over an indicator of any length, so
+# both sides are split by prefix rules that look ahead over the rest of the chunk:
+_OPENERS = "“‘["
+_CLOSERS = r"(?:’s|[”’\]])"
+# What may follow the indicator and its closer: more closing punctuation or a possessive.
+_TAIL = r"(?:['’]s|[^\w\s])*"
+# ...or, after `[indicator`, a Markdown link's target: `](https://evil.com/a)`.
+_LINK_TARGET = r"\]\(\S*"
+
+
+def _ioc_prefixes(ioc: str) -> List[str]:
+    """Prefix rules (for `compile_prefix_regex`, which anchors them) that split quotes, brackets
+    and possessives from an indicator of compromise `ioc`, and nothing else. Both leave a chunk
+    with a bracket that opens no defang form (`http://x/a[1]”`) alone: its `]` closes that
+    bracket, not the indicator."""
+    return [
+        # An opening quote or bracket before an indicator and closing punctuation:
+        # `“evil[.]com”,` -> `“` + `evil[.]com”,`; `[evil.com](https://...)` -> `[` + ...
+        rf"[{_OPENERS}](?!\S*?{_STRAY_BRACKET})(?={ioc}(?:{_TAIL}|{_LINK_TARGET})$)",
+        # An indicator before closing punctuation with a closing quote, bracket or possessive in
+        # it, taken off as one prefix so that the closer is left on its own: `evil[.]com”.` ->
+        # `evil[.]com` + `”.`, `1.2.3.4’s` -> `1.2.3.4` + `’s`. The first lookahead is a cheap
+        # gate: a closer must be in the chunk.
+        rf"(?=[^”’\]\s]*[”’\]])(?!\S*?{_STRAY_BRACKET}){ioc}"
+        rf"(?=(?:[^\w\s]*?{_CLOSERS}{_TAIL}|{_LINK_TARGET})$)",
+    ]
+
+
+def _ioc_infixes(ioc: str) -> List[str]:
+    """Infix rules that split a Markdown link's `(` from the indicator it points to:
+    `[here](https://evil.com/a` -> `[here]` + `(` + `https://evil.com/a`."""
+    return [rf"(?<=\])\((?={ioc}$)"]
 
 
 # DNRTI tokens that English's infixes would split. A default infix that splits any of them is
@@ -152,8 +302,9 @@ _EXTRA_SUFFIXES = [
     # `XAGENT.B.`) but not initials (`U.K.`). English only splits it after two capitals.
     r"(?<=[^A-Z.\s][A-Z])\.",
     r"(?<=[A-Za-z0-9]{2}\.[A-Z])\.",
-    # ...and after a slash, so `See http://evil.com/.` keeps its URL and loses the full stop.
-    r"(?<=/)\.",
+    # ...and after a slash or backslash, so `See http://evil.com/.` keeps its URL and
+    # `Dropped into C:\Users\Public\.` its path, and both lose the full stop.
+    r"(?<=[/\\])\.",
     # The one curly quote DNRTI splits off: after a comma (`malware,”` -> `malware , ”`).
     r"(?<=,)”",
 ]
@@ -198,14 +349,17 @@ def build_cti_tokenizer(nlp: Language) -> Tokenizer:
     RETURNS (Tokenizer): The tokenizer.
     """
     defaults = nlp.Defaults
-    prefixes = _affixes(defaults.prefixes or [], "^(?:{})")
+    ioc = ioc_pattern()
+    # Ours first: all prefix rules are anchored at the start, and the first that matches wins.
+    prefixes = _ioc_prefixes(ioc) + _affixes(defaults.prefixes or [], "^(?:{})")
     suffixes = _affixes(defaults.suffixes or [], "(?:{})$") + _EXTRA_SUFFIXES
+    infixes = _infixes(defaults.infixes or []) + _ioc_infixes(ioc)
     return Tokenizer(
         nlp.vocab,
         rules=_special_cases(defaults.tokenizer_exceptions or {}),
         prefix_search=compile_prefix_regex(prefixes).search,
         suffix_search=compile_suffix_regex(suffixes).search,
-        infix_finditer=compile_infix_regex(_infixes(defaults.infixes or [])).finditer,
+        infix_finditer=compile_infix_regex(infixes).finditer,
         token_match=indicator_regex().match,
         url_match=defaults.url_match,
     )

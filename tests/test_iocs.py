@@ -59,6 +59,19 @@ def nlp() -> Language:
         ),
         ("CVE-2017-11882", "cve", "CVE-2017-11882"),
         ("cve2018–8440", "cve", "CVE-2018-8440"),
+        ("CVE–2018–8440", "cve", "CVE-2018-8440"),  # en dashes
+        ("CVE‑2021‑44228", "cve", "CVE-2021-44228"),  # non-breaking hyphens (U+2011)
+        ("CVE—2021—44228", "cve", "CVE-2021-44228"),  # em dashes
+        ("CVE‐2019_0708", "cve", "CVE-2019-0708"),  # U+2010 hyphen, underscore
+        ("evil[DOT]com", "domain", "evil.com"),
+        ("Evil(Dot)COM", "domain", "evil.com"),
+        ("USER[AT]EVIL[DOT]COM", "email", "USER@evil.com"),
+        ("evil[.]com[:]443", "domain", "evil.com:443"),
+        ("1.2.3[.]4[:]8080", "ipv4", "1.2.3.4:8080"),
+        ("hxxp://evil[.]com[:]8443/a", "url", "http://evil.com:8443/a"),
+        ("1.2.3.4/0", "ipv4", "1.2.3.4/0"),
+        ("1.2.3.4/32", "ipv4", "1.2.3.4/32"),
+        ("2001:db8::/128", "ipv6", "2001:db8::/128"),
         ("C:\\Users\\Public\\svchost.exe", "file_path", "C:\\Users\\Public\\svchost.exe"),
         ("%APPDATA%\\Microsoft\\upd.exe", "file_path", "%APPDATA%\\Microsoft\\upd.exe"),
         ("/tmp/.x/run.sh", "file_path", "/tmp/.x/run.sh"),
@@ -67,6 +80,13 @@ def nlp() -> Language:
             "registry_key",
             "HKEY_LOCAL_MACHINE\\Software\\Microsoft\\Windows\\CurrentVersion\\Run",
         ),
+        (  # PowerShell's drive form
+            "HKLM:\\Software\\Microsoft\\Windows\\CurrentVersion\\Run",
+            "registry_key",
+            "HKEY_LOCAL_MACHINE\\Software\\Microsoft\\Windows\\CurrentVersion\\Run",
+        ),
+        ("hklm\\software\\x", "registry_key", "HKEY_LOCAL_MACHINE\\software\\x"),
+        ("hkcu:\\Software\\x\\", "registry_key", "HKEY_CURRENT_USER\\Software\\x"),
     ],
 )
 def test_indicator_in_a_sentence(nlp, text, label, value):
@@ -86,10 +106,74 @@ def test_indicator_in_a_sentence(nlp, text, label, value):
         "Use TCP/UDP and/or /24 ranges.",
         "A SHA-512 digest " + "ab" * 64 + " is no label of ours.",
         "The bare %TEMP% variable and MS17-010 and APT28 are no indicators.",
+        # File names whose extension is also a TLD.
+        "Open invoice.one and id_rsa.pub and normal.dot and setup.run and data.cab.",
+        "Sources main.java and app.js.map and oem.cat and log4j.properties were read.",
+        # A scheme with nothing after it; a prefix length no IPv4 address has.
+        "Just prefix it with http:// or hxxp[:]// in the browser.",
+        "Beacons 1.2.3.4/33 and 1.2.3.4/99 were seen.",
+        # A lower-case hive name alone is a word (Hong Kong University).
+        "A study at hku and Hkcu found nothing.",
+        # Quotes and brackets around words that are no indicators.
+        "Dubbed “EternalBlue” [1], the Group’s ‘APT-C-35’ used “svchost.exe”.",
     ],
 )
 def test_prose_that_is_no_indicator(nlp, text):
     assert iocs_of(nlp(text)) == []
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        (
+            "The C2 was “evil[.]com” and ‘1.2.3.4’ and “hxxp://evil[.]com/a”.",
+            [
+                ("evil[.]com", "domain", "evil.com"),
+                ("1.2.3.4", "ipv4", "1.2.3.4"),
+                ("hxxp://evil[.]com/a", "url", "http://evil.com/a"),
+            ],
+        ),
+        (
+            "Payloads (see “C:\\Users\\Public\\a.exe”) and ‘HKCU\\Software\\Run’ and "
+            "“d41d8cd98f00b204e9800998ecf8427e”.",
+            [
+                ("C:\\Users\\Public\\a.exe", "file_path", "C:\\Users\\Public\\a.exe"),
+                ("HKCU\\Software\\Run", "registry_key", "HKEY_CURRENT_USER\\Software\\Run"),
+                ("d41d8cd98f00b204e9800998ecf8427e", "md5", "d41d8cd98f00b204e9800998ecf8427e"),
+            ],
+        ),
+        (
+            "The evil[.]com’s registrant, 1.2.3.4’s owner and CVE-2017-11882’s exploit.",
+            [
+                ("evil[.]com", "domain", "evil.com"),
+                ("1.2.3.4", "ipv4", "1.2.3.4"),
+                ("CVE-2017-11882", "cve", "CVE-2017-11882"),
+            ],
+        ),
+        ("Visit hxxp://evil[.]com/a” now.", [("hxxp://evil[.]com/a", "url", "http://evil.com/a")]),
+        (
+            "Indicators: [1.2.3.4] and [evil[.]com] and [hxxp://evil[.]com/a].",
+            [
+                ("1.2.3.4", "ipv4", "1.2.3.4"),
+                ("evil[.]com", "domain", "evil.com"),
+                ("hxxp://evil[.]com/a", "url", "http://evil.com/a"),
+            ],
+        ),
+        (
+            "See [evil.com](https://evil.com/a).",
+            [
+                ("evil.com", "domain", "evil.com"),
+                ("https://evil.com/a", "url", "https://evil.com/a"),
+            ],
+        ),
+        (
+            "Dropped into C:\\Users\\Public\\.",
+            [("C:\\Users\\Public\\", "file_path", "C:\\Users\\Public\\")],
+        ),
+    ],
+)
+def test_indicator_in_quotes_brackets_or_a_possessive(nlp, text, expected):
+    assert iocs_of(nlp(text)) == expected
 
 
 def test_defanged_list_keeps_offsets(nlp):
@@ -112,6 +196,9 @@ def test_refang_undoes_the_accepted_forms_only():
     assert refang("hxxps://a(dot)b{.}c(.)d/e") == "https://a.b.c.d/e"
     assert refang("x[@]y[.]z") == "x@y.z"
     assert refang("no indicator [here] (at all)") == "no indicator [here] (at all)"
+    # Any letter case, as the patterns accept it, and a defanged port separator.
+    assert refang("USER[AT]EVIL[DOT]COM") == "USER@EVIL.COM"
+    assert refang("hXXps[:]//a(DOT)b[:]8443/x") == "https://a.b:8443/x"
 
 
 def test_empty_doc_and_a_doc_without_the_component(nlp):
@@ -132,8 +219,15 @@ def test_spans_key_setting():
 
 
 def test_pipe_equals_call(nlp):
-    texts = ["Seen at evil[.]com .", "", "Hash 44d88612fea8a8f36de82e1278abb02f here."]
-    assert [iocs_of(d) for d in nlp.pipe(texts)] == [iocs_of(nlp(t)) for t in texts]
+    texts = ["Seen at evil[.]com .", "", "Hash 44d88612fea8a8f36de82e1278abb02f here.", "None."]
+    expected = [
+        [("evil[.]com", "domain", "evil.com")],
+        [],
+        [("44d88612fea8a8f36de82e1278abb02f", "md5", "44d88612fea8a8f36de82e1278abb02f")],
+        [],
+    ]
+    assert [iocs_of(nlp(t)) for t in texts] == expected
+    assert [iocs_of(d) for d in nlp.pipe(texts, batch_size=3)] == expected
 
 
 def test_saved_with_and_without_the_component(trained_cnn_nlp, tmp_path):

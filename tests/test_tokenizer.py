@@ -11,7 +11,12 @@ import pytest
 import spacy
 from spacy.tokenizer import Tokenizer
 
-from spacy_secner.tokenizer import indicator_regex, tokenization_fidelity
+from spacy_secner.tokenizer import (
+    FILE_EXTENSION_TLDS,
+    indicator_regex,
+    tokenization_fidelity,
+    top_level_domains,
+)
 
 TOKENIZER_NAME = "spacy-secner.cti_tokenizer.v1"
 
@@ -45,6 +50,15 @@ INDICATORS = [
     ("HKCU\\Software\\Classes\\mscfile\\shell\\open\\command", "registry_key"),
     ("CVE-2012-0158", "cve"),
     ("CVE-2017-11882", "cve"),
+    ("CVE–2018–8440", "cve"),  # en dashes
+    ("CVE‑2021‑44228", "cve"),  # non-breaking hyphens (U+2011), as PDF text has them
+    ("CVE—2021—44228", "cve"),  # em dashes
+    ("HKLM:\\Software\\Microsoft\\Windows\\CurrentVersion\\Run", "registry_key"),
+    ("hklm\\software\\x", "registry_key"),
+    ("evil[DOT]com", "domain"),
+    ("evil[.]com[:]443", "domain"),
+    ("1.2.3[.]4[:]8080", "ipv4"),
+    ("USER[AT]EVIL[DOT]COM", "email"),
     ("MS17-010", "ms_bulletin"),
     ("admin@338", "actor_handle"),
     ("APT28", "actor_handle"),
@@ -110,10 +124,115 @@ def test_indicator_is_one_token(nlp, indicator, kind):
         ("calls ShellExecute() on attack(s)", ["calls", "ShellExecute()", "on", "attack(s)"]),
         ("Figure 2: Timeline", ["Figure", "2:", "Timeline"]),
         ("Not a hash: deadbeef.", ["Not", "a", "hash", ":", "deadbeef", "."]),
+        (
+            "Dropped into C:\\Users\\Public\\. Then HKCU\\Software\\Run\\.",
+            ["Dropped", "into", "C:\\Users\\Public\\", ".", "Then", "HKCU\\Software\\Run\\", "."],
+        ),
     ],
 )
 def test_words_and_punctuation(nlp, text, expected):
     assert words(nlp, text) == expected
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        # Curly quotes around an indicator, with punctuation after them.
+        (
+            "was “evil[.]com” and ‘1.2.3.4’ and “hxxp://evil[.]com/a”.",
+            ["was", "“", "evil[.]com", "”", "and", "‘", "1.2.3.4", "’", "and", "“"]
+            + ["hxxp://evil[.]com/a", "”", "."],
+        ),
+        ("was “evil[.]com”, then", ["was", "“", "evil[.]com", "”", ",", "then"]),
+        ("(“evil[.]com”)", ["(", "“", "evil[.]com", "”", ")"]),
+        (
+            "see “C:\\Users\\Public\\a.exe”) and ‘HKCU\\Software\\Run’",
+            ["see", "“", "C:\\Users\\Public\\a.exe", "”", ")", "and"]
+            + ["‘", "HKCU\\Software\\Run", "’"],
+        ),
+        (
+            "“d41d8cd98f00b204e9800998ecf8427e” and “~/.ssh/id_rsa”.",
+            ["“", "d41d8cd98f00b204e9800998ecf8427e", "”", "and", "“", "~/.ssh/id_rsa", "”", "."],
+        ),
+        # An unbalanced closing quote, and curly possessives.
+        ("Visit hxxp://evil[.]com/a” now", ["Visit", "hxxp://evil[.]com/a", "”", "now"]),
+        (
+            "evil[.]com’s owner, 1.2.3.4’s and CVE-2017-11882’s",
+            ["evil[.]com", "’s", "owner", ",", "1.2.3.4", "’s", "and", "CVE-2017-11882", "’s"],
+        ),
+        ("hxxp://evil[.]com/a’s page", ["hxxp://evil[.]com/a", "’s", "page"]),
+        # Square brackets, but never inside a defang form.
+        (
+            "[1.2.3.4] and [evil[.]com] and [hxxp://evil[.]com/a].",
+            ["[", "1.2.3.4", "]", "and", "[", "evil[.]com", "]", "and", "[", "hxxp://evil[.]com/a"]
+            + ["]", "."],
+        ),
+        ("[user[at]evil[dot]com]", ["[", "user[at]evil[dot]com", "]"]),
+        # Markdown links.
+        (
+            "See [evil.com](https://evil.com/a).",
+            ["See", "[", "evil.com", "]", "(", "https://evil.com/a", ")", "."],
+        ),
+        (
+            "See [here](https://evil.com/a).",
+            ["See", "[here]", "(", "https://evil.com/a", ")", "."],
+        ),
+    ],
+)
+def test_quotes_brackets_and_possessives_come_off_indicators(nlp, text, expected):
+    assert words(nlp, text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # DNRTI's own tokens: no indicator inside, so nothing comes off.
+        "“EternalBlue”",
+        "‘Operation",
+        "Sheep’",
+        "victim’s",
+        "Group’s",
+        "[1]",
+        "[Contract.doc]",
+        # Matched by the indicator patterns but no indicator of compromise.
+        "APT28’s",
+        "‘APT-C-35’",
+        "“MS17-010”",
+        "“svchost.exe”",
+        "“setup.py”",
+        "‘invoice.one’",
+        "“Evil.com”",
+        "[svchost.exe]",
+        "“%TEMP%”",
+        "“/tmp”",
+        # A bracket that opens no defang form: the `]` closes it, not the URL.
+        "http://x/a[1]”",
+        "“http://x/a[1]”",
+    ],
+)
+def test_quotes_and_brackets_stay_on_other_words(nlp, text):
+    assert words(nlp, text) == [text]
+
+
+def test_quotes_come_off_exactly_what_cti_iocs_labels(nlp):
+    """The tokenizer's idea of an indicator of compromise (`ioc_pattern`) and the component's
+    (`iocs.classify`) agree: a curly quote comes off a word exactly when the word is one."""
+    from spacy_secner.iocs import find_iocs
+
+    candidates = [
+        "evil.com", "evil.co.uk", "Evil.com", "evil[.]zip", "setup.py", "invoice.one", "main.java",
+        "app.js.map", "id_rsa.pub", "evil.xyz", "Backdoor.APT.Pgift", "1.2.3.4", "10.0.0.0/8",
+        "fe80::1", "::1", "hxxp://evil[.]com/a", "a@evil.com", "d41d8cd98f00b204e9800998ecf8427e",
+        "ab" * 64, "CVE-2017-11882", "MS17-010", "APT28", "C:\\x\\y.exe", "%TEMP%",
+        "/etc/passwd", "/tmp", "HKLM\\Software", "HKLM", "svchost.exe", "EternalBlue",
+    ]  # fmt: skip
+    for word in candidates:
+        is_ioc = bool(find_iocs(nlp(word)))
+        assert words(nlp, f"“{word}”") == (["“", word, "”"] if is_ioc else [f"“{word}”"]), word
+
+
+def test_file_extension_tlds_are_top_level_domains():
+    assert FILE_EXTENSION_TLDS <= top_level_domains()
 
 
 def test_default_tokenizer_splits_what_ours_keeps(nlp):
@@ -155,6 +274,7 @@ SAMPLE = (
     "the C2 was hxxp://evil[.]com/a.php?id=1 at 1.2.3[.]4 and 2001:db8::1. It dropped "
     "C:\\Users\\Public\\svc.exe, set HKCU\\Software\\Microsoft\\Windows\\CurrentVersion\\Run and "
     "read /etc/passwd. MD5: d41d8cd98f00b204e9800998ecf8427e. Didn't admin@338's “tools” cost $300?"
+    " Quoted: “evil[.]com”, [1.2.3[.]4], evil[.]com’s owner, [evil.com](https://evil.com/a)."
 )
 
 
