@@ -63,8 +63,10 @@ data: venv
 		PATH="$(abspath $(VENV))/bin:$$PATH" python -m spacy project assets . && \
 		PATH="$(abspath $(VENV))/bin:$$PATH" python -m spacy project run extract . ; fi
 
+# Without a DNRTI copy at hand, the workflow reads the files `data` extracted.
 all: venv data
-	PATH="$(abspath $(VENV))/bin:$$PATH" python -m spacy project run all .
+	DNRTI_DIR="$(or $(DNRTI_DIR),assets/dnrti)" PATH="$(abspath $(VENV))/bin:$$PATH" \
+		python -m spacy project run all .
 
 # The tests run in TEST_WORKERS processes (pytest-xdist), a test file per process at a time: the
 # suite is mostly process start-up, model loading and training on tiny inputs, which overlap well

@@ -6,7 +6,7 @@ are kept, so an interrupted benchmark resumes where it stopped.
 
     python bench/bench_accuracy.py run --epochs 2 --jobs 2 --output metrics/accuracy
 
-`pick` then puts the headline run closest to the mean in `training/model-best`, for the
+`pick` then puts the headline run closest to the mean dev F1 in `training/model-best`, for the
 project's `ship` workflow to calibrate, evaluate and package.
 """
 import json
@@ -186,7 +186,7 @@ def pick(
     curves: Path = typer.Option(ROOT / "training/curves.jsonl", help="Where its curves go"),
     min_seeds: int = typer.Option(3, min=1, help="Refuse fewer seeds than this"),
 ) -> None:
-    """Put the run closest to the mean test F1 in place of the trained model, its meta saying
+    """Put the run closest to the mean dev F1 in place of the trained model, its meta saying
     which run it is and the distribution it comes from, for `calibrate`, `evaluate`, `plot` and
     `package` to ship."""
     summary_path = output / "accuracy.json"
@@ -207,12 +207,13 @@ def pick(
     if not (source / "meta.json").exists():
         raise SystemExit(f"{source}: no trained model (meta.json missing)")
     provenance = {
-        "selection": "closest to the mean test F1 over the variant's seeds",
+        "selection": "closest to the mean dev F1 over the variant's seeds",
         "harness": "bench/bench_accuracy.py",
         "variant": run["variant"],
         "seed": run["seed"],
         "test_f": run["test_f"],
         "dev_f": run["dev_f"],
+        "mean_dev_f": chosen["mean_dev"],
         "mean_test_f": chosen["mean"],
         "std_test_f": chosen["std"],
         "seeds": chosen["seeds"],

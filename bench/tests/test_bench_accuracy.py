@@ -146,8 +146,13 @@ def test_closest_to_mean_is_not_the_best_seed():
     results = [run_result("headline", s, f) for s, f in [(0, 0.86), (1, 0.88), (2, 0.85)]]
     results.append(run_result("softmax", 0, 0.865))
     chosen = accuracy.closest_to_mean(results, "headline")
-    assert chosen["run"]["seed"] == 0  # 0.86 is nearest the mean 0.8633
+    assert chosen["run"]["seed"] == 0  # dev 0.76 is nearest the mean dev 0.7633
     assert chosen["mean"] == pytest.approx(0.8633, abs=1e-4)
+    assert chosen["mean_dev"] == pytest.approx(0.7633, abs=1e-4)
+    # Chosen on dev, never on test: the test F1 nearest its mean is another seed's here.
+    apart = [run_result("headline", 0, 0.86, dev_f=0.70), run_result("headline", 1, 0.80, dev_f=0.75),
+             run_result("headline", 2, 0.90, dev_f=0.80)]
+    assert accuracy.closest_to_mean(apart, "headline")["run"]["seed"] == 1
     assert chosen["std"] == pytest.approx(0.0153, abs=1e-4) and chosen["seeds"] == [0, 1, 2]
     # Equally close: the lower seed.
     tie = accuracy.closest_to_mean([run_result("headline", s, f) for s, f in [(3, 1.0), (1, 0.5)]], "headline")
