@@ -2,7 +2,7 @@
 reliability before and after on dev and on the test set's raw text."""
 
 import json
-import shutil
+from contextlib import ExitStack
 from pathlib import Path
 from typing import List, Optional, Set, Tuple
 
@@ -10,6 +10,7 @@ import spacy
 import typer
 from spacy.tokens import DocBin
 
+from spacy_secner.atomic import atomic_directory, atomic_path, write_json
 from spacy_secner.calibration import (
     calibrate,
     cross_fitted,
@@ -138,16 +139,20 @@ def main(
     print(f"map: {json.dumps(summarize(fitted))} ({selection})")
     if fitted is not None:
         pipe.cfg["calibration"] = fitted
-    if output.exists():
-        shutil.rmtree(output)
-    nlp.to_disk(output)
-    (metrics_dir / "calibration.json").write_text(json.dumps(results, indent=2))
     method = selection["method"] or "none"
-    plot_reliability(
-        {split: stages for split, stages in curves.items() if "documents" not in split},
-        metrics_dir / "reliability.png",
-        title=f"Entity confidence reliability, 10 bins (map: {method}, fitted on {fit_split})",
-    )
+    # Every output is written beside its final name first and put in place only when all were
+    # written, the pipeline last: a failure leaves the previous outputs as they were.
+    with ExitStack() as stack:
+        model_tmp = stack.enter_context(atomic_directory(output))
+        json_tmp = stack.enter_context(atomic_path(metrics_dir / "calibration.json"))
+        plot_tmp = stack.enter_context(atomic_path(metrics_dir / "reliability.png"))
+        write_json(json_tmp, results)
+        plot_reliability(
+            {split: stages for split, stages in curves.items() if "documents" not in split},
+            plot_tmp,
+            title=f"Entity confidence reliability, 10 bins (map: {method}, fitted on {fit_split})",
+        )
+        nlp.to_disk(model_tmp)
 
 
 def sentences_of(nlp, path: Path) -> List[Tuple[List[str], List[str]]]:

@@ -1,10 +1,11 @@
 """Score a trained pipeline on a DocBin with seqeval and draw the per-type and BIO heatmaps."""
+from contextlib import ExitStack
 from pathlib import Path
 
 import spacy
 import typer
 
-from spacy_secner.atomic import write_json, write_text
+from spacy_secner.atomic import atomic_path, write_json, write_text
 from spacy_secner.bio import bio_tags
 from spacy_secner.evaluation import predict_corpus, seqeval_report
 from spacy_secner.plots import plot_tag_confusion, plot_type_heatmap
@@ -22,11 +23,19 @@ def main(
     nlp = spacy.load(model)
     gold, pred = predict_corpus(nlp, corpus)
     report = seqeval_report(gold, pred)
-    write_text(output_dir / f"seqeval_{name}.txt", report["report"])
-    write_json(output_dir / f"seqeval_{name}.json", report)
     labels = nlp.get_pipe("ner_crf").labels
-    plot_type_heatmap(report, output_dir / "heatmap.png")
-    plot_tag_confusion(gold, pred, bio_tags(labels), output_dir / "confusion.png")
+    # Every output is written beside its final name first and renamed into place only when all
+    # were written: a failure leaves the previous outputs as they were, not a mix of runs.
+    outputs = [f"seqeval_{name}.txt", f"seqeval_{name}.json", "heatmap.png", "confusion.png"]
+    with ExitStack() as stack:
+        txt, json_, heatmap, confusion = (
+            stack.enter_context(atomic_path(output_dir / out)) for out in outputs
+        )
+        write_text(txt, report["report"])
+        write_json(json_, report)
+        plot_type_heatmap(report, heatmap)
+        # Gold labels the model lacks are appended to its tag set (and count as missed).
+        plot_tag_confusion(gold, pred, bio_tags(labels), confusion)
     print(report["report"])
     print(f"micro P {report['precision']:.4f} R {report['recall']:.4f} F1 {report['f1']:.4f}")
 

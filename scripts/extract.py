@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from spacy_secner.atomic import atomic_path
+
 FILES = ("train.txt", "valid.txt", "test.txt")
 # (program, arguments before the archive, option naming the output directory)
 EXTRACTORS = (
@@ -20,7 +22,14 @@ HINT = (
 )
 
 
-def main(archive: Path, output_dir: Path) -> None:
+def main(
+    archive: Path = typer.Argument(..., help="DNRTI's RAR archive (assets/DNRTI.rar)"),
+    output_dir: Path = typer.Argument(
+        ..., help="Where train.txt, valid.txt and test.txt go (assets/dnrti)"
+    ),
+) -> None:
+    """Extract DNRTI's train.txt, valid.txt and test.txt from its RAR archive with the first
+    extractor found of bsdtar, unrar, 7z and unar."""
     for program, args, out_opt in EXTRACTORS:
         exe = shutil.which(program)
         if exe is None:
@@ -39,7 +48,10 @@ def main(archive: Path, output_dir: Path) -> None:
                 raise typer.BadParameter(f"{archive} lacks {', '.join(missing)}")
             output_dir.mkdir(parents=True, exist_ok=True)
             for name, path in found.items():
-                shutil.move(str(path), output_dir / name)
+                # The temporary directory may be on another file system: a move there can be a
+                # copy, which a reader must never see half done.
+                with atomic_path(output_dir / name) as tmp:
+                    shutil.move(str(path), tmp)
         print(f"Extracted {', '.join(FILES)} to {output_dir} with {program}")
         return
     raise SystemExit(HINT)

@@ -3,6 +3,7 @@ import glob
 import json
 import os
 import secrets
+import shutil
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +28,28 @@ def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def atomic_directory(path: Union[str, Path]) -> Iterator[Path]:
+    """A temporary directory beside `path` to write to, put in place of `path` when the block
+    completes and removed on any exception, so `path` is either the old or the whole new one."""
+    path = Path(path)
+    tag = secrets.token_hex(4)
+    tmp = path.with_name(f".{path.name}.{tag}.tmp")
+    old = path.with_name(f".{path.name}.{tag}.old")
+    try:
+        yield tmp
+        if path.exists():
+            # Two renames: a directory cannot replace a non-empty one in one step.
+            os.replace(path, old)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not path.exists():
+            os.replace(old, path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def leftover_temporaries(path: Union[str, Path]) -> List[Path]:

@@ -3,7 +3,8 @@
 DNRTI's files (Wang et al., TrustCom 2020) have CRLF line endings, a blank line between
 sentences, and a few irregular lines. What happens to each kind, counted in `ReadStats`:
 
-- CRLF: read with universal newlines, so `\r` never reaches a token.
+- CRLF: lines end at `\n`, `\r\n` or `\r` (as with universal newlines), so `\r` never
+  reaches a token.
 - Several spaces or trailing spaces around the tag: fields are split on runs of whitespace.
 - A line with a tag and no token (` O`, `O`): skipped (`tag_only_lines`).
 - A whitespace-only line: a sentence break, like an empty one.
@@ -14,8 +15,9 @@ sentences, and a few irregular lines. What happens to each kind, counted in `Rea
 - An orphan `I-X` (after `O` or another type): read as `B-X` (`repaired_tags`), which is how
   seqeval's default mode scores it, so our entity counts and scores match published ones.
 - Other non-ASCII tokens (dashes, ®, ™, curly quotes) are kept verbatim (`non_ascii_tokens`).
-- Anything else (an unknown tag, a token without a tag, undecodable bytes) stops the read with
-  a `DNRTIFormatError` naming the file and line.
+- Anything else (an unknown tag, a token without a tag, undecodable bytes, a third column
+  such as `APT28 B-HackOrg B-HackOrg` or tab-separated ones) stops the read with a
+  `DNRTIFormatError` naming the file and line; a file without any sentence is an error too.
 """
 import os
 import re
@@ -23,7 +25,7 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Dict, Iterable, Iterator, List, Optional, Set, Tuple, Union
 
 from spacy.tokens import Doc
 from spacy.vocab import Vocab
@@ -47,6 +49,7 @@ DNRTI_LABELS = (
     "Way",
 )
 _WHITESPACE = re.compile(r"\s+")
+_TABS = re.compile(r"\t+")
 # The project asset, extracted by `spacy project run extract`.
 ASSET_DIR = Path("assets/dnrti")
 
@@ -97,39 +100,77 @@ def read_sentences(
     valid = {"O"} | {f"{p}-{label}" for label in labels for p in "BI"}
     words: List[str] = []
     tags: List[str] = []
-    with path.open(encoding="utf-8", newline=None) as f:
-        lineno = 0
-        try:
-            for lineno, line in enumerate(f, 1):
-                fields = _WHITESPACE.split(line.strip())
-                if fields == [""]:
-                    if words:
-                        yield _finish(words, tags, stats)
-                        words, tags = [], []
-                    continue
-                tag = fields[-1]
-                if tag not in valid:
-                    raise DNRTIFormatError(
-                        f"{path}:{lineno}: unknown tag {tag!r} in line {line.rstrip()!r} "
-                        f"(expected O, B-X or I-X with X in {sorted(labels)})"
-                    )
-                if len(fields) == 1:
-                    stats.tag_only_lines += 1
-                    continue
-                cleaned = [_clean(w, stats) for w in fields[:-1]]
-                pieces = [w for w in cleaned if w]
-                stats.dropped_empty_tokens += len(cleaned) - len(pieces)
-                if not pieces:
-                    continue
-                if len(pieces) > 1:
-                    stats.split_tokens += 1
-                for i, word in enumerate(pieces):
-                    words.append(word)
-                    tags.append(tag if i == 0 or tag == "O" else "I-" + tag[2:])
-        except UnicodeDecodeError as err:
-            raise DNRTIFormatError(f"{path}:{lineno + 1}: not UTF-8 ({err})") from err
+    found = 0
+    for lineno, line in _lines(path):
+        fields = _WHITESPACE.split(line.strip())
+        if fields == [""]:
+            if words:
+                found += 1
+                yield _finish(words, tags, stats)
+                words, tags = [], []
+            continue
+        tag = fields[-1]
+        if tag not in valid:
+            raise DNRTIFormatError(
+                f"{path}:{lineno}: unknown tag {tag!r} in line {line.rstrip()!r} "
+                f"(expected O, B-X or I-X with X in {sorted(labels)})"
+            )
+        _check_columns(path, lineno, line, fields, valid)
+        if len(fields) == 1:
+            stats.tag_only_lines += 1
+            continue
+        cleaned = [_clean(w, stats) for w in fields[:-1]]
+        pieces = [w for w in cleaned if w]
+        stats.dropped_empty_tokens += len(cleaned) - len(pieces)
+        if not pieces:
+            continue
+        if len(pieces) > 1:
+            stats.split_tokens += 1
+        for i, word in enumerate(pieces):
+            words.append(word)
+            tags.append(tag if i == 0 or tag == "O" else "I-" + tag[2:])
     if words:
+        found += 1
         yield _finish(words, tags, stats)
+    if not found:
+        # An empty corpus would otherwise train and score on nothing without a word.
+        raise DNRTIFormatError(
+            f"{path}: no sentences (the file is empty or has only blank and tag-only lines)"
+        )
+
+
+def _lines(path: Path) -> Iterator[Tuple[int, str]]:
+    """Number and text of each line, split at LF, CRLF or a lone CR, as universal newlines split.
+
+    Each line is decoded on its own, so an undecodable byte is reported at its own line (a text
+    stream decodes ahead of the line being read).
+    """
+    lineno = 0
+    with path.open("rb") as f:
+        # Binary lines end at LF only; bytes.splitlines() then splits at a lone CR too.
+        for chunk in f:
+            for raw in chunk.splitlines():
+                lineno += 1
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    raise DNRTIFormatError(f"{path}:{lineno}: not UTF-8 ({err})") from err
+                yield lineno, line
+
+
+def _check_columns(path: Path, lineno: int, line: str, fields: List[str], valid: Set[str]) -> None:
+    """Raise on a line with more columns than `token tag`.
+
+    A token may hold spaces (`skills. In O`), so extra fields alone are no error; a tag before
+    the last field, or a third tab-separated column, means another column format, whose last
+    column would otherwise silently be read as the gold tag and its tags as words.
+    """
+    columns = _TABS.split(line.strip())
+    if len(columns) > 2 or (len(fields) > 2 and any(f in valid for f in fields[:-1])):
+        raise DNRTIFormatError(
+            f"{path}:{lineno}: more than two columns in line {line.rstrip()!r} "
+            "(expected `token tag`, with a tag in the last column only)"
+        )
 
 
 def read_docs(

@@ -3,6 +3,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Sequence, Union
 
 from .atomic import atomic_path
+from .bio import bio_tags
 
 
 def plot_type_heatmap(report: Dict[str, Any], path: Union[str, Path]) -> None:
@@ -26,8 +27,13 @@ def plot_type_heatmap(report: Dict[str, Any], path: Union[str, Path]) -> None:
 def plot_tag_confusion(
     gold: List[List[str]], pred: List[List[str]], tags: Sequence[str], path: Union[str, Path]
 ) -> None:
-    """Token-level BIO tag confusion, rows normalised to the gold tag (counts in the cells)."""
+    """Token-level BIO tag confusion, rows normalised to the gold tag (counts in the cells).
+
+    tags (Sequence[str]): The rows and columns in order; the B- and I- tags of any other label
+        found in `gold` or `pred` follow them, so a test label the model lacks shows as missed.
+    """
     plt = _pyplot()
+    tags = list(tags) + bio_tags(_labels_beyond(tags, gold, pred))[1:]
     index = {t: i for i, t in enumerate(tags)}
     counts = [[0] * len(tags) for _ in tags]
     for g_seq, p_seq in zip(gold, pred):
@@ -71,6 +77,12 @@ def plot_curves(records: Iterable[Dict[str, Any]], path: Union[str, Path]) -> No
     ax_f1.legend()
     fig.suptitle("Training curves (one point per evaluation)")
     _save(fig, path)
+
+
+def _labels_beyond(tags: Sequence[str], *sequences: List[List[str]]) -> List[str]:
+    """The labels, sorted, of the tags in `sequences` that are not in `tags`."""
+    known = set(tags)
+    return sorted({t[2:] for seqs in sequences for seq in seqs for t in seq if t not in known})
 
 
 def _pyplot():

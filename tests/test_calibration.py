@@ -424,3 +424,35 @@ def test_calibrate_script_without_maps_by_name_still_reports_the_groups(trained_
         groups = dev[stage]["by_name"]
         assert groups["known"]["entities"] > 0 and groups["new"]["entities"] > 0
         assert groups["known"]["entities"] + groups["new"]["entities"] == dev[stage]["entities"]
+
+
+def test_calibrate_script_failure_leaves_the_previous_outputs(trained_cnn_nlp, tmp_path):
+    """The plot cannot be written (its path is a directory): the old calibrated pipeline and
+    calibration.json stay as they were, and no temporary file or directory is left beside them."""
+    _write_dev_and_test(trained_cnn_nlp, tmp_path)
+    trained_cnn_nlp.to_disk(tmp_path / "model-best")
+    old_model = tmp_path / "training" / "model-calibrated"
+    old_model.mkdir(parents=True)
+    (old_model / "marker").write_text("old")
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    (metrics / "calibration.json").write_text("old")
+    (metrics / "reliability.png").mkdir()
+    with pytest.raises(OSError):
+        _run_calibrate_script(tmp_path, train=None, fit_on="tokens")
+    assert sorted(p.name for p in old_model.iterdir()) == ["marker"]
+    assert (metrics / "calibration.json").read_text() == "old"
+    assert sorted(p.name for p in old_model.parent.iterdir()) == ["model-calibrated"]
+    assert sorted(p.name for p in metrics.iterdir()) == ["calibration.json", "reliability.png"]
+
+
+def test_calibrate_script_replaces_the_previous_pipeline(trained_cnn_nlp, tmp_path):
+    _write_dev_and_test(trained_cnn_nlp, tmp_path)
+    trained_cnn_nlp.to_disk(tmp_path / "model-best")
+    old_model = tmp_path / "training" / "model-calibrated"
+    old_model.mkdir(parents=True)
+    (old_model / "marker").write_text("old")
+    _run_calibrate_script(tmp_path, train=None, fit_on="tokens")
+    assert not (old_model / "marker").exists()
+    assert spacy.load(old_model).pipe_names == trained_cnn_nlp.pipe_names
+    assert sorted(p.name for p in old_model.parent.iterdir()) == ["model-calibrated"]

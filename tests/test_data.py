@@ -1,4 +1,5 @@
 """The DNRTI reader on small hand-written files holding each quirk of the real ones."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -89,8 +90,59 @@ def test_token_without_tag_is_an_error(tmp_path):
 def test_undecodable_bytes_name_the_line(tmp_path):
     path = tmp_path / "latin1.txt"
     path.write_bytes(b"The O\r\n\xe9t\xe9 O\r\n")
-    with pytest.raises(DNRTIFormatError, match=r"latin1\.txt:\d+: not UTF-8"):
+    with pytest.raises(DNRTIFormatError, match=r"latin1\.txt:2: not UTF-8"):
         list(read_sentences(path))
+
+
+@pytest.mark.parametrize("newline", [b"\r\n", b"\n", b"\r"])
+def test_undecodable_bytes_deep_in_a_file_name_their_own_line(tmp_path, newline):
+    # Far past the first chunk a text stream decodes ahead of the line being read.
+    path = tmp_path / "deep.txt"
+    path.write_bytes(newline.join([b"tok O"] * 2000 + [b"caf\xe9 O", b"tok O"]))
+    with pytest.raises(DNRTIFormatError, match=r"deep\.txt:2001: not UTF-8"):
+        list(read_sentences(path))
+
+
+def test_line_endings_and_bom_read_alike(tmp_path):
+    lines = [b"APT28 B-HackOrg", b"struck O", b"", b"Sofacy B-HackOrg"]
+    read = []
+    layouts = [(b"", b"\n"), (b"", b"\r\n"), (b"", b"\r"), (b"\xef\xbb\xbf", b"\r\n")]
+    for i, (prefix, newline) in enumerate(layouts):
+        path = tmp_path / f"{i}.txt"
+        path.write_bytes(prefix + newline.join(lines) + newline)
+        read.append(list(read_sentences(path)))
+    assert all(r == read[0] for r in read)
+    assert read[0] == [(["APT28", "struck"], ["B-HackOrg", "O"]), (["Sofacy"], ["B-HackOrg"])]
+
+
+@pytest.mark.parametrize("content", [b"", b"\r\n\r\n", b"   \r\n", b"O\r\n I-Tool\r\n"])
+def test_a_file_without_sentences_is_an_error(tmp_path, content):
+    path = tmp_path / "empty.txt"
+    path.write_bytes(content)
+    with pytest.raises(DNRTIFormatError, match=r"empty\.txt: no sentences"):
+        list(read_sentences(path))
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "APT28 B-HackOrg B-HackOrg",  # a tag column, then the gold column
+        "APT28 O B-HackOrg",
+        "APT28\tNNP\tB-HackOrg",  # tab-separated columns
+        "APT28\tB-HackOrg\tO",
+    ],
+)
+def test_more_than_two_columns_is_an_error(tmp_path, line):
+    path = write(tmp_path / "cols.txt", ["The O", line, ". O"])
+    with pytest.raises(DNRTIFormatError, match=r"cols\.txt:2: more than two columns"):
+        list(read_sentences(path))
+
+
+def test_a_token_with_spaces_is_not_an_extra_column(tmp_path):
+    lines = ["Lazarus Group B-HackOrg", "skills. In O", "Lazarus\tB-HackOrg"]
+    words, tags = zip(*read_sentences(write(tmp_path / "s.txt", lines)))
+    assert words == (["Lazarus", "Group", "skills.", "In", "Lazarus"],)
+    assert tags == (["B-HackOrg", "I-HackOrg", "O", "O", "B-HackOrg"],)
 
 
 def test_limit_reports_only_kept_docs(tmp_path):
@@ -126,3 +178,43 @@ def test_convert_script_writes_docbins_and_fails_cleanly(tmp_path):
     assert "Traceback" not in output
     # The earlier files are intact: nothing half-written.
     assert len(list(DocBin().from_disk(out / "test.spacy").get_docs(spacy.blank("en").vocab))) == 3
+
+
+def test_convert_script_rejects_an_empty_file(tmp_path):
+    data = tmp_path / "dnrti"
+    data.mkdir()
+    for name in ("train.txt", "valid.txt"):
+        write(data / name, QUIRKY)
+    (data / "test.txt").write_bytes(b"\r\n")
+    out = tmp_path / "corpus"
+    cmd = [sys.executable, str(ROOT / "scripts" / "convert.py"), str(out), "--dnrti-dir", str(data)]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode != 0
+    output = " ".join((result.stdout + result.stderr).split())
+    assert "test.txt: no sentences" in output
+    assert "Traceback" not in output
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_extract_script_has_help_and_moves_every_file_into_place(tmp_path):
+    env = {**os.environ, "COLUMNS": "300", "NO_COLOR": "1"}
+    script = str(ROOT / "scripts" / "extract.py")
+    shown = subprocess.run([sys.executable, script, "--help"], env=env, capture_output=True,
+                           text=True, check=True).stdout
+    assert "Extract DNRTI's train.txt, valid.txt and test.txt" in shown
+    assert "DNRTI's RAR archive" in shown and "Where train.txt, valid.txt and test.txt go" in shown
+    # A stand-in bsdtar: `bsdtar -xf ARCHIVE -C DIR` writes the three files into DIR.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "bsdtar"
+    fake.write_text(
+        f"#!{sys.executable}\nimport sys, pathlib\nout = pathlib.Path(sys.argv[-1]) / 'DNRTI'\n"
+        "out.mkdir()\nfor n in ('train', 'valid', 'test'): (out / f'{n}.txt').write_text(n)\n"
+    )
+    fake.chmod(0o755)
+    out = tmp_path / "dnrti"
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    subprocess.run([sys.executable, script, str(tmp_path / "x.rar"), str(out)], env=env,
+                   check=True, capture_output=True)
+    assert sorted(p.name for p in out.iterdir()) == ["test.txt", "train.txt", "valid.txt"]
+    assert (out / "valid.txt").read_text() == "valid"
