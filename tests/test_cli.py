@@ -170,9 +170,8 @@ def test_csv_output_one_row_per_entity(model_dir, tmp_path):
 
 
 def test_confidence_is_null_when_the_pipe_gives_none(model_dir, tmp_path):
-    nlp = spacy.load(model_dir)
-    if "confidence" in nlp.get_pipe("ner_crf").cfg:
-        nlp.get_pipe("ner_crf").cfg["confidence"] = False
+    # A setting changed through the config, as spaCy saves and loads it.
+    nlp = spacy.load(model_dir, config={"components": {"ner_crf": {"confidence": False}}})
     nlp.to_disk(tmp_path / "no_confidence")
     result = run(tmp_path / "no_confidence", "-", input=TRAIN_TEXTS[0])
     entities = read_jsonl(result.stdout)[0]["entities"]
