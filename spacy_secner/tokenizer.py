@@ -141,23 +141,6 @@ def indicator_regex(
     return re.compile(rf"(?:(?:{guarded}){_NOT_AFTER_INDICATOR}{exempt})\Z")
 
 
-def indicator_regex(
-    patterns: Optional[Dict[str, str]] = None, word_forms: Optional[Dict[str, str]] = None
-) -> Pattern:
-    """Compile indicator patterns into one anchored regex with a named group per class.
-
-    patterns (Optional[Dict[str, str]]): Class name to pattern, none of which may match a
-        string ending in sentence punctuation; `INDICATOR_PATTERNS` by default.
-    word_forms (Optional[Dict[str, str]]): Class name to pattern, exempt from that rule;
-        `WORD_FORM_PATTERNS` by default.
-    RETURNS (Pattern): Matches a whole string that is one indicator or word form;
-        `match.lastgroup` names the class.
-    """
-    patterns = INDICATOR_PATTERNS if patterns is None else patterns
-    word_forms = WORD_FORM_PATTERNS if word_forms is None else word_forms
-    guarded = "|".join(f"(?P<{name}>{pattern})" for name, pattern in patterns.items())
-    exempt = "".join(f"|(?P<{name}>{pattern})" for name, pattern in word_forms.items())
-    return re.compile(rf"(?:(?:{guarded}){_NOT_AFTER_INDICATOR}{exempt})\Z")
 
 # Top-level domains that are also common file extensions: a plain `name.one` is a file (OneNote
 # lure), not a host, unless the report defanged it (`name[.]one`). Chosen as the delegated TLDs

@@ -1,9 +1,11 @@
 """PDF and HTML to text: pages, blocks, hyphenation, headers and footers, and the inputs that
 give no text. Every file is built here (fpdf2 writes the PDFs)."""
 
+import importlib.util
 import os
+import time
 from pathlib import Path
-from typing import List
+from typing import List, Optional, Sequence, Tuple
 
 import pytest
 import spacy
@@ -20,6 +22,7 @@ from spacy_secner.documents import (
     mark_blocks,
     sniff,
 )  # noqa: E402
+from spacy_secner.documents import html as html_module  # noqa: E402
 from spacy_secner.documents import pdf as pdf_module  # noqa: E402
 from spacy_secner.tokenizer import build_cti_tokenizer  # noqa: E402
 from report_files import HEADER, NAV_PAGE, REPORT_PAGES, write_pdf  # noqa: E402
@@ -150,8 +153,8 @@ def test_long_pdf_is_streamed(tmp_path, monkeypatch):
     read: List[int] = []
     real = pdf_module._read_pages
 
-    def counting(source):
-        for page in real(source):
+    def counting(source, max_chars=None):
+        for page in real(source, max_chars):
             read.append(page.number)
             yield page
 
@@ -255,3 +258,198 @@ def test_sniff():
     assert sniff(b"<!-- saved --><html lang=en>", "") == "html"
     assert sniff(b"APT28 used X-Agent.", ".txt") is None
     assert sniff(b"plain", ".PDF") == "pdf" and sniff(b"plain", ".htm") == "html"
+
+
+def _unicode_font() -> Optional[Path]:
+    """A TrueType font with soft hyphens, zero-width characters and Old Italic letters."""
+    candidates = [Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")]
+    matplotlib = importlib.util.find_spec("matplotlib")  # found, not imported
+    for folder in (matplotlib.submodule_search_locations or []) if matplotlib else []:
+        candidates.append(Path(folder) / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf")
+    return next((path for path in candidates if path.is_file()), None)
+
+
+def _write_lines(path: Path, pages: Sequence[Sequence[Tuple[float, str]]], font: bool = False):
+    """A PDF with each line written at its own height (mm from the top of an A4 page)."""
+    doc = fpdf.FPDF(format="A4")
+    doc.set_auto_page_break(False)
+    if font:
+        unicode_font = _unicode_font()
+        if unicode_font is None:
+            pytest.skip("no Unicode TrueType font")
+        doc.add_font("U", "", str(unicode_font))
+        doc.set_font("U", size=10)
+    else:
+        doc.set_font("Helvetica", size=10)
+    for lines in pages:
+        doc.add_page()
+        for y, text in lines:
+            doc.text(20, y, text)
+    doc.output(str(path))
+    return path
+
+
+def test_pdf_indicator_lists_in_the_bands_are_kept(tmp_path):
+    """One address per line down whole pages: those in the top and bottom bands look alike with
+    digits aside, but each is a different indicator, so none is a running line."""
+    ips = [f"45.{k}.{k % 200}.{(k * 7) % 250}" for k in range(1, 3 * 55 + 1)]
+    pages = [
+        [(15 + 5 * i, ip) for i, ip in enumerate(ips[n * 55 : (n + 1) * 55])] for n in range(3)
+    ]
+    for lines in pages:  # a header that repeats is still one
+        lines.append((8, "ACME Threat Research | TLP:CLEAR"))
+    text = extract(_write_lines(tmp_path / "ips.pdf", pages), "pdf").text
+    assert [ip for ip in ips if ip not in text.split()] == []
+    assert "ACME" not in text
+
+
+def test_pdf_one_url_per_line_is_not_joined(tmp_path):
+    urls = [
+        "hxxp://alpha[.]com/",
+        "hxxp://beta[.]net/panel/",
+        "hxxps://gamma[.]org/api?id=",
+        "http[:]//delta[.]com/x_",
+        "www.epsilon-cdn.com",
+        "185.220.101[.]4",
+        "hxxp://zeta[.]com/a/",
+        "b.php?id=1",
+    ]
+    lines = [(40, "The following C2 URLs were observed:")]
+    lines += [(45 + 4.5 * i, url) for i, url in enumerate(urls)]
+    text = extract(_write_lines(tmp_path / "urls.pdf", [lines]), "pdf").text
+    words = text.split()[6:]  # after "The following C2 URLs were observed:"
+    assert words == urls[:-2] + ["hxxp://zeta[.]com/a/b.php?id=1"]  # a URL broken mid-path joins
+    pages = [["It connects to alpha-"], ["185.220.101.4 daily ."]]
+    across = write_pdf(tmp_path / "across.pdf", pages, running=False)
+    assert "alpha- 185.220.101.4 daily ." in extract(across, "pdf").text  # nor across a page
+
+
+def test_pdf_soft_hyphens_and_zero_width_characters_go(tmp_path):
+    assert pdf_module._clean("evil\u00ad[.]com 185.220\u200b.101[.]4 a\u200c\u200d\u2060b") == (
+        "evil[.]com 185.220.101[.]4 ab"
+    )
+    lines = [(40, "Soft hy\u00adphen in evil\u00ad[.]com and 185.220\u200b.101[.]4 too.")]
+    text = extract(_write_lines(tmp_path / "soft.pdf", [lines], font=True), "pdf").text
+    assert text == "Soft hyphen in evil[.]com and 185.220.101[.]4 too."
+
+
+def test_pdf_lines_after_characters_outside_the_bmp(tmp_path):
+    """PDFium counts text in UTF-16 units: lines after an Old Italic letter keep their place,
+    so the paragraph after a gap is still a block of its own."""
+    lines = [(40 + 5 * i, f"\U00010300\U00010300 line {i} of paragraph one") for i in range(6)]
+    lines.append((90, "Second paragraph with 1.2.3[.]4 in it."))
+    result = extract(_write_lines(tmp_path / "astral.pdf", [lines], font=True), "pdf")
+    second = result.text.index("Second paragraph")
+    assert second in result.block_starts and result.text[second - 2 : second] == "\n\n"
+
+
+def test_pdf_open_errors_are_its_own(tmp_path):
+    """An encrypted PDF read first does not make the next failure an encrypted one."""
+    locked = fpdf.FPDF()
+    locked.set_font("Helvetica", size=11)
+    locked.add_page()
+    locked.cell(0, 5, "APT28 used X-Agent .")
+    locked.set_encryption(owner_password="owner", user_password="secret")
+    locked.output(str(tmp_path / "locked.pdf"))
+    catalog = b"<< /Type /Catalog /Pages 2 0 R >>"
+    empty = _raw_pdf([catalog, b"<< /Type /Pages /Kids [] /Count 0 >>"])
+    with pytest.raises(DocumentError, match="encrypted PDF"):
+        extract(tmp_path / "locked.pdf", "pdf")
+    with pytest.raises(DocumentError, match="^cannot open: no pages, or a page tree PDFium"):
+        extract(empty, "pdf")
+
+
+def _raw_pdf(objects: Sequence[bytes]) -> bytes:
+    """A PDF of the given objects (1 is the catalog), with its cross-reference table."""
+    out = bytearray(b"%PDF-1.7\n")
+    offsets = []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\n" % (len(objects) + 1)
+    out += b"startxref\n%d\n%%%%EOF\n" % xref
+    return bytes(out)
+
+
+_FONT = b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"
+_PAGE = (
+    b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792]"
+    b" /Resources << /Font << /F1 3 0 R >> >> /Contents 5 0 R >>"
+)
+
+
+def _stream(data: bytes) -> bytes:
+    return b"<< /Length %d >>\nstream\n" % len(data) + data + b"\nendstream"
+
+
+def test_pdf_page_limits(tmp_path, monkeypatch):
+    """A million pages declared in a few KB fail before any is read; so do a page with too many
+    objects, a page with more characters than are left, and a PDF read for too long."""
+    kids = b" ".join([b"4 0 R"] * 1000)
+    bomb = _raw_pdf(
+        [
+            b"<< /Type /Catalog /Pages 2 0 R >>",
+            b"<< /Type /Pages /Kids [6 0 R] /Count 1000000 >>",
+            _FONT,
+            _PAGE.replace(b"/Parent 2 0 R", b"/Parent 6 0 R"),
+            _stream(b""),
+            b"<< /Type /Pages /Kids [" + kids + b"] /Count 1000000 /Parent 2 0 R >>",
+        ]
+    )
+    bomb = bomb.replace(b"/Kids [6 0 R]", b"/Kids [" + b" ".join([b"6 0 R"] * 1000) + b"]")
+    started = time.monotonic()
+    with pytest.raises(DocumentError, match="^too many pages: 1000000, over the limit of 2000$"):
+        extract(bomb, "pdf")
+    assert time.monotonic() - started < 5
+    line = b"(" + b"A" * 50 + b") Tj T*\n"
+    dense = _raw_pdf(
+        [
+            b"<< /Type /Catalog /Pages 2 0 R >>",
+            b"<< /Type /Pages /Kids [4 0 R] /Count 1 >>",
+            _FONT,
+            _PAGE,
+            _stream(b"BT /F1 1 Tf 1 TL 0 700 Td\n" + line * 300 + b"ET"),
+        ]
+    )
+    too_large = r"^too large: page 1 has 15\d{3} chars, over the 1000 left"
+    with pytest.raises(DocumentError, match=too_large):
+        extract(dense, "pdf", max_chars=1000)
+    monkeypatch.setattr(pdf_module, "MAX_PAGE_OBJECTS", 100)
+    too_many = "^page 1: too many objects: 300, over the limit of 100$"
+    with pytest.raises(DocumentError, match=too_many):
+        extract(dense, "pdf")
+    monkeypatch.setattr(pdf_module, "MAX_SECONDS", -1.0)
+    with pytest.raises(DocumentError, match="^too slow: 0 s to read 0 of 2 pages"):
+        extract(write_pdf(tmp_path / "two.pdf", [["One ."], ["Two ."]]), "pdf")
+
+
+def test_html_deeply_nested_text_is_kept_or_fails():
+    """lxml stops at 255 nested elements by default and drops the rest without a word: 400
+    unclosed <font> paragraphs keep all 400 addresses, and deeper nesting fails."""
+    def page(n: int) -> bytes:
+        paragraphs = "".join(
+            f"<p><font>Indicator {i} is 10.0.{i // 256}.{i % 256} seen here.\n" for i in range(n)
+        )
+        return f"<!DOCTYPE html><html><body><article>{paragraphs}</article></body></html>".encode()
+
+    text = extract(page(400), "html").text
+    assert [i for i in range(400) if f"10.0.{i // 256}.{i % 256} " not in text] == []
+    with pytest.raises(DocumentError, match="^nesting too deep: over 1000 levels"):
+        extract(page(600), "html")
+
+
+def test_html_too_many_elements_fails_before_extraction(monkeypatch):
+    spans = "<span>x</span>" * 2000
+    page = f"<!DOCTYPE html><html><body><article><p>{spans}</p></article></body></html>"
+    monkeypatch.setattr(html_module, "MAX_ELEMENTS", 1000)
+    with pytest.raises(DocumentError, match="^too many elements: 2004, over the limit of 1000$"):
+        extract(page.encode(), "html")
+
+
+@pytest.mark.parametrize("page", [b"   ", b"<!-- only a comment -->", b"\n<html></html>"])
+def test_html_without_content_fails_as_a_document(page):
+    with pytest.raises(DocumentError, match="no main text"):
+        html_module.html_text(page)

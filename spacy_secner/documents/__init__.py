@@ -4,7 +4,8 @@
 it (so every entity keeps its page) and where each block (paragraph, heading, list item, table
 row) starts, so blocks can become sentence breaks. Inputs that cannot give text raise
 `DocumentError` with a reason for a person: encrypted, truncated or corrupt PDFs, PDFs with no
-text layer, undecodable HTML.
+text layer, undecodable HTML, and documents over a limit on their size or on the work they take
+(pages, objects, characters, time; HTML elements and nesting).
 
 PDF needs pypdfium2 and HTML trafilatura: `pip install spacy-secner[documents]`. Both are
 imported only when a document of that kind is read.

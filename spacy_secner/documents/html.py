@@ -4,14 +4,28 @@ trafilatura writes each block of the article (paragraph, heading, list item, tab
 line of its own; each line is a block, so block structure survives as sentence breaks.
 Decoding is ours: a byte-order mark, else the charset the page declares, else the given
 encoding, and bytes that do not decode fail the page (or become U+FFFD with "replace").
+
+lxml parses the page, without its default limit of 255 nested elements (beyond which it drops
+the rest silently); a page nested deeper than `MAX_DEPTH` fails, and so does one with more than
+`MAX_ELEMENTS` elements, as trafilatura's time grows with their square.
 """
 
 import codecs
 import logging
 import re
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
 from . import DocumentError, ExtractedText, check_text_encoding
+
+# More elements fail the page before it is parsed: trafilatura takes about 2-3 s for 20,000
+# inline elements in one paragraph (and 4 times as long for twice as many); a long blog post has
+# a few thousand.
+MAX_ELEMENTS = 20_000
+# Deeper nesting fails the page; lxml (with `huge_tree`) stops at 2,048 levels and drops the
+# rest, so a page it cut short always fails here.
+MAX_DEPTH = 1_000
+# An opening tag: `<p`, `<span`, `<a`.
+_START_TAG = re.compile(r"<[A-Za-z]")
 
 # <meta charset="..."> or <meta http-equiv="Content-Type" content="text/html; charset=...">.
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9._:-]+)""", re.I)
@@ -36,11 +50,15 @@ def html_text(
     encoding (str): The encoding of a page that declares none.
     encoding_errors (str): "strict" (undecodable bytes fail the page) or "replace".
     RETURNS (ExtractedText): The text (blocks separated by newlines), no pages.
-    RAISES DocumentError: Binary data, undecodable bytes, no main text, too long.
+    RAISES DocumentError: Binary data, undecodable bytes, too many elements, nesting too deep,
+        no main text, too long.
     """
     if b"\x00" in data and not data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         raise DocumentError("binary file (contains NUL bytes), not an HTML page")
     markup = decode_html(data, encoding=encoding, errors=encoding_errors)
+    n_elements = sum(1 for _ in _START_TAG.finditer(markup))
+    if n_elements > MAX_ELEMENTS:
+        raise DocumentError(f"too many elements: {n_elements}, over the limit of {MAX_ELEMENTS}")
     text = _main_text(markup)
     if not text:
         raise DocumentError("no main text found in the HTML page")
@@ -90,11 +108,48 @@ def _main_text(markup: str) -> str:
     # trafilatura logs every page it finds too short at WARNING: the caller reports instead.
     logging.getLogger("trafilatura").setLevel(logging.ERROR)
     options = dict(include_comments=False, include_tables=True, deduplicate=False)
-    text = trafilatura.extract(markup, **options)
+    # trafilatura changes the tree it is given: each try gets its own.
+    text = trafilatura.extract(_parse(markup), **options)
     if not text:  # a short page: ask for recall over precision before giving up
-        text = trafilatura.extract(markup, favor_recall=True, **options)
+        text = trafilatura.extract(_parse(markup), favor_recall=True, **options)
     lines = (line.strip() for line in (text or "").splitlines())
     return "\n".join(line for line in lines if line)
+
+
+def _parse(markup: str) -> Any:
+    """The page's lxml tree, parsed as trafilatura does but without lxml's limit of 255 nested
+    elements. RAISES DocumentError: Nested deeper than `MAX_DEPTH`."""
+    from lxml import etree
+    from lxml.html import HTMLParser, fromstring
+    from trafilatura.utils import repair_faulty_html
+
+    parser = HTMLParser(
+        collect_ids=False,
+        default_doctype=False,
+        encoding="utf-8",
+        remove_comments=True,
+        remove_pis=True,
+        huge_tree=True,
+    )
+    markup = repair_faulty_html(markup, markup[:50].lower())
+    try:
+        tree = fromstring(markup, parser=parser)
+    except ValueError:  # a string with an XML encoding declaration: lxml wants bytes
+        tree = None
+    except etree.ParserError:  # nothing but whitespace or comments
+        return None
+    if tree is None or len(tree) < 1:
+        try:
+            tree = fromstring(markup.encode("utf-8", "surrogatepass"), parser=parser)
+        except etree.ParserError:  # nothing but whitespace or comments
+            return None
+    depth = deepest = 0
+    for event, _ in etree.iterwalk(tree, events=("start", "end")):
+        depth += 1 if event == "start" else -1
+        deepest = max(deepest, depth)
+    if deepest > MAX_DEPTH:
+        raise DocumentError(f"nesting too deep: over {MAX_DEPTH} levels of elements")
+    return tree
 
 
 def _block_starts(text: str) -> Tuple[int, ...]:
