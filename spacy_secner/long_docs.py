@@ -11,7 +11,7 @@ from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy
 from spacy.language import Language
-from spacy.tokens import Doc
+from spacy.tokens import Doc, Span
 
 # Pieces of at most this many tokens: a 10 KB report (about 2,000 tokens) is one piece, and a
 # batch of 32 pieces keeps the transformer's outputs for some 65,000 tokens.
@@ -69,7 +69,7 @@ def pipe_in_pieces(
             # joined doc: the pieces do not carry it.
             plain = {k: v for k, v in doc.user_data.items() if not isinstance(k, tuple)}
             for k, (start, end) in enumerate(bounds):
-                yield doc[start:end].as_doc(), (k, len(bounds), context, plain)
+                yield _piece(doc, start, end), (k, len(bounds), context, plain)
 
     outputs = nlp.pipe(
         pieces(),
@@ -143,6 +143,23 @@ def drop_doc_extensions(doc: Doc) -> Doc:
         if not (is_token_or_span and key[2] is not None):
             del doc.user_data[key]
     return doc
+
+
+def _piece(doc: Doc, start: int, end: int) -> Doc:
+    """Tokens `start` to `end` of `doc` as a doc of their own, with the token and span
+    extensions and the span groups within them (what the pipes before the split set, or the
+    caller on a Doc), so that `join_pieces` gives them back."""
+    piece = doc[start:end].as_doc(copy_user_data=True)
+    for key in list(piece.user_data):
+        if not isinstance(key, tuple):
+            del piece.user_data[key]  # plain keys go to the joined doc, not to each piece
+    for name, group in doc.spans.items():
+        piece.spans[name] = [
+            Span(piece, span.start - start, span.end - start, label=span.label, kb_id=span.kb_id)
+            for span in group
+            if span.start >= start and span.end <= end
+        ]
+    return piece
 
 
 def join_pieces(pieces: List[Doc]) -> Doc:

@@ -387,8 +387,10 @@ class CRFEntityRecognizer(TrainablePipe):
         return self
 
     def _load_cfg(self, saved: Dict[str, Any]) -> None:
-        """Take the learned state from a saved cfg, keeping this pipe's `_SETTINGS`."""
+        """Take the learned state from a saved cfg, keeping this pipe's `_SETTINGS`. A
+        calibration map comes only from there: one fitted to the weights being replaced goes."""
         settings = {key: self.cfg[key] for key in _SETTINGS}
+        self.cfg.pop("calibration", None)
         self.cfg.update(saved)
         self.cfg.update(settings)
 

@@ -38,7 +38,9 @@ def plateau(
     base_rate: float, *, factor: float = 0.5, patience: int = 2, min_rate: float = 0.0
 ) -> Iterator[float]:
     """Learning rate that is multiplied by `factor` whenever the dev score has not improved
-    for `patience` evaluations (PyTorch's ReduceLROnPlateau, mode "max").
+    for `patience` evaluations in a row (the count then starts again). Like PyTorch's
+    ReduceLROnPlateau in mode "max", but one evaluation sooner: PyTorch waits for more than
+    `patience` evaluations without improvement.
 
     Needs `spacy-secner.curve_logger.v1` as the training logger, which reports the scores.
     """

@@ -179,6 +179,36 @@ def test_span_groups_and_extensions_survive_the_join(sent_cnn_nlp, tmp_path):
     ]
 
 
+def test_what_a_doc_brings_survives_the_pieces():
+    """A Doc given with token and span extensions and span groups (set by the caller or by the
+    pipes before the split) gets them back whole, however it is cut."""
+    from spacy.tokens import Token
+
+    if not Token.has_extension("secner_test_mark"):
+        Token.set_extension("secner_test_mark", default=None)
+    nlp = spacy.blank("en")
+    nlp.add_pipe("sentencizer")
+    text = " ".join(f"Sentence number {i} is here ." for i in range(20))
+
+    def given() -> Doc:
+        doc = nlp.make_doc(text)
+        doc[3]._.secner_test_mark, doc[60]._.secner_test_mark = "X", "Y"
+        doc.spans["given"] = [Span(doc, 0, 2, "A"), Span(doc, 61, 63, "B")]
+        doc.user_data["plain"] = 1
+        return doc
+
+    def seen(doc: Doc):
+        return (
+            [(t.i, t._.secner_test_mark) for t in doc if t._.secner_test_mark],
+            [(s.start, s.end, s.label_) for s in doc.spans.get("given", [])],
+            doc.user_data.get("plain"),
+        )
+
+    (whole,) = pipe_in_pieces(nlp, [given()], max_piece_tokens=10_000)
+    (cut,) = pipe_in_pieces(nlp, [given()], max_piece_tokens=20)
+    assert seen(cut) == seen(whole) == ([(3, "X"), (60, "Y")], [(0, 2, "A"), (61, 63, "B")], 1)
+
+
 def test_a_pipeline_without_sentences_is_cut_every_n_tokens(trained_cnn_nlp):
     (doc,) = pipe_in_pieces(trained_cnn_nlp, [LONG_TEXT], max_piece_tokens=16)
     assert doc.text == LONG_TEXT

@@ -511,6 +511,13 @@ def test_calibration_map_comes_from_the_saved_cfg(trained_cnn_nlp, tmp_path):
     config = {"components": {"ner_crf": {"confidence": True}}}
     loaded = reloaded(nlp, tmp_path / "calibrated", config=config)
     assert loaded.get_pipe("ner_crf").cfg["calibration"] == {"method": "temperature", "t": 2.0}
+    # Weights saved without a map, loaded into a calibrated pipe: its map, fitted to other
+    # weights, goes, and the confidences are the raw ones again.
+    trained_cnn_nlp.to_disk(tmp_path / "raw")
+    loaded.get_pipe("ner_crf").from_disk(tmp_path / "raw" / "ner_crf")
+    assert "calibration" not in loaded.get_pipe("ner_crf").cfg
+    raw = [[e._.confidence for e in doc.ents] for doc in trained_cnn_nlp.pipe(TRAIN_TEXTS)]
+    assert [[e._.confidence for e in doc.ents] for doc in loaded.pipe(TRAIN_TEXTS)] == raw
 
 
 def test_encoder_settings_given_when_loading_win(tiny_bert_dir, tmp_path):
