@@ -93,7 +93,7 @@ def test_text_file_to_jsonl(model_dir, tmp_path):
     assert [r["id"] for r in records] == [str(tmp_path / "a.txt")]
     assert pairs(records[0]) == GOLD_ENTS[0]
     check_offsets(records, texts)
-    assert "1 documents read, 1 annotated, 0 skipped, 0 failed" in result.stderr
+    assert "1 document read, 1 annotated, 0 skipped, 0 failed" in result.stderr
     assert "HackOrg 1" in result.stderr
 
 
@@ -431,6 +431,15 @@ def test_an_input_is_never_the_output(tmp_path):
         shown = "--output" if option == "-o" else "--errors"
         assert f"error: {shown}: {target} is an input file" in result.stderr
     assert feed.read_bytes() == before
+    # A file found under an input directory is an input too (before the model loads).
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    (reports / "apt28.txt").write_text(TRAIN_TEXTS[0], encoding="utf8")
+    for option in ("-o", "--errors"):
+        result = run(tmp_path / "no-model", str(reports), option, str(reports / "apt28.txt"))
+        assert result.exit_code == 2, result.output
+        assert f"{reports / 'apt28.txt'} is an input file" in result.stderr
+    assert (reports / "apt28.txt").read_text(encoding="utf8") == TRAIN_TEXTS[0]
 
 
 def non_utf8_name(directory: Path) -> Path:
@@ -604,4 +613,34 @@ def test_console_script_reads_stdin(model_dir):
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = list(csv.reader(io.StringIO(proc.stdout)))
     assert [(row[2], row[1]) for row in rows[1:]] == GOLD_ENTS[0]
-    assert "documents read" in proc.stderr
+    assert "1 document read" in proc.stderr
+
+
+def test_n_process_2_after_torch_used_threads(tiny_bert_dir, tmp_path):
+    """`--n-process 2` once this process has run torch on several threads (loading a real
+    encoder does): forked workers must not wait for the parent's OpenMP threads, forever."""
+    from conftest import make_grouped_trf_nlp
+
+    make_grouped_trf_nlp(tiny_bert_dir, 64).to_disk(tmp_path / "trf")
+    texts = [{"id": str(i), "text": TRAIN_TEXTS[i % 5]} for i in range(12)]
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in texts))
+    script = f"""
+import sys, torch
+torch.set_num_threads(2)
+torch.nn.functional.layer_norm(torch.randn(20000, 384), (384,))  # OpenMP's threads start here
+from spacy_secner.cli import app
+sys.argv = ["secner", "annotate", {str(path)!r}, "--model", {str(tmp_path / "trf")!r},
+            "--batch-size", "4", "--n-process", sys.argv[1]]
+app()
+"""
+    env = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}
+    outputs = []
+    for processes in ("1", "2"):
+        proc = subprocess.run(
+            [sys.executable, "-c", script, processes],
+            capture_output=True, text=True, env=env, timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        outputs.append(proc.stdout)
+    assert outputs[1] == outputs[0] and len(read_jsonl(outputs[0])) == 12

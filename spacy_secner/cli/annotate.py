@@ -27,6 +27,7 @@ from .options import (
     OutputFormat,
     check_arguments,
     check_format,
+    check_not_an_input,
     check_ray_arguments,
     errors_in_one_line,
     format_for,
@@ -75,7 +76,8 @@ class Report:
         rate = (self.annotated - self.resumed) / self.seconds if self.seconds > 0 else 0.0
         resumed = f" ({self.resumed} from the journal)" if self.resumed else ""
         lines = [
-            f"secner annotate: {self.read} documents read, {self.annotated} annotated{resumed}, "
+            f"secner annotate: {self.read} document{'' if self.read == 1 else 's'} read, "
+            f"{self.annotated} annotated{resumed}, "
             f"{len(self.skipped)} skipped, {len(self.failed)} failed in {self.seconds:.1f} s "
             f"({rate:.1f} docs/s)"
         ]
@@ -371,6 +373,12 @@ def annotate(
             raise typer.BadParameter(
                 "--address, --actors and --gpus-per-actor need --engine ray", param_hint="--engine"
             )
+        globs = glob or DEFAULT_GLOBS[input_format.value]
+        paths = find_files(inputs, glob=globs)
+        # The files found under an input directory are inputs too.
+        for option, target in (("--output", output), ("--errors", errors)):
+            if target is not None:
+                check_not_an_input(target, paths, option)
         journal, finished = open_journal(
             output,
             fmt,
@@ -380,8 +388,6 @@ def annotate(
             sync_every=batch_size,
             quiet=quiet,
         )
-        globs = glob or DEFAULT_GLOBS[input_format.value]
-        paths = find_files(inputs, glob=globs)
         if not paths:
             shown = ", ".join(repr(g) for g in globs)
             typer.echo(f"secner annotate: no input files (none matched --glob {shown})", err=True)
@@ -427,6 +433,13 @@ def annotate(
                     max_piece_tokens=max_piece_tokens,
                 )
             else:
+                if n_process > 1:
+                    # Forked workers cannot use the OpenMP threads this process started (they
+                    # wait for them forever, a limit of GNU OpenMP): no threads here, and each
+                    # worker is one process of one thread anyway.
+                    import torch
+
+                    torch.set_num_threads(1)
                 nlp = load_pipeline(model, gpu_id=gpu_id)
                 # Long documents are annotated in pieces: --max-chars is the only length limit.
                 nlp.max_length = max(nlp.max_length, max_chars)
