@@ -55,3 +55,18 @@ and reached 185.220.101[.]4 over port 443 when the first stage had finished its 
 <p>Lazarus Group deployed WannaCry ransomware in May 2017 , encrypting files at hospitals.</p>
 </article></main>
 <footer>© 2024 ACME Corp. All rights reserved. Privacy | Terms</footer></body></html>"""
+
+
+def raw_pdf(objects: Sequence[bytes]) -> bytes:
+    """A PDF of the given objects (1 is the catalog), with its cross-reference table."""
+    out = bytearray(b"%PDF-1.7\n")
+    offsets = []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\n" % (len(objects) + 1)
+    out += b"startxref\n%d\n%%%%EOF\n" % xref
+    return bytes(out)

@@ -16,7 +16,7 @@ pytest.importorskip("pypdfium2")
 pytest.importorskip("trafilatura")
 fpdf = pytest.importorskip("fpdf")
 
-from report_files import NAV_PAGE, REPORT_PAGES, write_pdf  # noqa: E402
+from report_files import NAV_PAGE, REPORT_PAGES, raw_pdf, write_pdf  # noqa: E402
 
 from spacy_secner.cli import app  # noqa: E402
 from spacy_secner.tokenizer import build_cti_tokenizer  # noqa: E402
@@ -236,21 +236,6 @@ def test_pipeline_saved_without_cti_iocs(inputs):
         assert ent["page"] == (1 if ent["start"] < record["text"].index("Lazarus") else 2)
 
 
-def _pdf(objects: List[bytes]) -> bytes:
-    """A PDF of the given objects (1 is the catalog), with its cross-reference table."""
-    out = bytearray(b"%PDF-1.7\n")
-    offsets = []
-    for number, body in enumerate(objects, 1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\n" % (len(objects) + 1)
-    out += b"startxref\n%d\n%%%%EOF\n" % xref
-    return bytes(out)
-
-
 def test_documents_over_the_limits_fail_alone(iocs_model_dir, inputs, tmp_path):
     """A million pages in a few KB, a PDF with no pages read after an encrypted one, and a page
     nested too deep each fail with their own reason; the report beside them is annotated."""
@@ -258,11 +243,12 @@ def test_documents_over_the_limits_fail_alone(iocs_model_dir, inputs, tmp_path):
     folder.mkdir()
     (folder / "a_locked.pdf").write_bytes((inputs / "locked.pdf").read_bytes())
     catalog = b"<< /Type /Catalog /Pages 2 0 R >>"
-    (folder / "b_empty.pdf").write_bytes(_pdf([catalog, b"<< /Type /Pages /Kids [] /Count 0 >>"]))
+    empty_tree = b"<< /Type /Pages /Kids [] /Count 0 >>"
+    (folder / "b_empty.pdf").write_bytes(raw_pdf([catalog, empty_tree]))
     page = b"<< /Type /Page /Parent 3 0 R /MediaBox [0 0 612 792] >>"
     thousand = b"<< /Type /Pages /Kids [" + b" ".join([b"4 0 R"] * 1000) + b"] /Count 1000 >>"
     million = b"<< /Type /Pages /Kids [" + b" ".join([b"3 0 R"] * 1000) + b"] /Count 1000000 >>"
-    (folder / "c_bomb.pdf").write_bytes(_pdf([catalog, million, thousand, page]))
+    (folder / "c_bomb.pdf").write_bytes(raw_pdf([catalog, million, thousand, page]))
     (folder / "d_deep.html").write_text(
         "<html><body><article>" + "<div>" * 1200 + "<p>APT28 used X-Agent .</p></article>"
     )

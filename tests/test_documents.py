@@ -25,7 +25,7 @@ from spacy_secner.documents import (
 from spacy_secner.documents import html as html_module  # noqa: E402
 from spacy_secner.documents import pdf as pdf_module  # noqa: E402
 from spacy_secner.tokenizer import build_cti_tokenizer  # noqa: E402
-from report_files import HEADER, NAV_PAGE, REPORT_PAGES, write_pdf  # noqa: E402
+from report_files import HEADER, NAV_PAGE, REPORT_PAGES, raw_pdf, write_pdf  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -352,26 +352,11 @@ def test_pdf_open_errors_are_its_own(tmp_path):
     locked.set_encryption(owner_password="owner", user_password="secret")
     locked.output(str(tmp_path / "locked.pdf"))
     catalog = b"<< /Type /Catalog /Pages 2 0 R >>"
-    empty = _raw_pdf([catalog, b"<< /Type /Pages /Kids [] /Count 0 >>"])
+    empty = raw_pdf([catalog, b"<< /Type /Pages /Kids [] /Count 0 >>"])
     with pytest.raises(DocumentError, match="encrypted PDF"):
         extract(tmp_path / "locked.pdf", "pdf")
     with pytest.raises(DocumentError, match="^cannot open: no pages, or a page tree PDFium"):
         extract(empty, "pdf")
-
-
-def _raw_pdf(objects: Sequence[bytes]) -> bytes:
-    """A PDF of the given objects (1 is the catalog), with its cross-reference table."""
-    out = bytearray(b"%PDF-1.7\n")
-    offsets = []
-    for number, body in enumerate(objects, 1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\n" % (len(objects) + 1)
-    out += b"startxref\n%d\n%%%%EOF\n" % xref
-    return bytes(out)
 
 
 _FONT = b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"
@@ -389,7 +374,7 @@ def test_pdf_page_limits(tmp_path, monkeypatch):
     """A million pages declared in a few KB fail before any is read; so do a page with too many
     objects, a page with more characters than are left, and a PDF read for too long."""
     kids = b" ".join([b"4 0 R"] * 1000)
-    bomb = _raw_pdf(
+    bomb = raw_pdf(
         [
             b"<< /Type /Catalog /Pages 2 0 R >>",
             b"<< /Type /Pages /Kids [6 0 R] /Count 1000000 >>",
@@ -405,7 +390,7 @@ def test_pdf_page_limits(tmp_path, monkeypatch):
         extract(bomb, "pdf")
     assert time.monotonic() - started < 5
     line = b"(" + b"A" * 50 + b") Tj T*\n"
-    dense = _raw_pdf(
+    dense = raw_pdf(
         [
             b"<< /Type /Catalog /Pages 2 0 R >>",
             b"<< /Type /Pages /Kids [4 0 R] /Count 1 >>",
